@@ -1,0 +1,228 @@
+"""YAMNet as a Keras 3 model, with its weights imported from Google's published YAMNet TFLite file.
+
+No hub is ever contacted: the weights come from ``yamnet.tflite`` (see ``config.resolve_yamnet_path``).
+The file stores int8 weights with their own scales (per channel along ``quantized_dimension`` or per
+tensor) and float biases with batch norm already folded in; they are dequantized and transposed into
+the Keras layouts here. The activations are ReLU (not ReLU6).
+
+The log-mel front end is part of the model and uses builtin TFLite ops only (``tf.signal`` framing
+and RFFT, ``COMPLEX_ABS``, a matrix product, ``LOG``): periodic Hann 400 / hop 160, 512-point FFT
+magnitude, 64 mel bands 125-7500 Hz, ``log(mel + 0.001)``. The mel matrix is the exact float one
+(``tf.signal.linear_to_mel_weight_matrix``), which the file's int8 copy approximates.
+
+Input: ``[batch, WINDOW_SAMPLES]`` float32 waveform in [-1, 1] at 16 kHz, exactly one 96-frame patch.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from .errors import FanwatchError
+
+# MobileNetV1 body as YAMNet uses it: (stride, channels) of the 13 depthwise-separable blocks.
+BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512), (1, 512), (1, 512),
+          (1, 512), (1, 512), (2, 1024), (1, 1024))
+NUM_CLASSES = 521
+
+
+@dataclass
+class YamnetWeights:
+    """Float weights in Keras layouts, plus where they came from."""
+
+    path: Path
+    sha256: str
+    conv1: tuple[np.ndarray, np.ndarray]
+    blocks: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]  # dw kernel, dw bias, pw kernel, pw bias
+    dense: tuple[np.ndarray, np.ndarray]
+    file_mel_matrix: np.ndarray | None = None  # [257, 64], dequantized from the file (reference only)
+    notes: dict = field(default_factory=dict)
+
+
+def _dequantize(values: np.ndarray, qparams: dict) -> np.ndarray:
+    if values.dtype == np.float32:
+        return values.astype(np.float32)
+    scales = np.asarray(qparams["scales"], dtype=np.float64)
+    zero_points = np.asarray(qparams["zero_points"], dtype=np.float64)
+    if scales.size == 0:
+        raise FanwatchError(f"int tensor without quantization scales ({values.dtype})")
+    if scales.size == 1:
+        return ((values.astype(np.float64) - zero_points[0]) * scales[0]).astype(np.float32)
+    axis = int(qparams["quantized_dimension"])
+    shape = [1] * values.ndim
+    shape[axis] = scales.size
+    if zero_points.size != scales.size:  # one zero point shared by all channels
+        zero_points = np.broadcast_to(zero_points[:1], scales.shape)
+    out = (values.astype(np.float64) - zero_points.reshape(shape)) * scales.reshape(shape)
+    return out.astype(np.float32)
+
+
+def _open_interpreter(path: Path):
+    """Any available TFLite interpreter; only constant tensors are read, nothing is run."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - TensorFlow is always there on the training side
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def check_yamnet_file(path: str | os.PathLike | None) -> Path:
+    """Resolve the weights path and fail with one sentence that says where to get the file."""
+    resolved = config.resolve_yamnet_path(path)
+    if not resolved.is_file():
+        raise FanwatchError(f"YAMNet weights not found at {resolved}. {config.YAMNET_HELP}.")
+    return resolved
+
+
+def load_weights(path: str | os.PathLike | None = None) -> YamnetWeights:
+    """Read, dequantize and transpose every YAMNet weight from the published TFLite file."""
+    resolved = check_yamnet_file(path)
+    try:
+        interpreter = _open_interpreter(resolved)
+        details = interpreter.get_tensor_details()
+    except (ValueError, RuntimeError) as exc:
+        raise FanwatchError(
+            f"{resolved} is not a readable TFLite model ({str(exc).splitlines()[0]}). {config.YAMNET_HELP}."
+        ) from None
+
+    # Constant tensors by (name fragment, rank). Depthwise kernels carry the folded batch-norm name.
+    by_key: dict[tuple[str, int], np.ndarray] = {}
+    for d in details:
+        name = d["name"].split(";")[0]
+        rank = len(d["shape"])
+        if not name.startswith("yamnet_frames/") and not (rank == 1 and d["shape"][0] == NUM_CLASSES):
+            continue
+        try:
+            value = interpreter.get_tensor(d["index"])
+        except ValueError:
+            continue
+        if value.dtype not in (np.float32, np.int8):
+            continue  # shapes, indices, and activations of the int8 hybrid path
+        if d["shape"].size and rank and d["shape"][0] == NUM_CLASSES and rank == 1:
+            name = "dense/bias"
+        by_key[(name, rank)] = _dequantize(value, d["quantization_parameters"])
+
+    def take(name: str, rank: int) -> np.ndarray:
+        key = (f"yamnet_frames/{name}" if name != "dense/bias" else name, rank)
+        if key not in by_key:
+            raise FanwatchError(
+                f"{resolved} does not look like YAMNet (no weight '{name}'). {config.YAMNET_HELP}."
+            )
+        return by_key[key]
+
+    conv1 = (take("layer1/conv/Conv2D", 4).transpose(1, 2, 3, 0), take("layer1/conv/bn/FusedBatchNormV3", 1))
+    blocks = []
+    for i, (_, channels) in enumerate(BLOCKS, start=2):
+        dw = take(f"layer{i}/depthwise_conv/bn/FusedBatchNormV3", 4)  # [1, 3, 3, C]
+        dw_bias = take(f"layer{i}/depthwise_conv/bn/FusedBatchNormV3", 1)
+        pw = take(f"layer{i}/pointwise_conv/Conv2D", 4)  # [out, 1, 1, in]
+        pw_bias = take(f"layer{i}/pointwise_conv/bn/FusedBatchNormV3", 1)
+        if pw.shape[0] != channels:
+            raise FanwatchError(f"{resolved}: layer{i} has {pw.shape[0]} channels, YAMNet has {channels}.")
+        blocks.append((dw[0][..., None], dw_bias, pw.transpose(1, 2, 3, 0), pw_bias))
+    dense = (take("dense/MatMul", 2).T.copy(), take("dense/bias", 1))
+    mel = by_key.get(("yamnet_frames/tf_op_layer_MatMul/MatMul", 2))
+    return YamnetWeights(
+        path=resolved,
+        sha256=config.sha256_file(resolved),
+        conv1=conv1,
+        blocks=blocks,
+        dense=dense,
+        file_mel_matrix=None if mel is None else mel.T.copy(),
+    )
+
+
+def mel_matrix() -> np.ndarray:
+    """The exact float [257, 64] mel weight matrix YAMNet's front end was built with."""
+    import tensorflow as tf
+
+    return tf.signal.linear_to_mel_weight_matrix(
+        num_mel_bins=config.MEL_BANDS,
+        num_spectrogram_bins=config.FFT_LENGTH // 2 + 1,
+        sample_rate=config.SAMPLE_RATE,
+        lower_edge_hertz=config.MEL_FMIN,
+        upper_edge_hertz=config.MEL_FMAX,
+    ).numpy()
+
+
+def _log_mel_layer():
+    import keras
+    import tensorflow as tf
+
+    class LogMelPatch(keras.layers.Layer):
+        """[batch, 15600] waveform -> [batch, 96, 64, 1] log-mel patch, builtin TFLite ops only."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._window = tf.constant(
+                tf.signal.hann_window(config.STFT_WINDOW, periodic=True).numpy()[None, None, :]
+            )
+            self._mel = tf.constant(mel_matrix())
+
+        def call(self, waveform):
+            frames = tf.signal.frame(waveform, config.STFT_WINDOW, config.STFT_HOP, axis=-1)
+            spectrum = tf.signal.rfft(frames * self._window, fft_length=[config.FFT_LENGTH])
+            magnitude = tf.abs(spectrum)
+            mel = tf.tensordot(magnitude, self._mel, axes=1)
+            return tf.math.log(mel + config.LOG_OFFSET)[..., None]
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], config.PATCH_FRAMES, config.MEL_BANDS, 1)
+
+    return LogMelPatch
+
+
+def build_model(weights: YamnetWeights, with_scores: bool = True, name: str = "yamnet"):
+    """Keras functional model: waveform -> embedding [, scores]. Batch size is free."""
+    import keras
+    from keras import layers
+
+    waveform = keras.Input(shape=(config.WINDOW_SAMPLES,), dtype="float32", name="waveform")
+    x = _log_mel_layer()(name="log_mel")(waveform)
+    conv = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="layer1_conv")
+    x = conv(x)
+    conv.set_weights(list(weights.conv1))
+    for i, ((stride, channels), (dw, dw_b, pw, pw_b)) in enumerate(zip(BLOCKS, weights.blocks), start=2):
+        dwl = layers.DepthwiseConv2D(3, strides=stride, padding="same", activation="relu", name=f"layer{i}_dw")
+        x = dwl(x)
+        dwl.set_weights([dw, dw_b])
+        pwl = layers.Conv2D(channels, 1, padding="same", activation="relu", name=f"layer{i}_pw")
+        x = pwl(x)
+        pwl.set_weights([pw, pw_b])
+    embedding = layers.GlobalAveragePooling2D(name="embedding")(x)
+    outputs = {"embedding": embedding}
+    if with_scores:
+        dense = layers.Dense(NUM_CLASSES, activation="sigmoid", name="scores")
+        outputs["scores"] = dense(embedding)
+        dense.set_weights(list(weights.dense))
+    return keras.Model(waveform, outputs, name=name)
+
+
+def build_log_mel_model():
+    """The front end alone, [batch, 15600] -> [batch, 96, 64], for checks against the reference file."""
+    import keras
+
+    waveform = keras.Input(shape=(config.WINDOW_SAMPLES,), dtype="float32", name="waveform")
+    patch = _log_mel_layer()(name="log_mel")(waveform)
+    return keras.Model(waveform, keras.layers.Reshape((config.PATCH_FRAMES, config.MEL_BANDS))(patch))
+
+
+def class_names(path: str | os.PathLike | None = None) -> list[str]:
+    """AudioSet display names from yamnet_class_map.csv next to the weights, if present."""
+    import csv
+
+    weights = config.resolve_yamnet_path(path)
+    csv_path = weights.with_name("yamnet_class_map.csv")
+    if not csv_path.is_file():
+        return [str(i) for i in range(NUM_CLASSES)]
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return [row[2] for row in rows[1:]]
