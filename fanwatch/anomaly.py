@@ -1,0 +1,203 @@
+"""Embedding-distance anomaly score, fitted on normal recordings only.
+
+Per machine id (or one "default" machine), the embeddings of normal training windows define a
+Gaussian: mean ``mu`` and a Ledoit-Wolf shrinkage covariance (1024 dimensions from a few hundred
+windows needs shrinkage to be invertible and stable). A window's score is its Mahalanobis distance
+``sqrt((e - mu)^T P (e - mu))`` with ``P`` the precision matrix, computed in the exported model as a
+dense layer ``(e - mu) @ L`` with ``P = L L^T`` followed by a sum of squares, so any fault that moves
+the embedding away from normal raises the score, including faults never seen in training.
+
+The alternative measured against it (``method="knn"``): mean cosine distance to the k nearest normal
+training embeddings. See ``compare_methods`` and the README for the measurement.
+
+Thresholds are set per machine on *normal validation recordings only*, at the score quantile that
+gives the target false-alarm rate per window; anomalous clips are never used to set them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import FanwatchError
+
+METHODS = ("mahalanobis", "knn")
+DEFAULT_METHOD = "mahalanobis"
+DEFAULT_FALSE_ALARM_RATE = 0.01
+KNN_K = 5
+KNN_BANK = 1024  # normal embeddings kept per machine for the k-NN score
+
+
+@dataclass
+class AnomalyModel:
+    """Per-machine parameters of the score, ready to be turned into TFLite layers or run in numpy."""
+
+    method: str
+    machines: list[str]
+    mean: np.ndarray | None = None  # [M, D] (mahalanobis)
+    transform: np.ndarray | None = None  # [M, D, D] with P = L L^T (mahalanobis)
+    bank: np.ndarray | None = None  # [M, K, D] unit-norm normal embeddings (knn)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    fit_windows: dict[str, int] = field(default_factory=dict)
+
+    def score(self, embeddings: np.ndarray) -> np.ndarray:
+        """[N, M] scores of N embeddings for every machine, in float64 numpy (the reference)."""
+        e = np.asarray(embeddings, dtype=np.float64)
+        if self.method == "mahalanobis":
+            out = []
+            for m in range(len(self.machines)):
+                z = (e - self.mean[m]) @ self.transform[m]
+                out.append(np.sqrt((z * z).sum(axis=1)))
+            return np.stack(out, axis=1)
+        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        out = []
+        for m in range(len(self.machines)):
+            sims = unit @ self.bank[m].T
+            top = -np.sort(-sims, axis=1)[:, :KNN_K]
+            out.append(1.0 - top.mean(axis=1))
+        return np.stack(out, axis=1)
+
+
+def _fit_mahalanobis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.covariance import LedoitWolf
+
+    lw = LedoitWolf(assume_centered=False).fit(x.astype(np.float64))
+    precision = lw.precision_
+    precision = (precision + precision.T) / 2
+    transform = np.linalg.cholesky(precision)  # P = L L^T
+    return lw.location_, transform
+
+
+def fit(embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method: str = DEFAULT_METHOD,
+        seed: int = 0) -> AnomalyModel:
+    """Fit on the normal windows of each machine (anomalous windows are ignored)."""
+    if method not in METHODS:
+        raise FanwatchError(f"unknown anomaly method '{method}' (choose from {', '.join(METHODS)})")
+    names = sorted(set(machines[normal].tolist()))
+    if not names:
+        raise FanwatchError("no normal training recordings: the anomaly score needs some to learn from")
+    model = AnomalyModel(method=method, machines=names)
+    means, transforms, banks = [], [], []
+    rng = np.random.default_rng(seed)
+    for name in names:
+        x = embeddings[(machines == name) & normal]
+        if len(x) < 2:
+            raise FanwatchError(f"machine {name}: only {len(x)} normal window(s), need at least 2 to fit")
+        model.fit_windows[name] = int(len(x))
+        if method == "mahalanobis":
+            mu, transform = _fit_mahalanobis(x)
+            means.append(mu)
+            transforms.append(transform)
+        else:
+            pick = x if len(x) <= KNN_BANK else x[rng.choice(len(x), KNN_BANK, replace=False)]
+            unit = pick / np.maximum(np.linalg.norm(pick, axis=1, keepdims=True), 1e-12)
+            if len(unit) < KNN_BANK:  # pad by repeating so every machine has the same bank size
+                unit = unit[np.resize(np.arange(len(unit)), KNN_BANK)]
+            banks.append(unit)
+    if method == "mahalanobis":
+        model.mean = np.stack(means).astype(np.float32)
+        model.transform = np.stack(transforms).astype(np.float32)
+    else:
+        model.bank = np.stack(banks).astype(np.float32)
+    return model
+
+
+def thresholds_from_normal(scores: np.ndarray, machines: np.ndarray, model: AnomalyModel,
+                           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+                           fallback: np.ndarray | None = None) -> dict[str, dict]:
+    """Per machine, the score quantile (1 - rate) of its own normal validation windows.
+
+    ``scores`` is [N, M] (column m = machine m's score). A machine with no validation windows falls
+    back to its training windows' scores (``fallback``, same layout), which is said in the result.
+    """
+    out = {}
+    for m, name in enumerate(model.machines):
+        own = scores[machines == name, m] if len(scores) else np.zeros(0)
+        source = "validation normal windows"
+        if len(own) == 0 and fallback is not None:
+            own = fallback[0][fallback[1] == name, m]
+            source = "training normal windows (no validation recording for this machine)"
+        if len(own) == 0:
+            raise FanwatchError(f"machine {name}: no normal windows to set its threshold on")
+        threshold = float(np.quantile(own, 1.0 - false_alarm_rate, method="higher"))
+        out[name] = {"threshold": threshold, "windows": int(len(own)), "source": source}
+    return out
+
+
+def roc_auc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (probability an anomalous score beats a normal one), ties half."""
+    a = np.asarray(anomalous_scores, np.float64)
+    n = np.asarray(normal_scores, np.float64)
+    if len(a) == 0 or len(n) == 0:
+        return None
+    allv = np.concatenate([n, a])
+    order = allv.argsort(kind="mergesort")
+    ranks = np.empty(len(allv))
+    sorted_v = allv[order]
+    # average ranks for ties
+    i = 0
+    while i < len(sorted_v):
+        j = i
+        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = ranks[len(n):].sum()
+    return float((rank_sum - len(a) * (len(a) + 1) / 2) / (len(a) * len(n)))
+
+
+def best_threshold_info(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> dict | None:
+    """Information only: the threshold that would maximise TPR - FPR if labelled anomalies were used."""
+    if len(normal_scores) == 0 or len(anomalous_scores) == 0:
+        return None
+    candidates = np.unique(np.concatenate([normal_scores, anomalous_scores]))
+    best = None
+    for t in candidates:
+        tpr = float((anomalous_scores >= t).mean())
+        fpr = float((normal_scores >= t).mean())
+        if best is None or tpr - fpr > best["tpr"] - best["fpr"]:
+            best = {"threshold": float(t), "tpr": tpr, "fpr": fpr}
+    return best
+
+
+def keras_layer(model: AnomalyModel):
+    """A Keras layer: [batch, D] embeddings -> [batch, M] scores, builtin TFLite ops only."""
+    import keras
+    import tensorflow as tf
+
+    class AnomalyScore(keras.layers.Layer):
+        def __init__(self, params: AnomalyModel, **kwargs):
+            super().__init__(**kwargs)
+            self.method = params.method
+            self.m = len(params.machines)
+            if params.method == "mahalanobis":
+                d = params.mean.shape[1]
+                # one dense layer for all machines: z_m = e @ L_m - mu_m @ L_m
+                kernel = np.concatenate(list(params.transform), axis=1)  # [D, M*D]
+                bias = -np.concatenate([params.mean[m] @ params.transform[m] for m in range(self.m)])
+                self.dense = keras.layers.Dense(self.m * d, name="mahalanobis")
+                self.dense.build((None, d))
+                self.dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+                self.d = d
+            else:
+                k = params.bank.shape[1]
+                kernel = np.concatenate(list(params.bank), axis=0).T  # [D, M*K]
+                self.dense = keras.layers.Dense(self.m * k, use_bias=False, name="knn_similarity")
+                self.dense.build((None, kernel.shape[0]))
+                self.dense.set_weights([kernel.astype(np.float32)])
+                self.k = k
+
+        def call(self, embedding):
+            if self.method == "mahalanobis":
+                z = tf.reshape(self.dense(embedding), (-1, self.m, self.d))
+                return tf.sqrt(tf.reduce_sum(z * z, axis=-1))
+            unit = embedding / tf.maximum(tf.norm(embedding, axis=-1, keepdims=True), 1e-12)
+            sims = tf.reshape(self.dense(unit), (-1, self.m, self.k))
+            top = tf.math.top_k(sims, k=KNN_K).values
+            return 1.0 - tf.reduce_mean(top, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], self.m)
+
+    return AnomalyScore(model, name="anomaly_score")

@@ -1,0 +1,225 @@
+"""Window embeddings for whole datasets, computed with the deployed numerics and cached on disk.
+
+Embeddings come from a TFLite file of the YAMNet front end, exported by the same code and with the
+same quantization as the end-to-end model the Pi runs, so a statistic fitted on them means on the Pi
+what it meant in training. The front-end file itself is cached per YAMNet weights and quantization.
+
+Cache entries are keyed by the audio file's content hash, the channel setting, window and hop, the
+YAMNet weights hash and the quantization; an entry that fails to load or has the wrong shape is
+recomputed, never trusted. Two worker processes (one interpreter each, started with "spawn" so that
+no TensorFlow state is inherited) use both cores: measured here, two threads gained only ~20 % over
+one, two processes ~65 %.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import audio, config
+from .datasets import Recording
+from .errors import BadAudioError, FanwatchError
+from .runtime import TFLiteModel
+
+CACHE_VERSION = 1
+
+
+def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Path:
+    return Path(cache_dir) / "frontend" / f"yamnet-{yamnet_sha256[:16]}-{quantization}-v{CACHE_VERSION}.tflite"
+
+
+def ensure_frontend(yamnet_path=None, quantization: str = "int8-pointwise", cache_dir=None) -> tuple[Path, str]:
+    """The embedding-only TFLite file for these weights and quantization; built once, then reused."""
+    from . import yamnet
+    from .export import export_tflite
+
+    weights_path = yamnet.check_yamnet_file(yamnet_path)
+    sha = config.sha256_file(weights_path)
+    path = frontend_path(config.resolve_cache_dir(cache_dir), sha, quantization)
+    if not path.is_file():
+        weights = yamnet.load_weights(weights_path)
+        model = yamnet.build_model(weights, with_scores=False, name="frontend")
+        export_tflite(model, path, quantization)
+    return path, sha
+
+
+@dataclass
+class EmbeddingSet:
+    """Window embeddings of many recordings, with the bookkeeping to go back to files."""
+
+    embeddings: np.ndarray  # [n_windows, 1024] float32
+    file_index: np.ndarray  # [n_windows] index into ``recordings``
+    recordings: list[Recording]  # the files that gave at least one window
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray([self.recordings[i].label for i in self.file_index])
+
+    def machines(self) -> np.ndarray:
+        return np.asarray([self.recordings[i].machine for i in self.file_index])
+
+    def normal(self) -> np.ndarray:
+        return np.asarray([self.recordings[i].normal for i in self.file_index], dtype=bool)
+
+    def subset(self, keep: np.ndarray) -> "EmbeddingSet":
+        """Windows of the recordings whose mask entry is True (mask over recordings)."""
+        keep = np.asarray(keep, dtype=bool)
+        new_index = np.cumsum(keep) - 1
+        windows = keep[self.file_index]
+        return EmbeddingSet(
+            embeddings=self.embeddings[windows],
+            file_index=new_index[self.file_index[windows]],
+            recordings=[r for r, k in zip(self.recordings, keep) if k],
+            skipped=list(self.skipped),
+        )
+
+
+class Extractor:
+    """Embeds audio files with a front-end TFLite file, caching one .npz per file."""
+
+    def __init__(self, frontend: str | os.PathLike, frontend_id: str, cache_dir=None, channel="mean",
+                 workers: int | None = None):
+        self.frontend = Path(frontend)
+        self.frontend_id = frontend_id
+        self.cache_dir = config.resolve_cache_dir(cache_dir) / "embeddings"
+        self.channel = channel
+        self.workers = workers or min(2, os.cpu_count() or 1)
+        self._interpreter: TFLiteModel | None = None
+
+    def __getstate__(self):  # sent to worker processes without the interpreter
+        state = dict(self.__dict__)
+        state["_interpreter"] = None
+        return state
+
+    def _model(self) -> TFLiteModel:
+        if self._interpreter is None:
+            self._interpreter = TFLiteModel(self.frontend, num_threads=1)
+        return self._interpreter
+
+    def embed_signal(self, signal: np.ndarray) -> np.ndarray:
+        """[n_windows, 1024] for a 16 kHz mono signal at least one window long."""
+        windows = audio.frame_windows(signal)
+        model = self._model()
+        out = np.empty((len(windows), config.EMBEDDING_DIM), np.float32)
+        for i, window in enumerate(windows):
+            out[i] = model(window)["embedding"]
+        return out
+
+    def _key(self, path: Path) -> str:
+        settings = json.dumps(
+            [config.sha256_file(path), str(self.channel), config.WINDOW_SAMPLES, config.HOP_SAMPLES,
+             self.frontend_id, CACHE_VERSION]
+        )
+        return hashlib.sha256(settings.encode()).hexdigest()
+
+    def _load_cached(self, entry: Path) -> np.ndarray | None:
+        try:
+            with np.load(entry, allow_pickle=False) as data:
+                emb = np.asarray(data["embeddings"], dtype=np.float32)
+        except (OSError, ValueError, KeyError, EOFError):
+            return None
+        if emb.ndim != 2 or emb.shape[1] != config.EMBEDDING_DIM or len(emb) == 0 or not np.isfinite(emb).all():
+            return None
+        return emb
+
+    def _entry(self, path: Path) -> Path:
+        try:
+            key = self._key(path)
+        except OSError as exc:
+            raise BadAudioError(path, f"cannot read ({exc.strerror or exc})") from None
+        return self.cache_dir / key[:2] / f"{key}.npz"
+
+    def cached(self, path: str | os.PathLike) -> np.ndarray | None:
+        """The cached embeddings of a file, or None (also for a file that cannot be read)."""
+        try:
+            entry = self._entry(Path(path))
+        except BadAudioError:
+            return None
+        return self._load_cached(entry) if entry.exists() else None
+
+    def embed_file(self, path: str | os.PathLike) -> np.ndarray:
+        """Cached embeddings of one file; raises BadAudioError for a file that cannot be used."""
+        path = Path(path)
+        entry = self._entry(path)
+        emb = self._load_cached(entry) if entry.exists() else None
+        if emb is None:
+            emb = self.embed_signal(audio.load_audio(path, channel=self.channel))
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".npz")
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, embeddings=emb)
+            os.replace(tmp, entry)
+        return emb
+
+    def _embed_or_reason(self, path: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return self.embed_file(path), None
+        except BadAudioError as exc:
+            return None, exc.reason
+
+    def embed_recordings(self, recordings: list[Recording], progress: bool = True,
+                         desc: str = "embeddings") -> EmbeddingSet:
+        """All windows of all usable recordings; bad files are reported in one line each and skipped."""
+        from tqdm import tqdm
+
+        results: list[np.ndarray | None] = [self.cached(r.path) for r in recordings]
+        skipped: list[tuple[str, str]] = []
+        todo = [i for i, emb in enumerate(results) if emb is None]
+        paths = [str(recordings[i].path) for i in todo]
+        pool = None
+        if self.workers > 1 and len(todo) >= 8:  # starting workers costs about a second
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(self,))
+            outcomes = pool.map(_worker_embed, paths, chunksize=1)
+        else:
+            outcomes = map(self._embed_or_reason, paths)
+        with tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo, leave=False) as bar:
+            for i, (emb, reason) in zip(todo, outcomes):
+                if reason is not None:
+                    skipped.append((str(recordings[i].path), reason))
+                    tqdm.write(f"skipped {recordings[i].path}: {reason}")
+                results[i] = emb
+                bar.update(1)
+        if pool is not None:
+            pool.shutdown()
+        kept = [i for i, e in enumerate(results) if e is not None]
+        if not kept:
+            return EmbeddingSet(np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int), [], skipped)
+        return EmbeddingSet(
+            embeddings=np.concatenate([results[i] for i in kept]),
+            file_index=np.concatenate([np.full(len(results[i]), n) for n, i in enumerate(kept)]),
+            recordings=[recordings[i] for i in kept],
+            skipped=skipped,
+        )
+
+
+_WORKER: Extractor | None = None
+
+
+def _init_worker(extractor: Extractor) -> None:
+    global _WORKER
+    _WORKER = extractor
+
+
+def _worker_embed(path: str):
+    return _WORKER._embed_or_reason(path)
+
+
+def make_extractor(yamnet_path=None, quantization: str = "int8-pointwise", cache_dir=None, channel="mean",
+                   workers: int | None = None) -> tuple[Extractor, str]:
+    """An Extractor on the cached front end for these weights; also returns the weights' sha256."""
+    frontend, sha = ensure_frontend(yamnet_path, quantization, cache_dir)
+    return Extractor(frontend, f"{sha}:{quantization}", cache_dir, channel, workers), sha
+
+
+def require_windows(emb: EmbeddingSet, what: str) -> None:
+    if len(emb.embeddings) == 0:
+        raise FanwatchError(f"no usable recordings for {what} ({len(emb.skipped)} skipped)")

@@ -1,0 +1,144 @@
+"""Run an exported fanwatch model: what the Raspberry Pi imports.
+
+Only numpy and a TFLite runtime: ``ai_edge_litert`` (LiteRT, the Pi runtime), else
+``tflite_runtime`` (older Pis), else ``tensorflow.lite`` (the training machine). Never TensorFlow
+itself when a runtime is installed, never scipy or scikit-learn.
+
+A model is ``sound_classifier.tflite`` with ``model_card.json`` beside it (labels, thresholds,
+machine ids, window settings). Input: one window of ``WINDOW_SAMPLES`` float32 samples at 16 kHz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import config
+from .errors import FanwatchError
+
+MODEL_NAME = "sound_classifier.tflite"
+CARD_NAME = "model_card.json"
+RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+def interpreter_class(prefer: str | None = None):
+    """The first TFLite Interpreter class that imports, and the runtime's name."""
+    order = [prefer] if prefer else list(RUNTIMES)
+    errors = []
+    for name in order:
+        try:
+            if name == "ai_edge_litert":
+                from ai_edge_litert.interpreter import Interpreter
+            elif name == "tflite_runtime":
+                from tflite_runtime.interpreter import Interpreter
+            elif name == "tensorflow":
+                import warnings
+
+                import tensorflow as tf
+
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+                Interpreter = tf.lite.Interpreter
+            else:
+                raise FanwatchError(f"unknown TFLite runtime '{name}' (choose from {', '.join(RUNTIMES)})")
+            return Interpreter, name
+        except ImportError as exc:
+            errors.append(f"{name}: {exc}")
+    raise FanwatchError("no TFLite runtime found; install ai-edge-litert (pip install ai-edge-litert)")
+
+
+def load_interpreter(path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None):
+    path = Path(path)
+    if not path.is_file():
+        raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
+    Interpreter, name = interpreter_class(runtime)
+    try:
+        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise FanwatchError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
+    return interpreter, name
+
+
+@dataclass
+class Prediction:
+    """One window's outputs."""
+
+    probabilities: np.ndarray  # [n_classes]
+    anomaly_scores: np.ndarray  # [n_machines], one per known machine id
+    embedding: np.ndarray | None = None
+
+
+class TFLiteModel:
+    """A single-window TFLite model with named outputs (a serving signature)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None):
+        self.path = Path(path)
+        self.interpreter, self.runtime = load_interpreter(self.path, num_threads, runtime)
+        signatures = self.interpreter.get_signature_list()
+        if not signatures:
+            raise FanwatchError(f"{self.path}: model has no serving signature (export it with fanwatch)")
+        self.signature = next(iter(signatures))
+        self._runner = self.interpreter.get_signature_runner(self.signature)
+        inputs = signatures[self.signature]["inputs"]
+        self.input_name = inputs[0]
+        self.output_names = list(signatures[self.signature]["outputs"])
+        self.input_shape = tuple(self._runner.get_input_details()[self.input_name]["shape"])
+
+    def __call__(self, window: np.ndarray) -> dict[str, np.ndarray]:
+        window = np.asarray(window, dtype=np.float32).reshape(self.input_shape)
+        outputs = self._runner(**{self.input_name: window})
+        return {name: np.asarray(value)[0] for name, value in outputs.items()}
+
+
+def read_card(model_path: str | os.PathLike) -> dict:
+    card_path = Path(model_path).with_name(CARD_NAME)
+    if not card_path.is_file():
+        raise FanwatchError(f"{card_path} not found: the model card must sit beside the model")
+    try:
+        return json.loads(card_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise FanwatchError(f"{card_path}: unreadable model card ({exc})") from None
+
+
+class SoundClassifier:
+    """The deployed end-to-end model plus its card: window in, label and anomaly decision out."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
+                 machine: str | None = None):
+        self.model = TFLiteModel(path, num_threads, runtime)
+        self.card = read_card(path)
+        self.labels: list[str] = list(self.card["labels"])
+        self.machines: list[str] = list(self.card["anomaly"]["machines"])
+        self.thresholds = np.asarray([self.card["anomaly"]["thresholds"][m] for m in self.machines], np.float32)
+        if int(self.card.get("window_samples", config.WINDOW_SAMPLES)) != config.WINDOW_SAMPLES:
+            raise FanwatchError(f"{path}: model was built for another window length")
+        self.machine_index: int | None = None
+        if machine is not None:
+            if machine not in self.machines:
+                raise FanwatchError(f"unknown machine '{machine}': this model knows {', '.join(self.machines)}")
+            self.machine_index = self.machines.index(machine)
+        elif len(self.machines) == 1:
+            self.machine_index = 0
+
+    @property
+    def runtime(self) -> str:
+        return self.model.runtime
+
+    def predict(self, window: np.ndarray) -> Prediction:
+        out = self.model(window)
+        return Prediction(
+            probabilities=out["probabilities"],
+            anomaly_scores=out["anomaly_score"],
+            embedding=out.get("embedding"),
+        )
+
+    def anomaly_ratio(self, scores: np.ndarray) -> float:
+        """Score over threshold for the chosen machine; with several and none chosen, the closest one."""
+        ratios = np.asarray(scores, np.float32) / self.thresholds
+        if self.machine_index is not None:
+            return float(ratios[self.machine_index])
+        return float(ratios.min())

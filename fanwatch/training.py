@@ -1,0 +1,372 @@
+"""train.py's work: data -> split -> embeddings -> head + anomaly score -> one end-to-end TFLite model."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, anomaly, config, datasets, embeddings, export, runtime
+from .errors import FanwatchError
+
+HEAD_NAME = "sound_classifier_head.keras"
+FLOAT_NAME = "sound_classifier_float32.tflite"
+SPLIT_NAME = "split.json"
+ANOMALY_NAME = "anomaly_model.npz"
+PARITY_WINDOWS = 24  # windows checked Keras vs TFLite after export
+
+EMPTY_DATA_HELP = """no recordings found in {data}.
+Lay out recordings in one of these ways (WAV/FLAC/OGG, any rate, any channel count):
+  {data}/<class>/*.wav                                  one folder per machine state / fault,
+                                                        e.g. on_state/ off_state/ fault_bearing/
+  {data}/[<snr>_]<machine>/id_XX/{{normal,abnormal}}/*.wav  MIMII
+  {data}/<machine>/{{train,test}}/{{normal,anomaly}}_id_XX_NNNNNNNN.wav   DCASE 2020 Task 2
+Folder names starting with fault_/anomaly_/abnormal are anomalous classes (or use --normal-classes).
+Or try the synthetic fan demo: python train.py --demo"""
+
+
+@dataclass
+class TrainSettings:
+    data: Path
+    out: Path
+    yamnet: str | None = None
+    cache: str | None = None
+    seed: int = 0
+    layout: str = "auto"
+    normal_classes: str | None = None
+    anomalous_classes: str | None = None
+    channel: str | int = "mean"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    quantization: str = export.DEFAULT_QUANTIZATION
+    anomaly_method: str = anomaly.DEFAULT_METHOD
+    false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
+    epochs: int = 200
+    patience: int = 15
+    workers: int | None = None
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def _metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if len(y_true) == 0:
+        return {"accuracy": None, "macro_f1": None, "n": 0}
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro",
+                                   zero_division=0)),
+        "n": int(len(y_true)),
+    }
+
+
+def file_level(probabilities: np.ndarray, file_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probability per file -> (file ids in order, predicted class per file)."""
+    files = np.unique(file_index)
+    mean = np.stack([probabilities[file_index == f].mean(axis=0) for f in files])
+    return files, mean.argmax(axis=1)
+
+
+def build_end_to_end(weights, head_model, anomaly_model: anomaly.AnomalyModel):
+    """waveform -> {probabilities, anomaly_score, embedding}: one Keras model, exported as one file."""
+    import keras
+
+    from . import yamnet
+
+    frontend = yamnet.build_model(weights, with_scores=False, name="frontend")
+    waveform = keras.Input(shape=(config.WINDOW_SAMPLES,), dtype="float32", name="waveform")
+    emb = frontend(waveform)["embedding"]
+    outputs = {
+        "probabilities": head_model(emb),
+        "anomaly_score": anomaly.keras_layer(anomaly_model)(emb),
+        "embedding": emb,
+    }
+    return keras.Model(waveform, outputs, name="sound_classifier")
+
+
+def _library_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "fanwatch": __version__}
+    for name in ("tensorflow", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile", "scikit-learn"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def train(s: TrainSettings) -> dict:
+    """The whole run; returns the model card (also written to ``s.out``)."""
+    started = time.time()
+    data = Path(s.data)
+    if not data.is_dir() or not any(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in
+                                    (".wav", ".flac", ".ogg")):
+        raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recs = datasets.scan(data, s.layout, s.normal_classes, s.anomalous_classes)
+    layout = s.layout if s.layout != "auto" else datasets.detect_layout(data)
+    splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction,
+                                       test_fraction=s.test_fraction)
+    datasets.save_split(out / SPLIT_NAME, splits, data, params={"layout": layout})
+    summary = datasets.summarize(recs)
+    log(f"data: {summary['files']} files in {data} ({layout} layout), {summary['normal']} normal, "
+        f"{summary['anomalous']} anomalous; split train/val/test = "
+        f"{len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} files")
+
+    extractor, yamnet_sha = embeddings.make_extractor(s.yamnet, s.quantization, s.cache, s.channel, s.workers)
+    sets = {}
+    skipped: list[tuple[str, str]] = []
+    for name in datasets.SPLITS:
+        sets[name] = extractor.embed_recordings(splits[name], progress=s.progress, desc=f"embeddings ({name})")
+        skipped += sets[name].skipped
+    train_set, val_set = sets["train"], sets["val"]
+    embeddings.require_windows(train_set, "training")
+
+    # --- classifier head -------------------------------------------------------------------------
+    train_labels = sorted({r.label for r in train_set.recordings})
+    target = "label"
+    if len(train_labels) < 2:
+        machines = sorted({r.machine for r in train_set.recordings})
+        if len(machines) >= 2:
+            target, train_labels = "machine", machines
+    key = (lambda r: r.machine) if target == "machine" else (lambda r: r.label)
+    index = {label: i for i, label in enumerate(train_labels)}
+
+    def targets(es: embeddings.EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
+        y_file = np.array([index.get(key(r), -1) for r in es.recordings], dtype=int)
+        y = y_file[es.file_index] if len(es.file_index) else np.zeros(0, int)
+        return y, y_file
+
+    y_train, _ = targets(train_set)
+    y_val, y_val_file = targets(val_set)
+    val_known = y_val >= 0  # a class absent from training cannot be predicted; it is reported
+    from .head import train_head
+
+    if len(train_labels) < 2:
+        log(f"head: one class only ({train_labels[0] if train_labels else 'none'}); "
+            "the head always answers it and the anomaly score does the work")
+    head = train_head(train_set.embeddings, y_train, val_set.embeddings[val_known], y_val[val_known],
+                      train_labels, seed=s.seed, epochs=s.epochs, patience=s.patience)
+    validation: dict = {"head_target": target, "epochs": head.epochs}
+    if len(val_set.embeddings):
+        probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
+        pred = probs.argmax(axis=1)
+        validation["window"] = _metrics(y_val[val_known], pred[val_known], len(train_labels))
+        files, file_pred = file_level(probs, val_set.file_index)
+        known_files = y_val_file[files] >= 0
+        validation["file"] = _metrics(y_val_file[files][known_files], file_pred[known_files], len(train_labels))
+        unknown = sorted({key(r) for r, y in zip(val_set.recordings, y_val_file) if y < 0})
+        if unknown:
+            validation["classes_not_in_training"] = unknown
+        w = validation["window"]
+        if w["accuracy"] is not None:
+            log(f"head: validation accuracy {w['accuracy']:.3f}, macro F1 {w['macro_f1']:.3f} "
+                f"(window level, {w['n']} windows); file level accuracy {validation['file']['accuracy']:.3f}, "
+                f"macro F1 {validation['file']['macro_f1']:.3f}")
+    else:
+        log("head: no validation recordings, so no validation metrics")
+
+    # --- anomaly score ----------------------------------------------------------------------------
+    anom = anomaly.fit(train_set.embeddings, train_set.machines(), train_set.normal(), s.anomaly_method, s.seed)
+    val_scores = anom.score(val_set.embeddings) if len(val_set.embeddings) else np.zeros((0, len(anom.machines)))
+    val_machines, val_normal = val_set.machines(), val_set.normal()
+    train_normal = train_set.normal()
+    fallback = (anom.score(train_set.embeddings[train_normal]), train_set.machines()[train_normal])
+    thresholds = anomaly.thresholds_from_normal(
+        val_scores[val_normal] if len(val_scores) else val_scores,
+        val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate, fallback)
+    anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
+    anomaly_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
+    anomaly_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
+    for m in anom.machines:
+        info = anomaly_info["per_machine"].get(m, {})
+        auc = info.get("auc")
+        log(f"anomaly: {m}: threshold {anom.thresholds[m]:.3f} ({thresholds[m]['source']}, "
+            f"{thresholds[m]['windows']} windows, target false-alarm rate {s.false_alarm_rate:.1%})"
+            + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
+
+    # --- export -----------------------------------------------------------------------------------
+    from . import yamnet
+
+    weights = yamnet.load_weights(s.yamnet)
+    model = build_end_to_end(weights, head.model, anom)
+    head.model.save(out / HEAD_NAME)
+    np.savez(out / ANOMALY_NAME, method=anom.method, machines=np.asarray(anom.machines),
+             **({"mean": anom.mean, "transform": anom.transform} if anom.method == "mahalanobis"
+                else {"bank": anom.bank}))
+    paths = {}
+    for q, name in (("float32", FLOAT_NAME), (s.quantization, runtime.MODEL_NAME)):
+        if q == "float32" and name == runtime.MODEL_NAME:
+            continue
+        paths[q] = export.export_tflite(model, out / name, q)
+    if s.quantization == "float32":
+        paths["float32"] = export.export_tflite(model, out / runtime.MODEL_NAME, "float32")
+    deployed = paths[s.quantization]
+    parity = _parity(deployed, head.model, anom, extractor, splits["val"] or splits["train"])
+    log(f"export: {deployed} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
+        f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
+        f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
+        f"{parity['min_embedding_cosine']:.6f}")
+
+    card = {
+        "format": "fanwatch-model-card/1",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "labels": train_labels,
+        "head_target": target,
+        "normal_labels": sorted({key(r) for r in recs if r.normal and key(r) in index}),
+        "sample_rate": config.SAMPLE_RATE,
+        "window_samples": config.WINDOW_SAMPLES,
+        "hop_samples": config.HOP_SAMPLES,
+        "inputs": {"waveform": [1, config.WINDOW_SAMPLES]},
+        "outputs": {"probabilities": [1, len(train_labels)], "anomaly_score": [1, len(anom.machines)],
+                    "embedding": [1, config.EMBEDDING_DIM]},
+        "anomaly": {
+            "method": anom.method,
+            "machines": anom.machines,
+            "thresholds": anom.thresholds,
+            "threshold_rule": f"per machine, the {1 - s.false_alarm_rate:.3g} quantile of window scores "
+                              "of normal validation recordings",
+            "target_false_alarm_rate": s.false_alarm_rate,
+            "fit_windows": anom.fit_windows,
+            "threshold_details": thresholds,
+            "validation": anomaly_info,
+        },
+        "quantization": s.quantization,
+        "files": {q: p.name for q, p in paths.items()},
+        "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},
+        "yamnet": {"path": str(weights.path), "sha256": yamnet_sha},
+        "data": {"root": str(data), "layout": layout, "summary": summary,
+                 "split": {k: len(v) for k, v in splits.items()},
+                 "windows": {k: int(len(v.embeddings)) for k, v in sets.items()},
+                 "skipped": [{"file": f, "reason": r} for f, r in skipped]},
+        "validation": validation,
+        "parity": parity,
+        "runtimes_verified": _verify_runtimes(deployed),
+        "settings": s.as_dict(),
+        "versions": _library_versions(),
+        "train_seconds": round(time.time() - started, 1),
+    }
+    _write_json(out / runtime.CARD_NAME, card)
+    if skipped:
+        log(f"skipped {len(skipped)} file(s):")
+        for f, r in skipped:
+            log(f"  {f}: {r}")
+    log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
+    return card
+
+
+def _anomaly_validation(anom, scores, machines, normal, es) -> dict:
+    """AUC and the best threshold per machine on validation data, information only."""
+    per_machine = {}
+    for m, name in enumerate(anom.machines):
+        sel = machines == name
+        n, a = scores[sel & normal, m], scores[sel & ~normal, m]
+        per_machine[name] = {
+            "normal_windows": int(len(n)),
+            "anomalous_windows": int(len(a)),
+            "auc": anomaly.roc_auc(n, a),
+            "false_alarm_rate_at_threshold": float((n >= anom.thresholds[name]).mean()) if len(n) else None,
+            "detection_rate_at_threshold": float((a >= anom.thresholds[name]).mean()) if len(a) else None,
+            "if_labelled_anomalies_were_used": anomaly.best_threshold_info(n, a),
+        }
+    return {"note": "information only: thresholds never use anomalous clips", "per_machine": per_machine}
+
+
+def _compare_methods(s: TrainSettings, train_set, val_set, chosen) -> dict:
+    """Validation AUC of each scoring method, when the validation split holds anomalies."""
+    normal = val_set.normal()
+    if normal.all() or not normal.any():
+        return {"note": "no anomalous and normal validation windows together: methods not compared"}
+    out = {}
+    for method in anomaly.METHODS:
+        model = chosen if method == chosen.method else anomaly.fit(
+            train_set.embeddings, train_set.machines(), train_set.normal(), method, s.seed)
+        scores = model.score(val_set.embeddings)
+        machines = val_set.machines()
+        aucs = {}
+        for m, name in enumerate(model.machines):
+            sel = machines == name
+            aucs[name] = anomaly.roc_auc(scores[sel & normal, m], scores[sel & ~normal, m])
+        out[method] = aucs
+    return out
+
+
+def _parity(model_path: Path, head_model, anom, extractor, recs) -> dict:
+    """Deployed TFLite vs the Keras head + numpy score on the cached front-end embeddings."""
+    from . import audio
+
+    tfl = runtime.TFLiteModel(model_path)
+    windows, embs = [], []
+    for rec in recs:
+        try:
+            signal = audio.load_audio(rec.path, channel=extractor.channel)
+        except FanwatchError:
+            continue
+        w = audio.frame_windows(signal)
+        emb = extractor.embed_file(rec.path)
+        take = min(len(w), 4)
+        windows.extend(w[:take])
+        embs.extend(emb[:take])
+        if len(windows) >= PARITY_WINDOWS:
+            break
+    if not windows:
+        raise FanwatchError("no window to check the exported model with")
+    embs = np.asarray(embs)
+    ref_p = head_model.predict(embs, verbose=0)
+    ref_s = anom.score(embs)
+    outs = [tfl(w) for w in windows]
+    p = np.stack([o["probabilities"] for o in outs])
+    sc = np.stack([o["anomaly_score"] for o in outs])
+    e = np.stack([o["embedding"] for o in outs])
+    if not (np.isfinite(p).all() and np.isfinite(sc).all() and np.isfinite(e).all()):
+        raise FanwatchError(f"{model_path}: the exported model outputs NaN or inf; not deploying it")
+    cos = (e * embs).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(embs, axis=1), 1e-12)
+    return {
+        "windows": int(len(windows)),
+        "max_probability_diff": float(np.abs(p - ref_p).max()),
+        "max_relative_score_diff": float((np.abs(sc - ref_s) / np.maximum(np.abs(ref_s), 1e-6)).max()),
+        "min_embedding_cosine": float(cos.min()),
+    }
+
+
+def _verify_runtimes(model_path: Path) -> list[str]:
+    """Which installed TFLite runtimes load and run the model with finite outputs."""
+    ok = []
+    for name in runtime.RUNTIMES:
+        try:
+            m = runtime.TFLiteModel(model_path, runtime=name)
+            out = m(np.zeros(config.WINDOW_SAMPLES, np.float32) + 1e-3)
+            if all(np.isfinite(v).all() for v in out.values()):
+                import importlib.metadata as md
+
+                pkg = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(name, name)
+                try:
+                    ok.append(f"{name} {md.version(pkg)}")
+                except md.PackageNotFoundError:
+                    ok.append(name)
+        except Exception:  # noqa: BLE001 - a runtime that fails is simply not listed
+            continue
+    return ok

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Train fanwatch on recordings in data/ and export one end-to-end TFLite model to artifacts/."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fanwatch import anomaly, cli, export
+
+DEMO_DATA = Path("data/demo")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Train the state classifier and the anomaly score on recordings, export "
+                    "artifacts/sound_classifier.tflite (waveform in; class probabilities, anomaly score out).")
+    p.add_argument("--data", type=Path, default=None,
+                   help="recordings folder (folder per class, MIMII or DCASE 2020 layout); default data/, "
+                        "or data/demo with --demo")
+    p.add_argument("--out", type=Path, default=Path("artifacts"), help="output folder (default artifacts/)")
+    p.add_argument("--demo", action="store_true",
+                   help="generate the synthetic fan dataset (if not there yet) and train on it")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, head training and demo data (default 0)")
+    p.add_argument("--layout", default="auto", choices=["auto", "folders", "mimii", "dcase"],
+                   help="dataset layout (default: detected)")
+    p.add_argument("--normal-classes", default=None, metavar="A,B",
+                   help="folders layout: the classes that are normal states (all others anomalous)")
+    p.add_argument("--anomalous-classes", default=None, metavar="A,B",
+                   help="folders layout: the classes that are anomalous (all others normal); default: "
+                        "names starting with fault/anomal/abnormal/broken/defect")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share of files for validation (0.15)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share of files held out for "
+                   "evaluate_model.py (0.15; DCASE uses its own test folder)")
+    p.add_argument("--quantization", default=export.DEFAULT_QUANTIZATION, choices=export.QUANTIZATIONS,
+                   help="deployed model: int8 pointwise/dense weights (default) or float32; "
+                        "the float32 variant is always written too")
+    p.add_argument("--anomaly-method", default=anomaly.DEFAULT_METHOD, choices=anomaly.METHODS,
+                   help="embedding distance: Mahalanobis with Ledoit-Wolf shrinkage (default) or "
+                        "mean cosine distance to the k nearest normal embeddings")
+    p.add_argument("--false-alarm-rate", type=float, default=anomaly.DEFAULT_FALSE_ALARM_RATE,
+                   help="target false alarms per window on normal validation data, sets the "
+                        "thresholds (default 0.01)")
+    p.add_argument("--epochs", type=int, default=200, help="maximum head training epochs (early stopping)")
+    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
+    cli.add_common(p)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cli.quiet_tensorflow()
+    with cli.user_errors():
+        from fanwatch import training
+
+        data = args.data or (DEMO_DATA if args.demo else Path("data"))
+        if args.demo:
+            from fanwatch import synth
+
+            if not (data / "SYNTHETIC.json").is_file():
+                print(f"demo: writing the synthetic fan dataset to {data}")
+                synth.generate_dataset(data, layout="folders", seed=args.seed, progress=not args.no_progress)
+        settings = training.TrainSettings(
+            data=data, out=args.out, yamnet=args.yamnet, cache=args.cache, seed=args.seed, layout=args.layout,
+            normal_classes=args.normal_classes, anomalous_classes=args.anomalous_classes, channel=args.channel,
+            val_fraction=args.val_fraction, test_fraction=args.test_fraction, quantization=args.quantization,
+            anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate, epochs=args.epochs,
+            patience=args.patience, workers=args.workers, progress=not args.no_progress,
+        )
+        training.train(settings)
+
+
+if __name__ == "__main__":
+    main()
