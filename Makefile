@@ -1,0 +1,46 @@
+# Two commands set everything up on a fresh machine with Python 3.11:
+#   make demo   -> virtual env + requirements, synthetic fan data, train, evaluate
+#   make test   -> virtual env + requirements + test tools, every test (slow ones too)
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The real YAMNet weights: $FANWATCH_YAMNET, else models/yamnet.tflite, else ../shared/yamnet beside the clone.
+FANWATCH_YAMNET ?= $(firstword $(wildcard models/yamnet.tflite ../shared/yamnet/yamnet.tflite))
+export FANWATCH_YAMNET
+
+.PHONY: setup demo test test-fast bench lint clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 or run make PYTHON=python3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+	@# sounddevice needs PortAudio (Debian: libportaudio2); installed here when we may.
+	@$(PY) -c "import sounddevice" 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq libportaudio2) >/dev/null; \
+	  else echo "note: install PortAudio for live capture: sudo apt-get install libportaudio2"; fi; }
+
+demo: setup
+	$(PY) train.py --demo
+	$(PY) evaluate_model.py
+	$(PY) visualize_data.py --data data/demo
+
+test: setup
+	$(PY) -m pytest -m "slow or not slow" -q
+
+test-fast: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/embeddings.py
+	$(PY) bench/latency.py
+
+lint: setup
+	$(VENV)/bin/hadolint Dockerfile
+
+clean:
+	rm -rf $(VENV) artifacts/cache

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real YAMNet weights, a seeded synthetic fan dataset, and a model trained on it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REALDATA = SHARED / "realdata"
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _yamnet() -> Path:
+    from fanwatch import config
+
+    env = os.environ.get(config.YAMNET_ENV)
+    candidates = [Path(env)] if env else []
+    candidates += [config.DEFAULT_YAMNET, SHARED / "yamnet" / "yamnet.tflite"]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    pytest.fail(f"the tests need the real YAMNet weights: set {config.YAMNET_ENV} or put them at "
+                f"models/yamnet.tflite (tried {', '.join(map(str, candidates))})")
+
+
+@pytest.fixture(scope="session")
+def yamnet_path() -> Path:
+    path = _yamnet()
+    os.environ["FANWATCH_YAMNET"] = str(path)  # subprocesses (CLI tests) see the same weights
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["FANWATCH_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def yamnet_weights(yamnet_path):
+    from fanwatch import yamnet
+
+    return yamnet.load_weights(yamnet_path)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A small seeded fan dataset in the folder-per-class layout (3 states, 4 faults)."""
+    from fanwatch import synth
+
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    synth.generate_dataset(root, layout="folders", seed=0, seconds=4.0, files_per_state=12,
+                           files_per_fault=6, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_model(synthetic_data, yamnet_path, cache_dir, tmp_path_factory) -> Path:
+    """The artifacts folder of a model trained on ``synthetic_data`` (sound_classifier.tflite + card)."""
+    from fanwatch import training
+
+    out = tmp_path_factory.mktemp("artifacts")
+    training.train(training.TrainSettings(data=synthetic_data, out=out, yamnet=str(yamnet_path),
+                                          cache=str(cache_dir), seed=0, progress=False))
+    return out
