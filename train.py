@@ -36,8 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="deployed model: int8 pointwise/dense weights (default) or float32; "
                         "the float32 variant is always written too")
     p.add_argument("--anomaly-method", default=anomaly.DEFAULT_METHOD, choices=anomaly.METHODS,
-                   help="embedding distance: Mahalanobis with Ledoit-Wolf shrinkage (default) or "
-                        "mean cosine distance to the k nearest normal embeddings")
+                   help="embedding distance: mean cosine distance to the 5 nearest normal embeddings "
+                        "(knn, default) or Mahalanobis with Ledoit-Wolf shrinkage")
     p.add_argument("--false-alarm-rate", type=float, default=anomaly.DEFAULT_FALSE_ALARM_RATE,
                    help="target false alarms per window on normal validation data, sets the "
                         "thresholds (default 0.01)")

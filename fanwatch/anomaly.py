@@ -1,14 +1,22 @@
 """Embedding-distance anomaly score, fitted on normal recordings only.
 
-Per machine id (or one "default" machine), the embeddings of normal training windows define a
-Gaussian: mean ``mu`` and a Ledoit-Wolf shrinkage covariance (1024 dimensions from a few hundred
-windows needs shrinkage to be invertible and stable). A window's score is its Mahalanobis distance
-``sqrt((e - mu)^T P (e - mu))`` with ``P`` the precision matrix, computed in the exported model as a
-dense layer ``(e - mu) @ L`` with ``P = L L^T`` followed by a sum of squares, so any fault that moves
-the embedding away from normal raises the score, including faults never seen in training.
+Two scores, both per machine id (or one "default" machine), both fitted on the embeddings of normal
+training windows only, so any fault that moves the embedding away from normal raises the score,
+including faults never seen in training:
 
-The alternative measured against it (``method="knn"``): mean cosine distance to the k nearest normal
-training embeddings. See ``compare_methods`` and the README for the measurement.
+``knn`` (default)
+    Mean cosine distance to the k = 5 nearest normal training embeddings (a bank of at most 1024
+    windows per machine, seeded subsample). In the model: unit-normalise, one dense layer (the bank),
+    TOPK_V2, mean.
+``mahalanobis``
+    Distance to a Gaussian with Ledoit-Wolf shrinkage covariance (1024 dimensions from a few hundred
+    windows needs shrinkage): ``sqrt((e - mu)^T P (e - mu))``, in the model a dense layer
+    ``(e - mu) @ L`` with ``P = L L^T`` and a sum of squares.
+
+Why k-NN is the default: measured by ``bench/anomaly_methods.py`` on held-out synthetic MIMII-layout
+files (2 machine ids x 2 SNRs x 2 seeds), k-NN had the higher AUC in 7 of 8 cases, mean window AUC
+0.81 vs 0.77 and file AUC 0.86 vs 0.78: a machine's normal sound is several clusters (speeds,
+states), which one Gaussian blurs.
 
 Thresholds are set per machine on *normal validation recordings only*, at the score quantile that
 gives the target false-alarm rate per window; anomalous clips are never used to set them.
@@ -23,7 +31,7 @@ import numpy as np
 from .errors import FanwatchError
 
 METHODS = ("mahalanobis", "knn")
-DEFAULT_METHOD = "mahalanobis"
+DEFAULT_METHOD = "knn"
 DEFAULT_FALSE_ALARM_RATE = 0.01
 KNN_K = 5
 KNN_BANK = 1024  # normal embeddings kept per machine for the k-NN score
@@ -53,7 +61,7 @@ class AnomalyModel:
         unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         out = []
         for m in range(len(self.machines)):
-            sims = unit @ self.bank[m].T
+            sims = unit @ self.bank[m].T  # zero padding rows give 0, below any real neighbour
             top = -np.sort(-sims, axis=1)[:, :KNN_K]
             out.append(1.0 - top.mean(axis=1))
         return np.stack(out, axis=1)
@@ -80,21 +88,25 @@ def fit(embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method
     model = AnomalyModel(method=method, machines=names)
     means, transforms, banks = [], [], []
     rng = np.random.default_rng(seed)
+    need = KNN_K if method == "knn" else 2
+    counts = [int(((machines == name) & normal).sum()) for name in names]
+    bank_size = min(KNN_BANK, max(counts))
     for name in names:
         x = embeddings[(machines == name) & normal]
-        if len(x) < 2:
-            raise FanwatchError(f"machine {name}: only {len(x)} normal window(s), need at least 2 to fit")
+        if len(x) < need:
+            raise FanwatchError(f"machine {name}: only {len(x)} normal window(s), need at least {need} to fit")
         model.fit_windows[name] = int(len(x))
         if method == "mahalanobis":
             mu, transform = _fit_mahalanobis(x)
             means.append(mu)
             transforms.append(transform)
         else:
-            pick = x if len(x) <= KNN_BANK else x[rng.choice(len(x), KNN_BANK, replace=False)]
+            pick = x if len(x) <= bank_size else x[np.sort(rng.choice(len(x), bank_size, replace=False))]
             unit = pick / np.maximum(np.linalg.norm(pick, axis=1, keepdims=True), 1e-12)
-            if len(unit) < KNN_BANK:  # pad by repeating so every machine has the same bank size
-                unit = unit[np.resize(np.arange(len(unit)), KNN_BANK)]
-            banks.append(unit)
+            # Every machine's bank has the same size; zero rows pad the smaller ones. Embeddings are
+            # means of ReLU outputs (non-negative), so real neighbours have cosine >= 0 and a zero
+            # row (similarity 0) is never preferred to one.
+            banks.append(np.concatenate([unit, np.zeros((bank_size - len(unit), unit.shape[1]))]))
     if method == "mahalanobis":
         model.mean = np.stack(means).astype(np.float32)
         model.transform = np.stack(transforms).astype(np.float32)
