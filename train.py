@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "thresholds (default 0.01)")
     p.add_argument("--epochs", type=int, default=200, help="maximum head training epochs (early stopping)")
     p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
+    p.add_argument("--hidden", type=int, default=0,
+                   help="units of a hidden layer in the head (default 0: a linear softmax head)")
     cli.add_common(p)
     return p.parse_args(argv)
 
@@ -65,7 +67,7 @@ def main(argv=None) -> None:
             normal_classes=args.normal_classes, anomalous_classes=args.anomalous_classes, channel=args.channel,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, quantization=args.quantization,
             anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate, epochs=args.epochs,
-            patience=args.patience, workers=args.workers, progress=not args.no_progress,
+            patience=args.patience, hidden=args.hidden, workers=args.workers, progress=not args.no_progress,
         )
         training.train(settings)
 

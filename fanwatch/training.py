@@ -48,6 +48,7 @@ class TrainSettings:
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
     epochs: int = 200
     patience: int = 15
+    hidden: int = 0
     workers: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -169,7 +170,7 @@ def train(s: TrainSettings) -> dict:
         log(f"head: one class only ({train_labels[0] if train_labels else 'none'}); "
             "the head always answers it and the anomaly score does the work")
     head = train_head(train_set.embeddings, y_train, val_set.embeddings[val_known], y_val[val_known],
-                      train_labels, seed=s.seed, epochs=s.epochs, patience=s.patience)
+                      train_labels, seed=s.seed, epochs=s.epochs, patience=s.patience, hidden=s.hidden)
     validation: dict = {"head_target": target, "epochs": head.epochs}
     if len(val_set.embeddings):
         probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
