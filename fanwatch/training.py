@@ -205,7 +205,8 @@ def train(s: TrainSettings) -> dict:
     for m in anom.machines:
         info = anomaly_info["per_machine"].get(m, {})
         auc = info.get("auc")
-        log(f"anomaly: {m}: threshold {anom.thresholds[m]:.3f} ({thresholds[m]['source']}, "
+        log(f"anomaly: {m}: threshold {anom.thresholds[m]:.3f} ({thresholds[m]['rule']} on "
+            f"{thresholds[m]['source']}, "
             f"{thresholds[m]['windows']} windows, target false-alarm rate {s.false_alarm_rate:.1%})"
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
 
@@ -248,8 +249,8 @@ def train(s: TrainSettings) -> dict:
             "method": anom.method,
             "machines": anom.machines,
             "thresholds": anom.thresholds,
-            "threshold_rule": f"per machine, the {1 - s.false_alarm_rate:.3g} quantile of window scores "
-                              "of normal validation recordings",
+            "threshold_rule": f"per machine, the {1 - s.false_alarm_rate:.3g} quantile of a gamma "
+                              "distribution fitted to the window scores of normal validation recordings",
             "target_false_alarm_rate": s.false_alarm_rate,
             "fit_windows": anom.fit_windows,
             "threshold_details": thresholds,
