@@ -29,7 +29,7 @@ from .datasets import Recording
 from .errors import BadAudioError, FanwatchError
 from .runtime import TFLiteModel
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: DFT by matrix product in the front end
 
 
 def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Path:

@@ -5,10 +5,13 @@ The file stores int8 weights with their own scales (per channel along ``quantize
 tensor) and float biases with batch norm already folded in; they are dequantized and transposed into
 the Keras layouts here. The activations are ReLU (not ReLU6).
 
-The log-mel front end is part of the model and uses builtin TFLite ops only (``tf.signal`` framing
-and RFFT, ``COMPLEX_ABS``, a matrix product, ``LOG``): periodic Hann 400 / hop 160, 512-point FFT
-magnitude, 64 mel bands 125-7500 Hz, ``log(mel + 0.001)``. The mel matrix is the exact float one
-(``tf.signal.linear_to_mel_weight_matrix``), which the file's int8 copy approximates.
+The log-mel front end is part of the model and uses builtin TFLite ops only: periodic Hann 400 /
+hop 160, 512-point FFT magnitude, 64 mel bands 125-7500 Hz, ``log(mel + 0.001)``. The mel matrix is
+the exact float one (``tf.signal.linear_to_mel_weight_matrix``), which the file's int8 copy
+approximates. The 512-point real FFT of each zero-padded 400-sample frame is computed as one matrix
+product with the windowed DFT basis ([400, 2 x 257], Hann folded in) instead of ``tf.signal.rfft``:
+TFLite's RFFT2D kernel took 0.77 ms of a 2.2 ms window here, the matrix product (run by XNNPACK)
+0.5 ms, with the same result to 1e-6.
 
 Input: ``[batch, WINDOW_SAMPLES]`` float32 waveform in [-1, 1] at 16 kHz, exactly one 96-frame patch.
 """
@@ -153,6 +156,16 @@ def mel_matrix() -> np.ndarray:
     ).numpy()
 
 
+def dft_basis() -> np.ndarray:
+    """[400, 514]: periodic-Hann-windowed real and imaginary 512-point DFT basis for bins 0..256."""
+    n = np.arange(config.STFT_WINDOW)[:, None]
+    k = np.arange(config.FFT_LENGTH // 2 + 1)[None, :]
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)
+    angle = 2 * np.pi * n * k / config.FFT_LENGTH
+    basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * hann[:, None]
+    return basis.astype(np.float32)
+
+
 def _log_mel_layer():
     import keras
     import tensorflow as tf
@@ -162,15 +175,15 @@ def _log_mel_layer():
 
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self._window = tf.constant(
-                tf.signal.hann_window(config.STFT_WINDOW, periodic=True).numpy()[None, None, :]
-            )
+            self._basis = tf.constant(dft_basis())
             self._mel = tf.constant(mel_matrix())
 
         def call(self, waveform):
             frames = tf.signal.frame(waveform, config.STFT_WINDOW, config.STFT_HOP, axis=-1)
-            spectrum = tf.signal.rfft(frames * self._window, fft_length=[config.FFT_LENGTH])
-            magnitude = tf.abs(spectrum)
+            spectrum = tf.tensordot(frames, self._basis, axes=1)  # [..., re(257) | im(257)]
+            bins = config.FFT_LENGTH // 2 + 1
+            real, imag = spectrum[..., :bins], spectrum[..., bins:]
+            magnitude = tf.sqrt(real * real + imag * imag)
             mel = tf.tensordot(magnitude, self._mel, axes=1)
             return tf.math.log(mel + config.LOG_OFFSET)[..., None]
 
