@@ -82,16 +82,20 @@ class TFLiteModel:
         if not signatures:
             raise FanwatchError(f"{self.path}: model has no serving signature (export it with fanwatch)")
         self.signature = next(iter(signatures))
-        self._runner = self.interpreter.get_signature_runner(self.signature)
-        inputs = signatures[self.signature]["inputs"]
-        self.input_name = inputs[0]
-        self.output_names = list(signatures[self.signature]["outputs"])
-        self.input_shape = tuple(self._runner.get_input_details()[self.input_name]["shape"])
+        runner = self.interpreter.get_signature_runner(self.signature)
+        inputs = runner.get_input_details()
+        outputs = runner.get_output_details()
+        self.input_name = next(iter(inputs))
+        self.input_shape = tuple(int(d) for d in inputs[self.input_name]["shape"])
+        self._input_index = inputs[self.input_name]["index"]
+        self._outputs = {name: detail["index"] for name, detail in outputs.items()}
+        self.output_names = list(self._outputs)
 
     def __call__(self, window: np.ndarray) -> dict[str, np.ndarray]:
-        window = np.asarray(window, dtype=np.float32).reshape(self.input_shape)
-        outputs = self._runner(**{self.input_name: window})
-        return {name: np.asarray(value)[0] for name, value in outputs.items()}
+        """Outputs of one window, by name; copies, never views of the interpreter's memory."""
+        self.interpreter.set_tensor(self._input_index, np.asarray(window, dtype=np.float32).reshape(self.input_shape))
+        self.interpreter.invoke()
+        return {name: self.interpreter.get_tensor(index)[0] for name, index in self._outputs.items()}
 
 
 def read_card(model_path: str | os.PathLike) -> dict:
