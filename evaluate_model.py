@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanwatch import cli, runtime
+from fanwatch import cli, datasets, runtime
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -21,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="evaluate every recording of this folder (folder per class, MIMII or DCASE layout, "
                         "e.g. a DCASE test/ folder's parent) instead of the model's test split")
     p.add_argument("--out", type=Path, default=None, help="output folder (default <model folder>/evaluation)")
-    p.add_argument("--layout", default="auto", choices=["auto", "folders", "mimii", "dcase"],
+    p.add_argument("--layout", default="auto", choices=["auto", *datasets.LAYOUTS],
                    help="layout of --data (default: detected)")
     p.add_argument("--machine", default=None, metavar="ID",
                    help="score every recording as this machine id of the model (default: the recording's own "

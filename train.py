@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanwatch import anomaly, cli, export
+from fanwatch import anomaly, cli, datasets, export
 
 DEMO_DATA = Path("data/demo")
 
@@ -22,13 +22,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--demo", action="store_true",
                    help="generate the synthetic fan dataset (if not there yet) and train on it")
     p.add_argument("--seed", type=int, default=0, help="seed for split, head training and demo data (default 0)")
-    p.add_argument("--layout", default="auto", choices=["auto", "folders", "mimii", "dcase"],
+    p.add_argument("--layout", default="auto", choices=["auto", *datasets.LAYOUTS],
                    help="dataset layout (default: detected)")
     p.add_argument("--normal-classes", default=None, metavar="A,B",
                    help="folders layout: the classes that are normal states (all others anomalous)")
     p.add_argument("--anomalous-classes", default=None, metavar="A,B",
-                   help="folders layout: the classes that are anomalous (all others normal); default: "
-                        "names starting with fault/anomal/abnormal/broken/defect")
+                   help="folders layout: the classes that are anomalous (all others normal); default: a class "
+                        "is anomalous if a word of its name starts with fault, anomal, abnormal, broken, "
+                        "defect, damage or fail (e.g. fault_bearing; not no_fault)")
     p.add_argument("--val-fraction", type=float, default=0.15, help="share of files for validation (0.15)")
     p.add_argument("--test-fraction", type=float, default=0.15, help="share of files held out for "
                    "evaluate_model.py (0.15; DCASE uses its own test folder)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanwatch import cli
+from fanwatch import cli, datasets
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -20,7 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="recordings folder (folder per class, MIMII or DCASE layout); default data/")
     p.add_argument("--out", type=Path, default=Path("artifacts") / "visualize",
                    help="output folder (default artifacts/visualize)")
-    p.add_argument("--layout", default="auto", choices=["auto", "folders", "mimii", "dcase"],
+    p.add_argument("--layout", default="auto", choices=["auto", *datasets.LAYOUTS],
                    help="dataset layout (default: detected)")
     p.add_argument("--tsne-max", type=int, default=visualize.DEFAULT_TSNE_MAX, metavar="N",
                    help=f"at most about N windows for t-SNE and the silhouette score, subsampled stratified by "

@@ -118,22 +118,21 @@ def fit(embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method
 
 
 def thresholds_from_normal(scores: np.ndarray, machines: np.ndarray, model: AnomalyModel,
-                           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                           fallback: np.ndarray | None = None) -> dict[str, dict]:
-    """Per machine, the score quantile (1 - rate) of its own normal validation windows.
+                           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> dict[str, dict]:
+    """Per machine, the (1 - rate) quantile of its own normal validation windows' scores.
 
-    ``scores`` is [N, M] (column m = machine m's score). A machine with no validation windows falls
-    back to its training windows' scores (``fallback``, same layout), which is said in the result.
+    ``scores`` is [N, M] (column m = machine m's score). Training windows are never used instead: they
+    are in the k-NN bank (and in the Gaussian), so their scores are low and a threshold set on them
+    would raise alarms all day.
     """
     out = {}
     for m, name in enumerate(model.machines):
         own = scores[machines == name, m] if len(scores) else np.zeros(0)
         source = "validation normal windows"
-        if len(own) == 0 and fallback is not None:
-            own = fallback[0][fallback[1] == name, m]
-            source = "training normal windows (no validation recording for this machine)"
         if len(own) == 0:
-            raise FanwatchError(f"machine {name}: no normal windows to set its threshold on")
+            raise FanwatchError(
+                f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
+                "training recordings would be too low); add normal recordings of it or raise --val-fraction")
         empirical = float(np.quantile(own, 1.0 - false_alarm_rate, method="higher"))
         threshold, rule = _gamma_quantile(own, 1.0 - false_alarm_rate), "gamma fit"
         if threshold is None:
@@ -147,21 +146,27 @@ MIN_WINDOWS_FOR_FIT = 20
 
 
 def _gamma_quantile(scores: np.ndarray, q: float) -> float | None:
-    """Quantile of a gamma distribution fitted to the scores; None if too few or the fit is unusable."""
+    """Quantile of a gamma distribution fitted to the scores; None if too few or the fit is implausible.
+
+    The location is fixed just below the smallest score (a free three-parameter fit sometimes lands on
+    a tiny shape with a huge scale and a threshold far above every normal score). A result outside
+    [90th percentile, 1.5 x largest score] of the data it was fitted on is not trusted.
+    """
     if len(scores) < MIN_WINDOWS_FOR_FIT or np.ptp(scores) <= 0:
         return None
     import warnings
 
     from scipy import stats
 
+    loc = float(scores.min()) - 1e-3 * float(np.ptp(scores))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            shape, loc, scale = stats.gamma.fit(scores)
+            shape, _, scale = stats.gamma.fit(scores, floc=loc)
             value = float(stats.gamma.ppf(q, shape, loc=loc, scale=scale))
         except (ValueError, RuntimeError, FloatingPointError):
             return None
-    if not np.isfinite(value) or value <= np.median(scores):
+    if not np.isfinite(value) or not np.quantile(scores, 0.9) <= value <= 1.5 * float(scores.max()):
         return None
     return value
 

@@ -19,6 +19,7 @@ import os
 import tempfile
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,15 +182,21 @@ class Extractor:
             outcomes = pool.map(_worker_embed, paths, chunksize=1)
         else:
             outcomes = map(self._embed_or_reason, paths)
-        with tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo, leave=False) as bar:
-            for i, (emb, reason) in zip(todo, outcomes):
-                if reason is not None:
-                    skipped.append((str(recordings[i].path), reason))
-                    tqdm.write(f"skipped {recordings[i].path}: {reason}")
-                results[i] = emb
-                bar.update(1)
-        if pool is not None:
-            pool.shutdown()
+        try:
+            with tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo,
+                      leave=False) as bar:
+                for i, (emb, reason) in zip(todo, outcomes):
+                    if reason is not None:
+                        skipped.append((str(recordings[i].path), reason))
+                        tqdm.write(f"skipped {recordings[i].path}: {reason}")
+                    results[i] = emb
+                    bar.update(1)
+        except BrokenProcessPool:
+            raise FanwatchError("an embedding worker process died (out of memory?); what was done is cached: "
+                                "run again, or with --workers 1") from None
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
         kept = [i for i, e in enumerate(results) if e is not None]
         if not kept:
             return EmbeddingSet(np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int), [], skipped)

@@ -500,16 +500,7 @@ def parity_check(s: EvalSettings, card: dict, model_dir: Path, outputs: ModelOut
 
 
 def _check_card(card: dict, model_path: Path) -> None:
-    try:
-        labels, machines = card["labels"], card["anomaly"]["machines"]
-        thresholds = card["anomaly"]["thresholds"]
-        missing = [m for m in machines if m not in thresholds]
-    except (KeyError, TypeError) as exc:
-        raise FanwatchError(f"{model_path.with_name(runtime.CARD_NAME)}: not a fanwatch model card "
-                            f"(missing {exc})") from None
-    if not labels or not machines or missing:
-        raise FanwatchError(f"{model_path.with_name(runtime.CARD_NAME)}: model card lists no labels, no machines "
-                            "or a machine without threshold")
+    runtime.check_card(card, model_path.with_name(runtime.CARD_NAME))
 
 
 def _recordings(s: EvalSettings, card: dict, model_dir: Path) -> tuple[list[datasets.Recording], dict]:

