@@ -36,8 +36,11 @@ test-fast: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	@test -f artifacts/sound_classifier.tflite || $(PY) train.py --demo
 	$(PY) bench/embeddings.py
 	$(PY) bench/latency.py
+	$(PY) bench/anomaly_methods.py
+	$(PY) bench/stream.py
 
 lint: setup
 	$(VENV)/bin/hadolint Dockerfile
