@@ -10,7 +10,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # only matters when the TensorFlow runtime is the fallback
 
-from fanwatch import config, runtime, stream  # noqa: E402
+from fanwatch import audio, cli, config, runtime, stream  # noqa: E402
 from fanwatch.errors import FanwatchError  # noqa: E402
 
 PRIVACY = ("Privacy: audio is analysed in memory, window by window, and then discarded; no audio is ever "
@@ -25,6 +25,13 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def _channel(text: str) -> str | int:
+    try:
+        return audio.parse_channel(text)
+    except FanwatchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,11 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--fast", action="store_true",
                      help="with --wav: replay as fast as the model keeps up (the file source waits on a full "
                           "queue instead of dropping)")
-    src.add_argument("--channel", default="mean", metavar="mean|N",
-                     help="multi-channel input: 'mean' averages the channels, N uses channel N (0-based); "
-                          "default mean")
+    src.add_argument("--channel", type=_channel, default=None, metavar="mean|N",
+                     help="multi-channel input: 'mean' averages all the channels, N uses channel N (0-based); "
+                          "default: what the model was trained with (its card's channel setting), else mean")
     src.add_argument("--channels", type=int, default=None, metavar="N",
-                     help="device channels to open with --channel mean (default: min(2, what the device has))")
+                     help="device channels to open (default with mean: every input channel the device offers, "
+                          f"at most {stream.MAX_MEAN_CHANNELS}; channels that deliver pure digital silence, "
+                          "padding added by ALSA plugin devices, are left out of a live mean)")
     src.add_argument("--rate", type=_positive_float, default=None, metavar="HZ",
                      help="device sample rate (default: the device's own default rate, e.g. 44100 or 48000; "
                           "audio is resampled to 16 kHz with soxr, as in training)")
@@ -130,22 +139,20 @@ def settings_from(args: argparse.Namespace) -> stream.LoopSettings:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    status = 0
     try:
-        if args.list_devices:
-            stream.list_devices()
-            return 0
-        stream.run(settings_from(args))
-        if stream.STUCK_STREAMS:  # a hung capture driver would also hang PortAudio's exit handler
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-        return 0
-    except FanwatchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        with cli.user_errors():  # FanwatchError -> "error: ..." and status 2; Ctrl-C -> 130
+            if args.list_devices:
+                stream.list_devices()
+            else:
+                stream.run(settings_from(args))
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    if stream.STUCK_STREAMS:  # a hung capture driver would also hang PortAudio's exit handler
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 if __name__ == "__main__":

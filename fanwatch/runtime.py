@@ -129,6 +129,8 @@ class SoundClassifier:
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
                  machine: str | None = None):
+        if not Path(path).is_file():
+            raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
         self.card = read_card(path)
         self.model = TFLiteModel(path, num_threads, runtime)
         self.labels: list[str] = list(self.card["labels"])

@@ -5,19 +5,24 @@ Three parts, decoupled by one bounded queue so that a slow model can never stall
 * a **source** puts blocks of audio at the capture device's native rate into the queue. The live source is a
   ``sounddevice.InputStream`` whose callback only copies the block and calls ``put_nowait``; a block that
   does not fit is dropped and counted, and PortAudio's overflow flags are counted too -- nothing is lost
-  silently. :class:`WavSource` replays a file through the very same queue (real-time pace, or ``fast``:
-  as fast as the worker goes, blocking on a full queue instead of dropping).
-* a **worker** thread (:class:`Worker` around :class:`Analyzer`) mixes the block to mono, resamples it to
+  silently, and the first block after lost audio carries a ``gap`` flag. :class:`WavSource` replays a file
+  through the very same queue (real-time pace, or ``fast``: as fast as the worker goes, blocking on a full
+  queue instead of dropping).
+* a **worker** thread (:class:`Worker` around :class:`Analyzer`) mixes the block to mono the way the model
+  was trained (the model card's channel setting unless ``--channel`` says otherwise), resamples it to
   16 kHz with :class:`fanwatch.audio.StreamResampler` (the soxr path used in training), keeps a rolling
-  window of ``config.WINDOW_SAMPLES`` samples and runs the model every hop. Per window: label, confidence,
-  anomaly score as a ratio to the threshold, inference time, end-to-end latency, queue depth, drops.
-  Decisions are debounced (:class:`StateDebouncer`, :class:`AlertDebouncer`): a state change is reported
-  once after K agreeing windows; an alert is raised after N of the last M windows exceed the threshold and
-  cleared with hysteresis.
+  window of ``config.WINDOW_SAMPLES`` samples and runs the model every hop. A gap in the audio (dropped
+  blocks, a driver overflow) or a reopened device restarts the resampler and the rolling window, so that
+  no window is ever cut from audio that was not continuous. Per window: label, confidence, anomaly score
+  as a ratio to the threshold, inference time, end-to-end latency, queue depth, drops. Decisions are
+  debounced (:class:`StateDebouncer`, :class:`AlertDebouncer`): a state change is reported once after K
+  agreeing windows; an alert is raised after N of the last M windows reach the threshold (score >=
+  threshold, as in training and evaluation) and cleared with hysteresis.
 * the **supervisor** (:func:`run`, in the main thread) opens the source, watches it, reports a vanished
   device (a USB microphone unplugged: PortAudio error, stream finished or aborted, or no audio for a while)
-  and reopens it with capped exponential backoff; SIGINT / SIGTERM set a stop event and end the loop with a
-  summary.
+  and reopens it with capped exponential backoff. A configuration that cannot work (no such device, a
+  channel or rate it does not have) ends the run with one line instead when the very first open fails.
+  SIGINT / SIGTERM set a stop event and end the loop with a summary.
 
 Output goes through :class:`Reporter`: a readable line per window or JSON Lines, events as their own
 lines, and an optional rotating event log file. Audio never leaves the process: nothing is written to disk
@@ -30,6 +35,7 @@ library. ``sounddevice`` is imported only when a live device is used; ``soundfil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import logging.handlers
@@ -59,12 +65,33 @@ except ImportError:  # not on Windows; only used for the peak-memory figure
 DEFAULT_MODEL = Path("artifacts") / runtime.MODEL_NAME
 DEFAULT_BLOCK_SECONDS = 0.1
 DEFAULT_QUEUE_BLOCKS = 50
-MEAN_CHANNELS = 2  # channels opened on a live device for channel="mean" unless told otherwise
+MAX_MEAN_CHANNELS = 8
+"""channel="mean" on a live device opens every input channel it offers, up to this many (``--channels N``
+opens N). Microphones and mic arrays have 1 to 8; ALSA plugin devices (default, pulse, pipewire, plug)
+advertise 32 to 128 virtual channels, copies or digital silence, that would only cost CPU time."""
 STUCK_STREAMS = 0  # capture streams whose close did not finish (a hung driver); see SoundDeviceSource.close
 
 
 class DeviceError(FanwatchError):
     """The capture device could not be opened or was lost; the supervisor retries."""
+
+
+class DeviceConfigError(DeviceError):
+    """The capture configuration cannot work (no such device, a channel, channel count or rate the device
+    does not have). Ends the run when the very first open fails; retried like any DeviceError once the
+    device has been opened (a re-plugged device may come back different)."""
+
+
+# PortAudio error codes that mean "these parameters can never work", not "the device is busy or gone"
+_PA_CONFIG_ERRORS = {
+    -9998: "invalid channel count",
+    -9997: "invalid sample rate",
+    -9996: "invalid device",
+    -9994: "sample format not supported",
+    -9993: "bad input/output device combination",
+    -9991: "buffer too big",
+    -9990: "buffer too small",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,8 +110,8 @@ class LoopSettings:
     threads: int = 1
     runtime: str | None = None
     machine: str | None = None
-    channel: str | int = "mean"  # "mean" or a 0-based channel index
-    channels: int | None = None  # device channels to open with channel="mean" (default min(2, available))
+    channel: str | int | None = None  # "mean" or a 0-based index; None: the model card's training setting
+    channels: int | None = None  # device channels to open (default for "mean": all, see MAX_MEAN_CHANNELS)
     rate: float | None = None  # device sample rate (default: the device's default rate)
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     queue_blocks: int = DEFAULT_QUEUE_BLOCKS
@@ -132,7 +159,8 @@ class LoopSettings:
         need(self.simulate_slow_ms >= 0, "--simulate-slow-ms must not be negative")
         need(self.event_log_bytes >= 1024, "--event-log-bytes must be at least 1024")
         need(self.event_log_backups >= 0, "--event-log-backups must not be negative")
-        self.channel = audio.parse_channel(self.channel)
+        if self.channel is not None:
+            self.channel = audio.parse_channel(self.channel)
 
 
 class Histogram:
@@ -181,6 +209,7 @@ class LoopStats:
     dropped_frames: int = 0
     dropped_seconds: float = 0.0
     overflows: int = 0
+    gap_restarts: int = 0  # the analysis restarted after lost audio (drops, overflows)
     windows: int = 0
     alerts: int = 0
     state_changes: int = 0
@@ -210,6 +239,7 @@ class LoopStats:
             "dropped_blocks": self.dropped_blocks,
             "dropped_seconds": round(self.dropped_seconds, 3),
             "overflows": self.overflows,
+            "gap_restarts": self.gap_restarts,
             "device_losses": self.device_losses,
             "device_errors": self.device_errors,
             "max_queue_depth": self.max_queue_depth,
@@ -261,12 +291,14 @@ def _round(value, digits: int = 3):
 @dataclass(slots=True)
 class Block:
     """One block from a source: ``data`` [frames, channels] float32 at ``rate``; ``arrival`` is when it
-    was queued (``time.monotonic()``); a new ``stream_id`` marks a discontinuity (device reopened)."""
+    was queued (``time.monotonic()``); a new ``stream_id`` marks a discontinuity (device reopened);
+    ``gap`` says that audio was lost just before this block (blocks dropped, a driver overflow)."""
 
     data: np.ndarray
     rate: float
     stream_id: int
     arrival: float
+    gap: bool = False
 
 
 END_OF_STREAM = object()  # a file source has delivered everything
@@ -279,16 +311,22 @@ class BlockQueue:
         self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self.maxsize = maxsize
         self.stats = stats
+        self._gap = False  # a block was dropped: the next one queued follows a gap
 
     def offer(self, block: Block) -> bool:
-        """Non-blocking put (audio callbacks): a full queue drops the block and counts it."""
+        """Non-blocking put (audio callbacks, one producer): a full queue drops the block and counts it, and
+        the next block that gets in is flagged ``gap``."""
+        if self._gap:
+            block.gap = True
         try:
             self.queue.put_nowait(block)
         except queue.Full:
             self.stats.dropped_blocks += 1
             self.stats.dropped_frames += len(block.data)
             self.stats.dropped_seconds += len(block.data) / block.rate
+            self._gap = True
             return False
+        self._gap = False
         return True
 
     def put_wait(self, item, stop: threading.Event) -> bool:
@@ -361,13 +399,18 @@ def list_devices(out=None) -> int:
 
 
 class SoundDeviceSource:
-    """A live capture device through PortAudio; the callback only copies and queues."""
+    """A live capture device through PortAudio; the callback only copies and queues.
 
-    def __init__(self, device=None, channel: str | int = "mean", rate: float | None = None,
+    ``channel="mean"`` opens every input channel the device offers (at most :data:`MAX_MEAN_CHANNELS`, or
+    exactly ``channels``) and the worker averages them, as training's ``--channel mean`` averages all the
+    channels of a file; a channel index opens enough channels to include it.
+    """
+
+    def __init__(self, device=None, channel: str | int | None = "mean", rate: float | None = None,
                  channels: int | None = None, block_seconds: float = DEFAULT_BLOCK_SECONDS,
                  stall_seconds: float = 5.0, stats: LoopStats | None = None):
         self.device = parse_device(device)
-        self.channel = audio.parse_channel(channel)
+        self.channel = audio.parse_channel("mean" if channel is None else channel)
         self.rate = rate
         self.channels = channels
         self.block_seconds = block_seconds
@@ -382,6 +425,49 @@ class SoundDeviceSource:
     def describe(self) -> str:
         return "default input device" if self.device is None else f"input device {self.device!r}"
 
+    def _plan(self, sd) -> tuple[dict, int]:
+        """(PortAudio's device info, channels to open); DeviceConfigError when the device or the channel
+        setting cannot work, DeviceError when PortAudio cannot be asked."""
+        try:
+            info = sd.query_devices(self.device, "input")
+        except ValueError as exc:  # no device matches the name, or it has no input
+            raise DeviceConfigError(f"no {self.describe()} ({' '.join(str(exc).split())}); "
+                                    "see python inference.py --list-devices") from None
+        except sd.PortAudioError as exc:
+            if isinstance(self.device, int):  # "Error querying device 99": no such index
+                raise DeviceConfigError(f"no {self.describe()} ({' '.join(str(exc).split())}); "
+                                        "see python inference.py --list-devices") from None
+            raise DeviceError(f"cannot query {self.describe()}: {exc}") from None
+        available = int(info["max_input_channels"])
+        if available < 1:
+            raise DeviceConfigError(f"{info['name']} has no input channels")
+        if self.channel == "mean":
+            n_channels = self.channels or min(available, MAX_MEAN_CHANNELS)
+            if n_channels > available:
+                raise DeviceConfigError(f"--channels {n_channels} requested but {info['name']} has {available} "
+                                        f"input channel(s)")
+        else:
+            n_channels = max(self.channel + 1, self.channels or 0)
+            if self.channel + 1 > available:
+                raise DeviceConfigError(f"channel {self.channel} requested but {info['name']} has {available} "
+                                        f"input channel(s) (valid: 0..{available - 1} or \"mean\")")
+            if n_channels > available:
+                raise DeviceConfigError(f"--channels {n_channels} requested but {info['name']} has {available} "
+                                        f"input channel(s)")
+        return info, n_channels
+
+    def prepare(self, channel: str | int) -> None:
+        """Take the resolved channel setting and check it against the device before the model loads:
+        DeviceConfigError (one line, exit status 2) for a missing device or a channel it does not have."""
+        self.channel = audio.parse_channel(channel)
+        sd = _sounddevice()
+        try:
+            self._plan(sd)
+        except DeviceConfigError:
+            raise
+        except DeviceError:  # PortAudio could not be asked now: the supervisor will keep trying
+            pass
+
     def open(self, bq: BlockQueue, stream_id: int) -> dict:
         sd = _sounddevice()
         if self._opened and not self._stuck:
@@ -393,23 +479,8 @@ class SoundDeviceSource:
                     initialize()
                 except Exception as exc:  # noqa: BLE001 - keep trying with the old enumeration
                     raise DeviceError(f"cannot re-initialise PortAudio: {exc}") from None
-        try:
-            info = sd.query_devices(self.device, "input")
-        except ValueError as exc:
-            raise DeviceError(f"no {self.describe()} ({' '.join(str(exc).split())}); "
-                              "see python inference.py --list-devices") from None
-        except sd.PortAudioError as exc:
-            raise DeviceError(f"cannot query {self.describe()}: {exc}") from None
+        info, n_channels = self._plan(sd)
         available = int(info["max_input_channels"])
-        if available < 1:
-            raise DeviceError(f"{info['name']} has no input channels")
-        if self.channel == "mean":
-            n_channels = min(self.channels or MEAN_CHANNELS, available)
-        else:
-            n_channels = self.channel + 1
-            if n_channels > available:
-                raise DeviceError(f"channel {self.channel} requested but {info['name']} has {available} "
-                                  f"input channel(s)")
         rate = float(self.rate or info["default_samplerate"])
         blocksize = max(1, int(round(rate * self.block_seconds)))
         stats = self.stats
@@ -419,11 +490,12 @@ class SoundDeviceSource:
         def callback(indata, frames, time_info, status):  # PortAudio's thread: copy, queue, return
             now = time.monotonic()
             self._last_block = now
-            if status.input_overflow:
+            overflow = bool(status.input_overflow)  # the driver lost audio before this block
+            if overflow:
                 stats.overflows += 1
             stats.blocks += 1
             stats.frames += frames
-            bq.offer(Block(indata.copy(), rate, stream_id, now))
+            bq.offer(Block(indata.copy(), rate, stream_id, now, overflow))
 
         stream = None
         try:
@@ -437,13 +509,16 @@ class SoundDeviceSource:
                     stream.close()
                 except Exception:  # noqa: BLE001
                     pass
-            raise DeviceError(f"cannot open {info['name']} at {rate:.0f} Hz with {n_channels} channel(s): "
-                              f"{' '.join(str(exc).split())}") from None
+            code = exc.args[1] if isinstance(exc, sd.PortAudioError) and len(exc.args) > 1 else None
+            error = DeviceConfigError if isinstance(exc, ValueError) or code in _PA_CONFIG_ERRORS else DeviceError
+            raise error(f"cannot open {info['name']} at {rate:.0f} Hz with {n_channels} channel(s): "
+                        f"{' '.join(str(exc.args[0] if exc.args else exc).split())}") from None
         self._stream = stream
         self._opened += 1
         self._stuck = False
         return {"device": info["name"], "index": int(info["index"]), "rate": rate, "channels": n_channels,
-                "blocksize": blocksize}
+                "device_channels": available, "blocksize": blocksize,
+                "mix": "mean" if self.channel == "mean" else f"channel {self.channel}"}
 
     def health(self) -> str | None:
         stream = self._stream
@@ -497,19 +572,11 @@ def _open_audio_file(path: Path):
         if path.suffix.lower() not in (".wav", ".wave"):
             raise BadAudioError(path, "only WAV files can be replayed without the soundfile package")
         return wavfile.WavReader(path)
-    if not path.exists():
-        raise BadAudioError(path, "file not found")
-    if not path.is_file():
-        raise BadAudioError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise BadAudioError(path, "empty file (0 bytes)")
+    audio._check_file(path)  # the same checks and words as training's loader
     try:
         handle = soundfile.SoundFile(str(path))
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
-        text = " ".join(str(getattr(exc, "error_string", None) or exc).split())
-        if text.startswith("Error opening"):
-            text = text.partition(": ")[2] or text
-        raise BadAudioError(path, f"not a readable audio file ({text.rstrip('.')})") from None
+        raise BadAudioError(path, audio._decode_reason(exc)) from None
 
     class _Reader:
         rate = int(handle.samplerate)
@@ -535,25 +602,35 @@ class WavSource:
 
     Real-time pace: each block is queued when its last sample would have been captured, with ``offer``
     (drops counted, like the device callback). ``fast``: blocking puts, as fast as the worker takes them.
-    An end-of-stream marker follows the last block.
+    An end-of-stream marker follows the last block. Blocks carry every channel of the file; the worker
+    mixes them like training does (``"mean"`` averages all of them).
     """
 
-    def __init__(self, path, channel: str | int = "mean", fast: bool = False,
+    def __init__(self, path, channel: str | int | None = "mean", fast: bool = False,
                  block_seconds: float = DEFAULT_BLOCK_SECONDS, stats: LoopStats | None = None):
         self.path = Path(path)
-        self.channel = audio.parse_channel(channel)
         self.fast = fast
         self.block_seconds = block_seconds
         self.stats = stats or LoopStats()
         self.reader = _open_audio_file(self.path)
-        if isinstance(self.channel, int) and self.channel >= self.reader.channels:
-            self.reader.close()
-            raise BadAudioError(self.path, f"channel {self.channel} requested but the file has "
-                                           f"{self.reader.channels} channel(s)")
         self.rate = float(self.reader.rate)
+        try:
+            self.prepare("mean" if channel is None else channel)
+        except BaseException:
+            self.reader.close()
+            raise
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def prepare(self, channel: str | int) -> None:
+        """Take the resolved channel setting; BadAudioError if the file does not have that channel."""
+        channel = audio.parse_channel(channel)
+        n = self.reader.channels
+        if isinstance(channel, int) and channel >= n:
+            raise BadAudioError(self.path, f"channel {channel} requested but the file has {n} channel(s) "
+                                           f"(valid: 0..{n - 1} or \"mean\")")
+        self.channel = channel
 
     def open(self, bq: BlockQueue, stream_id: int) -> dict:
         if self._thread is not None:
@@ -562,6 +639,7 @@ class WavSource:
                                         daemon=True)
         self._thread.start()
         return {"file": str(self.path), "rate": self.rate, "channels": self.reader.channels,
+                "mix": "mean" if self.channel == "mean" else f"channel {self.channel}",
                 "seconds": round(self.reader.frames / self.rate, 3), "pace": "fast" if self.fast else "real-time"}
 
     def _feed(self, bq: BlockQueue, stream_id: int) -> None:
@@ -639,8 +717,9 @@ class StateDebouncer:
 
 
 class AlertDebouncer:
-    """Raise after ``n`` of the last ``m`` windows exceed the threshold (ratio > 1); clear with hysteresis
-    when at most ``clear_n`` of the last ``m`` windows are above ``clear_ratio`` (<= 1)."""
+    """Raise after ``n`` of the last ``m`` windows reach the threshold (ratio >= 1, the ``score >= threshold``
+    rule of training and evaluation); clear with hysteresis when at most ``clear_n`` of the last ``m``
+    windows are at or above ``clear_ratio`` (<= 1)."""
 
     def __init__(self, n: int = 3, m: int = 4, clear_n: int = 0, clear_ratio: float = 1.0):
         if not 1 <= n <= m:
@@ -659,8 +738,8 @@ class AlertDebouncer:
 
     def update(self, ratio: float) -> str | None:
         """Feed one window's score ratio; returns "raised", "cleared" or None."""
-        self._over.append(ratio > 1.0)
-        self._hold.append(ratio > self.clear_ratio)
+        self._over.append(ratio >= 1.0)
+        self._hold.append(ratio >= self.clear_ratio)
         if not self.active and sum(self._over) >= self.n:
             self.active = True
             return "raised"
@@ -684,6 +763,7 @@ class WindowResult:
     queue: int
     drops: int
     overflows: int
+    gap_restarts: int = 0  # analysis restarts after lost audio so far: windows with equal counts are continuous
     events: list = field(default_factory=list)
 
     def record(self) -> dict:
@@ -691,10 +771,13 @@ class WindowResult:
                 "confidence": round(self.confidence, 4), "anomaly": round(self.anomaly, 4),
                 "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
                 "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
-                "queue": self.queue, "drops": self.drops, "overflows": self.overflows}
+                "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
+                "gap_restarts": self.gap_restarts}
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
+    """Mix a [frames, channels] block to mono like :func:`fanwatch.audio.load_audio`: ``"mean"`` averages
+    every channel, an int picks that channel."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 1:
         return data
@@ -703,22 +786,46 @@ def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
     return data[:, channel]
 
 
+def live_channels(data: np.ndarray) -> np.ndarray | None:
+    """For a live ``"mean"``: the columns of a [frames, channels] block that carry signal, or None when all
+    do (or none does). A capture channel that is exact digital zero for a whole block is not a microphone:
+    ALSA's plug layer fills the channels a device does not have with silence (a stereo microphone opened
+    with 8 channels gives 2 + 6 silent ones), and averaging them in would scale the signal down."""
+    if data.ndim != 2 or data.shape[1] < 2:
+        return None
+    alive = np.flatnonzero(np.any(data != 0.0, axis=0))
+    if len(alive) in (0, data.shape[1]):
+        return None
+    return alive
+
+
 class Analyzer:
-    """The worker's logic, independent of threads: blocks in, one :class:`WindowResult` per hop out."""
+    """The worker's logic, independent of threads: blocks in, one :class:`WindowResult` per hop out.
+
+    A block with a new ``stream_id`` or rate, or with ``gap`` set, starts a new continuous segment: the
+    resampler and the rolling window start afresh, so no window spans a discontinuity. At a gap the
+    segment before it is first finished like the end of a file (the resampler's delay flushed, its last
+    full windows analysed); each such restart is counted in ``stats.gap_restarts``.
+    """
 
     def __init__(self, classifier, settings: LoopSettings, stats: LoopStats | None = None,
-                 queue_depth: Callable[[], int] = lambda: 0):
+                 queue_depth: Callable[[], int] = lambda: 0, skip_silent_channels: bool | None = None):
         self.classifier = classifier
         self.settings = settings
+        self.channel = "mean" if settings.channel is None else settings.channel
         self.stats = stats or LoopStats()
         self.queue_depth = queue_depth
+        # a live "mean" leaves out channels that are pure padding (see live_channels); files are averaged as is
+        self.skip_silent = (settings.wav is None) if skip_silent_channels is None else skip_silent_channels
         self.hop = max(1, int(round(settings.hop * config.SAMPLE_RATE)))
         self.window = config.WINDOW_SAMPLES
         self.states = StateDebouncer(settings.state_k)
         self.alerts = AlertDebouncer(settings.alert_n, settings.alert_m, settings.clear_n, settings.clear_ratio)
+        self.notices: list[dict] = []  # events not tied to a window (the Worker reports them)
         self._resampler: audio.StreamResampler | None = None
         self._stream_id = None
         self._rate = None
+        self._silent_reported: tuple | None = None
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0  # absolute 16 kHz sample index of _buf[0]
         self._next_start = 0  # absolute index where the next window starts
@@ -726,12 +833,15 @@ class Analyzer:
         self._arrivals: deque = deque()  # (absolute end index of a block's output, its arrival time)
 
     def _restart(self, block: Block) -> None:
-        """A new stream (device reopened, maybe at another rate): forget the partial window."""
+        """A new continuous segment (device reopened, maybe at another rate, or audio lost before this
+        block): forget the partial window and the resampler's state."""
         if block.rate != self._rate or self._resampler is None:
             self._resampler = audio.StreamResampler(block.rate, config.SAMPLE_RATE)
             self._rate = block.rate
         else:
             self._resampler.reset()
+        if block.stream_id != self._stream_id:
+            self._silent_reported = None
         self._stream_id = block.stream_id
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = self._next_start = self._total
@@ -743,15 +853,33 @@ class Analyzer:
             self._total += samples.size
             self._arrivals.append((self._total, arrival))
 
+    def _mono(self, data: np.ndarray) -> np.ndarray:
+        if self.channel == "mean" and self.skip_silent:
+            alive = live_channels(np.asarray(data))
+            if alive is not None:
+                silent = tuple(sorted(set(range(data.shape[1])) - set(alive.tolist())))
+                if silent != self._silent_reported:
+                    self._silent_reported = silent
+                    self.notices.append({"event": "silent_channels", "channels": list(silent),
+                                         "averaging": alive.tolist(), "of": int(data.shape[1])})
+                data = data[:, alive]
+        return to_mono(data, self.channel)
+
     def feed(self, block: Block) -> list[WindowResult]:
+        results = []
         if block.stream_id != self._stream_id or block.rate != self._rate:
             self._restart(block)
-        mono = to_mono(block.data, self.settings.channel)
+        elif block.gap:
+            results = self.finish()  # the audio before the gap is complete: treat it like the end of a file
+            self.stats.gap_restarts += 1
+            self._restart(block)
+        mono = self._mono(block.data)
         self._append(self._resampler.process(mono), block.arrival)
-        return self._windows()
+        return results + self._windows()
 
     def finish(self) -> list[WindowResult]:
-        """End of a file: flush the resampler's delay and analyse the last full windows."""
+        """End of a file (or of a continuous segment): flush the resampler's delay and analyse the last full
+        windows."""
         if self._resampler is None:
             return []
         arrival = self._arrivals[-1][1] if self._arrivals else time.monotonic()
@@ -811,9 +939,10 @@ class Analyzer:
         depth = self.queue_depth()
         stats.max_queue_depth = max(stats.max_queue_depth, depth)
         return WindowResult(t=t, label=label, confidence=float(probabilities[best]), anomaly=ratio,
-                            anomalous=ratio > 1.0, state=self.states.state, alert=self.alerts.active,
+                            anomalous=ratio >= 1.0, state=self.states.state, alert=self.alerts.active,
                             inference_ms=inference_ms, latency_ms=latency_ms, queue=depth,
-                            drops=stats.dropped_blocks, overflows=stats.overflows, events=events)
+                            drops=stats.dropped_blocks, overflows=stats.overflows,
+                            gap_restarts=stats.gap_restarts, events=events)
 
 
 class Worker(threading.Thread):
@@ -829,6 +958,9 @@ class Worker(threading.Thread):
         self.error: BaseException | None = None
 
     def _emit(self, results: list[WindowResult]) -> None:
+        notices, self.analyzer.notices = self.analyzer.notices, []
+        for notice in notices:
+            self.reporter.event(**notice)
         for result in results:
             self.reporter.window(result)
             for event in result.events:
@@ -947,9 +1079,11 @@ class Reporter:
 def _describe(r: dict) -> str:
     e = r["event"]
     if e == "start":
+        channel = r.get("channel")
+        mix = "mean of the channels" if channel == "mean" else f"channel {channel}"
         return (f"fanwatch listening: {r.get('source')} | model {r.get('model')} ({r.get('runtime')}, "
-                f"{r.get('threads')} thread(s)) | hop {r.get('hop_s')} s | alert {r.get('alert')} | "
-                "audio stays in memory, nothing is recorded or sent")
+                f"{r.get('threads')} thread(s)) | {mix} ({r.get('channel_from')}) | hop {r.get('hop_s')} s | "
+                f"alert {r.get('alert')} | audio stays in memory, nothing is recorded or sent")
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"
     if e == "alert_raised":
@@ -960,7 +1094,7 @@ def _describe(r: dict) -> str:
     if e in ("device_opened", "device_reopened"):
         what = r.get("device") or r.get("file")
         verb = "opened" if e == "device_opened" else "reopened"
-        return f"{verb} {what}: {r['rate']:.0f} Hz, {r['channels']} channel(s)" + (
+        return f"{verb} {what}: {r['rate']:.0f} Hz, {r['channels']} channel(s), {r.get('mix', 'mean')}" + (
             f", {r['pace']}" if "pace" in r else "")
     if e == "device_lost":
         return f"input lost: {r['reason']}; reopening in {r['retry_in']:.1f} s"
@@ -970,6 +1104,10 @@ def _describe(r: dict) -> str:
         return (f"audio lost: {r['dropped_blocks']} block(s) ({r['dropped_seconds']:.2f} s) dropped because the "
                 f"queue was full, {r['overflows']} driver overflow(s) since the last report "
                 f"(totals {r['total_dropped_blocks']} blocks, {r['total_overflows']} overflows)")
+    if e == "silent_channels":
+        return (f"channel(s) {', '.join(map(str, r['channels']))} of {r['of']} deliver digital silence (padding "
+                f"added by the audio layer): the mean uses channel(s) {', '.join(map(str, r['averaging']))}; "
+                "pass --channels N to open only the device's real channels")
     if e == "stop":
         return f"stopping: {r.get('reason')}"
     fields = {k: v for k, v in r.items() if k not in ("type", "event", "time")}
@@ -983,7 +1121,8 @@ def _describe_summary(r: dict) -> str:
 
     return (f"summary: {r['windows']} windows, {r['alerts']} alert(s), {r['state_changes']} state change(s), "
             f"{r['dropped_blocks']} dropped block(s) ({r['dropped_seconds']:.2f} s), {r['overflows']} overflow(s), "
-            f"{r['device_losses']} device loss(es); inference median {ms('inference_ms_median')} ms, "
+            f"{r.get('gap_restarts', 0)} restart(s) after lost audio, {r['device_losses']} device loss(es); "
+            f"inference median {ms('inference_ms_median')} ms, "
             f"p95 {ms('inference_ms_p95')} ms; latency median {ms('latency_ms_median')} ms, "
             f"p95 {ms('latency_ms_p95')} ms; CPU {r['cpu_percent']}%; peak RSS {r['peak_rss_mb']} MB; "
             f"uptime {r['uptime_s']:.1f} s ({r['reason']})")
@@ -998,6 +1137,50 @@ def make_source(settings: LoopSettings, stats: LoopStats):
         return WavSource(settings.wav, settings.channel, settings.fast, settings.block_seconds, stats)
     return SoundDeviceSource(settings.device, settings.channel, settings.rate, settings.channels,
                              settings.block_seconds, settings.stall_seconds, stats)
+
+
+def read_model_card(model: str | os.PathLike) -> dict:
+    """The model card beside ``model``; "model not found" first when the model itself is missing."""
+    model = Path(model)
+    if not model.is_file():
+        raise FanwatchError(f"model not found: {model} (train one with: python train.py)")
+    return runtime.read_card(model)
+
+
+def resolve_channel(channel: str | int | None, card: dict | None) -> tuple[str | int, str]:
+    """(channel setting, where it came from): an explicit one wins, else the training setting the model card
+    records (``card["settings"]["channel"]``), else ``"mean"`` (training's default)."""
+    if channel is not None:
+        return audio.parse_channel(channel), "command line"
+    trained = ((card or {}).get("settings") or {}).get("channel") if isinstance(card, dict) else None
+    if trained is None:
+        return "mean", "default"
+    try:
+        return audio.parse_channel(trained), "model card"
+    except FanwatchError:
+        raise FanwatchError(f"the model card records an invalid channel setting {trained!r}; "
+                            f"pass --channel ({audio.CHANNEL_HELP})") from None
+
+
+def start_record(settings: LoopSettings, classifier, source_name: str, channel_from: str) -> dict:
+    """What the start event carries: the settings that produced the run, and which model (path, SHA-256,
+    labels, machines and thresholds as the card gives them)."""
+    card = getattr(classifier, "card", None) or {}
+    anomaly = card.get("anomaly") if isinstance(card.get("anomaly"), dict) else {}
+    try:
+        model_sha = config.sha256_file(settings.model)
+    except OSError:
+        model_sha = None
+    return {
+        "source": source_name, "model": str(settings.model), "model_sha256": model_sha,
+        "runtime": getattr(classifier, "runtime", None), "threads": settings.threads,
+        "labels": list(classifier.labels), "machines": list(getattr(classifier, "machines", []) or []),
+        "thresholds": anomaly.get("thresholds"), "threshold_method": anomaly.get("method"),
+        "hop_s": settings.hop, "alert": f"{settings.alert_n} of {settings.alert_m}",
+        "threshold_scale": settings.threshold_scale, "state_k": settings.state_k,
+        "queue_blocks": settings.queue_blocks, "channel": settings.channel, "channel_from": channel_from,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()},
+    }
 
 
 def backoff_delays(initial: float, maximum: float):
@@ -1058,6 +1241,7 @@ def run(settings: LoopSettings, out=None, classifier=None, source=None, stop: th
         reason["why"] = reason["why"] or "output closed"
         stop.set()
 
+    settings = dataclasses.replace(settings)  # the channel gets resolved below; the caller's copy stays as is
     try:
         if source is None:
             source = make_source(settings, stats)  # a bad --wav file fails here, before the model loads
@@ -1067,9 +1251,17 @@ def run(settings: LoopSettings, out=None, classifier=None, source=None, stop: th
         restore_signals()
         raise
     try:
+        card = getattr(classifier, "card", None) if classifier is not None else read_model_card(settings.model)
+        settings.channel, channel_from = resolve_channel(settings.channel, card)
+        if hasattr(source, "prepare"):
+            source.prepare(settings.channel)  # no such device / channel: one line, before the model loads
         if classifier is None:
-            classifier = runtime.SoundClassifier(settings.model, settings.threads, settings.runtime,
-                                                 settings.machine)
+            try:
+                classifier = runtime.SoundClassifier(settings.model, settings.threads, settings.runtime,
+                                                     settings.machine)
+            except (KeyError, TypeError, IndexError) as exc:  # a card the runtime's checks let through
+                raise FanwatchError(f"{Path(settings.model).with_name(runtime.CARD_NAME)}: malformed model "
+                                    f"card ({type(exc).__name__}: {exc})") from None
         reporter = Reporter(out, settings.json_lines, settings.quiet, settings.event_log,
                             settings.event_log_bytes, settings.event_log_backups, on_record, output_closed)
     except BaseException:
@@ -1083,10 +1275,7 @@ def run(settings: LoopSettings, out=None, classifier=None, source=None, stop: th
     drops = _DropReporter(stats, reporter, settings.drop_report_seconds)
     source_name = (f"file {settings.wav}" if settings.wav is not None
                    else getattr(source, "describe", lambda: "input")())
-    reporter.event("start", source=source_name, model=str(settings.model), runtime=getattr(classifier, "runtime", None),
-                   threads=settings.threads, labels=list(classifier.labels), hop_s=settings.hop,
-                   alert=f"{settings.alert_n} of {settings.alert_m}", threshold_scale=settings.threshold_scale,
-                   state_k=settings.state_k, queue_blocks=settings.queue_blocks)
+    reporter.event("start", **start_record(settings, classifier, source_name, channel_from))
     worker.start()
     try:
         if not stop.is_set():
@@ -1096,8 +1285,10 @@ def run(settings: LoopSettings, out=None, classifier=None, source=None, stop: th
             raise exc if isinstance(exc, FanwatchError) else FanwatchError(
                 f"the analysis worker failed: {type(exc).__name__}: {exc}")
     except FanwatchError:
+        reason["why"] = reason["why"] or "error"
         raise
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for an operator reading logs
+        reason["why"] = reason["why"] or "error"
         raise FanwatchError(f"the loop failed: {type(exc).__name__}: {exc}") from exc
     finally:
         stop.set()
@@ -1112,7 +1303,11 @@ def run(settings: LoopSettings, out=None, classifier=None, source=None, stop: th
 
 
 def _supervise(settings, source, bq, worker, stop, reporter, stats, drops) -> str | None:
-    """Open the source, watch it, reopen it with backoff when it goes away. Returns why it ended."""
+    """Open the source, watch it, reopen it with backoff when it goes away. Returns why it ended.
+
+    The very first open failing with a :class:`DeviceConfigError` ends the run (raised): retrying a
+    configuration that cannot work would only hide it. Once a stream has been opened, every failure is
+    retried with backoff (an unplugged device may come back, even with another index)."""
     deadline = None if settings.duration is None else time.monotonic() + settings.duration
     delays = backoff_delays(settings.backoff_initial, settings.backoff_max)
     delay = next(delays)
@@ -1137,6 +1332,8 @@ def _supervise(settings, source, bq, worker, stop, reporter, stats, drops) -> st
         try:
             info = source.open(bq, stream_id)
         except DeviceError as exc:
+            if isinstance(exc, DeviceConfigError) and not opened_before:
+                raise
             stats.device_errors += 1
             reporter.event("device_error", reason=str(exc), retry_in=delay)
             if wait(delay):

@@ -21,6 +21,13 @@ ALSA reads its configuration once per process, from ``ALSA_CONFIG_PATH``: run th
 subprocess with :attr:`VirtualMic.env`. The configuration includes the system's ``alsa.conf`` (without
 it alsa-lib aborts) and adds one PCM, :attr:`VirtualMic.device`.
 
+A ``plug`` device converts channel counts, so PortAudio reports 128 input channels for it whatever the
+signal has: channels beyond a multichannel signal's own come out as digital silence (alsa-lib's default
+route policy copies channel i to channel i; only a mono signal is duplicated into every channel). For
+tests of channel settings against a device that reports its real channel count, as a sound card's
+``hw`` device does, :func:`fixed_channel_env` adds an ALSA ``multi`` PCM over ``null`` (it enumerates
+with exactly the channels given; it is not meant to deliver a signal).
+
 Usage::
 
     with VirtualMic(tmp_path, signal, 48000) as mic:
@@ -74,6 +81,30 @@ pcm.{name} {{
 """
     )
     return path
+
+
+def fixed_channel_env(directory, channels: int, name: str = "fanwatch_fixed") -> dict:
+    """An environment whose ALSA configuration adds a capture PCM ``name`` that PortAudio lists with
+    exactly ``channels`` input channels (``multi`` over ``null``: for configuration checks only)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    include = f"<{SYSTEM_ALSA_CONF}>\n" if Path(SYSTEM_ALSA_CONF).is_file() else ""
+    bindings = "\n".join(f"    bindings.{i} {{ slave a channel {i} }}" for i in range(int(channels)))
+    path = directory / "asound.conf"
+    path.write_text(
+        f"""{include}
+pcm.{name} {{
+    type multi
+    slaves.a {{ pcm {{ type null }} channels {int(channels)} }}
+{bindings}
+    hint {{
+        show on
+        description "fanwatch test device with {int(channels)} input channel(s)"
+    }}
+}}
+"""
+    )
+    return dict(os.environ, ALSA_CONFIG_PATH=str(path))
 
 
 def to_pcm16(signal: np.ndarray) -> np.ndarray:
