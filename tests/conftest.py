@@ -15,6 +15,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a real PNG file; fails the test if it is not one."""
+    import struct
+
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", head[16:24])
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.verify()
+    return width, height
+
+
 def _yamnet() -> Path:
     from fanwatch import config
 

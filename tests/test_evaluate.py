@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,21 +13,10 @@ import pytest
 
 from fanwatch import evaluation
 
+from conftest import png_size
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a real PNG file; fails the test if it is not one."""
-    head = Path(path).read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    assert head[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", head[16:24])
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.verify()
-    return width, height
 
 
 def in_unit(value) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,19 +11,9 @@ import numpy as np
 
 from fanwatch import visualize
 
+from conftest import png_size
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    head = Path(path).read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    assert head[12:16] == b"IHDR"
-    width, height = struct.unpack(">II", head[16:24])
-    from PIL import Image
-
-    with Image.open(path) as img:
-        img.verify()
-    return width, height
 
 
 def test_cli_on_synthetic_data_with_subsample(synthetic_data, yamnet_path, cache_dir, tmp_path, capsys):
