@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--yamnet", default=None)
-    p.add_argument("--files", type=int, default=140, help="synthetic files (10 s each)")
+    p.add_argument("--files", type=int, default=420, help="synthetic files (10 s each)")
     p.add_argument("--quantization", default="int8-pointwise")
     p.add_argument("--repeats", type=int, default=2, help="alternating runs per worker count")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/embeddings.json)")
