@@ -285,7 +285,13 @@ def _normal_flags(classes: list[str], normal_classes, anomalous_classes) -> dict
 
 
 def scan(root, layout: str = "auto", normal_classes=None, anomalous_classes=None) -> list[Recording]:
-    """All recordings below ``root``, sorted by path (deterministic).
+    """All recordings below ``root``, sorted by path; see :func:`scan_dataset`."""
+    return scan_dataset(root, layout, normal_classes, anomalous_classes)[0]
+
+
+def scan_dataset(root, layout: str = "auto", normal_classes=None,
+                 anomalous_classes=None) -> tuple[list[Recording], str]:
+    """All recordings below ``root``, sorted by path (deterministic), and the layout they were read with.
 
     ``layout`` is ``"auto"`` (see :func:`detect_layout`) or one of :data:`LAYOUTS` to force it; a forced
     layout that some audio file does not fit is a FanwatchError naming that file. ``normal_classes`` /
@@ -324,7 +330,7 @@ def scan(root, layout: str = "auto", normal_classes=None, anomalous_classes=None
             info["normal"] = flags[info["label"]]
     recordings = [Recording(path=root.joinpath(*parts), **info) for parts, info in parsed]
     recordings.sort(key=lambda r: str(r.path))
-    return recordings
+    return recordings, layout
 
 
 # --------------------------------------------------------------------------------------------------
@@ -476,9 +482,16 @@ def save_split(path, splits, root, params: dict | None = None) -> Path:
                 "snr": rec.snr,
             })
         doc["splits"][name] = entries
+    write_json(path, doc, indent=1)
+    return path
+
+
+def write_json(path, data, indent: int = 2) -> Path:
+    """Write JSON atomically (temporary file, then rename): a reader never sees half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
 

@@ -28,6 +28,7 @@ import numpy as np
 from . import audio, config
 from .datasets import Recording
 from .errors import BadAudioError, FanwatchError
+from .export import DEFAULT_QUANTIZATION
 from .runtime import TFLiteModel
 
 CACHE_VERSION = 2  # 2: DFT by matrix product in the front end
@@ -37,7 +38,7 @@ def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Pat
     return Path(cache_dir) / "frontend" / f"yamnet-{yamnet_sha256[:16]}-{quantization}-v{CACHE_VERSION}.tflite"
 
 
-def ensure_frontend(yamnet_path=None, quantization: str = "int8-pointwise", cache_dir=None) -> tuple[Path, str]:
+def ensure_frontend(yamnet_path=None, quantization: str = DEFAULT_QUANTIZATION, cache_dir=None) -> tuple[Path, str]:
     """The embedding-only TFLite file for these weights and quantization; built once, then reused."""
     from . import yamnet
     from .export import export_tflite
@@ -220,7 +221,7 @@ def _worker_embed(path: str):
     return _WORKER._embed_or_reason(path)
 
 
-def make_extractor(yamnet_path=None, quantization: str = "int8-pointwise", cache_dir=None, channel="mean",
+def make_extractor(yamnet_path=None, quantization: str = DEFAULT_QUANTIZATION, cache_dir=None, channel="mean",
                    workers: int | None = None) -> tuple[Extractor, str]:
     """An Extractor on the cached front end for these weights; also returns the weights' sha256."""
     frontend, sha = ensure_frontend(yamnet_path, quantization, cache_dir)

@@ -35,7 +35,6 @@ A bad file gives one line, is skipped and listed with its reason. A metric that 
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing
 import os
 import re
@@ -49,14 +48,13 @@ import numpy as np
 
 from . import __version__, audio, config, datasets, runtime
 from .errors import FanwatchError
+from .export import DEFAULT_QUANTIZATION
+from .runtime import ANOMALY_NAME, HEAD_NAME, SPLIT_NAME  # written by training beside the model
 
 EVAL_FORMAT = "fanwatch-evaluation/1"
 METRICS_NAME = "metrics.json"
 REPORT_NAME = "classification_report.txt"
 FILES_NAME = "files.csv"
-SPLIT_NAME = "split.json"  # written by training beside the model
-HEAD_NAME = "sound_classifier_head.keras"
-ANOMALY_NAME = "anomaly_model.npz"
 PAUC_MAX_FPR = 0.1
 MIN_FILES_FOR_POOL = 8  # starting workers costs about a second; fewer files run in this process
 PARITY_MAX_WINDOWS = 2000  # windows compared TFLite vs Keras head (files spread over the set)
@@ -441,7 +439,7 @@ def parity_check(s: EvalSettings, card: dict, model_dir: Path, outputs: ModelOut
     if not s.yamnet and (not yamnet_path or not Path(yamnet_path).is_file()):
         yamnet_path = str(config.resolve_yamnet_path(None))
     try:
-        extractor, sha = embeddings.make_extractor(yamnet_path, card.get("quantization", "int8-pointwise"),
+        extractor, sha = embeddings.make_extractor(yamnet_path, card.get("quantization", DEFAULT_QUANTIZATION),
                                                    s.cache, channel, s.workers)
     except FanwatchError as exc:
         return None, f"parity check skipped: {exc}"
@@ -516,8 +514,7 @@ def _recordings(s: EvalSettings, card: dict, model_dir: Path) -> tuple[list[data
                                 "pass --data DIR")
         return recs, {"source": "test split", "split": str(split)}
     data = Path(s.data).expanduser()
-    layout = s.layout if s.layout != "auto" else datasets.detect_layout(data)
-    recs = datasets.scan(data, layout)
+    recs, layout = datasets.scan_dataset(data, s.layout)
     info = {"source": "folder", "root": str(data.resolve()), "layout": layout}
     if layout == "folders" and card.get("head_target") == "label":
         # the card knows which of its labels are normal (training may have used --normal-classes)
@@ -745,9 +742,7 @@ def evaluate(s: EvalSettings) -> dict:
         "seconds": None,
     }
     metrics["seconds"] = round(time.time() - started, 1)
-    tmp = out / (METRICS_NAME + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out / METRICS_NAME)
+    datasets.write_json(out / METRICS_NAME, metrics)
     print_summary(metrics, out)
     return metrics
 

@@ -20,8 +20,13 @@ import numpy as np
 from . import config
 from .errors import FanwatchError
 
+# What train.py writes into its output folder (see artifacts/README.md).
 MODEL_NAME = "sound_classifier.tflite"
 CARD_NAME = "model_card.json"
+FLOAT_NAME = "sound_classifier_float32.tflite"
+HEAD_NAME = "sound_classifier_head.keras"
+ANOMALY_NAME = "anomaly_model.npz"
+SPLIT_NAME = "split.json"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -11,13 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, export, runtime
+from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime
 from .errors import FanwatchError
+from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
 
-HEAD_NAME = "sound_classifier_head.keras"
-FLOAT_NAME = "sound_classifier_float32.tflite"
-SPLIT_NAME = "split.json"
-ANOMALY_NAME = "anomaly_model.npz"
 PARITY_WINDOWS = 24  # windows checked Keras vs TFLite after export
 # The deployed file must reproduce the Keras head + numpy score on the cached front-end embeddings
 # (measured: probabilities 1e-6, scores 1e-5 relative, embedding cosine 1.0); beyond these it is not
@@ -86,26 +81,6 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    if len(y_true) == 0:
-        return {"accuracy": None, "macro_f1": None, "n": 0}
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro",
-                                   zero_division=0)),
-        "n": int(len(y_true)),
-    }
-
-
-def file_level(probabilities: np.ndarray, file_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean probability per file -> (file ids in order, predicted class per file)."""
-    files = np.unique(file_index)
-    mean = np.stack([probabilities[file_index == f].mean(axis=0) for f in files])
-    return files, mean.argmax(axis=1)
-
-
 def build_end_to_end(weights, head_model, anomaly_model: anomaly.AnomalyModel):
     """waveform -> {probabilities, anomaly_score, embedding}: one Keras model, exported as one file."""
     import keras
@@ -135,12 +110,6 @@ def _library_versions() -> dict:
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def train(s: TrainSettings) -> dict:
     """The whole run; returns the model card (also written to ``s.out``)."""
     started = time.time()
@@ -150,8 +119,7 @@ def train(s: TrainSettings) -> dict:
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    recs = datasets.scan(data, s.layout, s.normal_classes, s.anomalous_classes)
-    layout = s.layout if s.layout != "auto" else datasets.detect_layout(data)
+    recs, layout = datasets.scan_dataset(data, s.layout, s.normal_classes, s.anomalous_classes)
     splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction,
                                        test_fraction=s.test_fraction)
     datasets.save_split(out / SPLIT_NAME, splits, data, params={"layout": layout})
@@ -198,10 +166,11 @@ def train(s: TrainSettings) -> dict:
     if len(val_set.embeddings):
         probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
         pred = probs.argmax(axis=1)
-        validation["window"] = _metrics(y_val[val_known], pred[val_known], len(train_labels))
-        files, file_pred = file_level(probs, val_set.file_index)
-        known_files = y_val_file[files] >= 0
-        validation["file"] = _metrics(y_val_file[files][known_files], file_pred[known_files], len(train_labels))
+        validation["window"] = evaluation.classification_metrics(y_val[val_known], pred[val_known], train_labels)
+        file_pred = evaluation.file_means(probs, val_set.file_index, len(val_set.recordings)).argmax(axis=1)
+        known_files = y_val_file >= 0
+        validation["file"] = evaluation.classification_metrics(y_val_file[known_files], file_pred[known_files],
+                                                               train_labels)
         unknown = sorted({key(r) for r, y in zip(val_set.recordings, y_val_file) if y < 0})
         if unknown:
             validation["classes_not_in_training"] = unknown
@@ -298,7 +267,7 @@ def train(s: TrainSettings) -> dict:
         "versions": _library_versions(),
         "train_seconds": round(time.time() - started, 1),
     }
-    _write_json(out / runtime.CARD_NAME, card)
+    datasets.write_json(out / runtime.CARD_NAME, card)
     if skipped:
         log(f"skipped {len(skipped)} file(s):")
         for f, r in skipped:

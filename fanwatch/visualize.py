@@ -19,8 +19,6 @@ shows all of them and one panel per machine follows (the other machines' windows
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import numpy as np
 
 from . import __version__, datasets, embeddings
 from .errors import FanwatchError
+from .export import DEFAULT_QUANTIZATION
 
 VISUALIZE_FORMAT = "fanwatch-visualize/1"
 JSON_NAME = "visualize.json"
@@ -52,7 +51,7 @@ class VisualizeSettings:
     layout: str = "auto"
     tsne_max: int = DEFAULT_TSNE_MAX
     seed: int = 0
-    quantization: str = "int8-pointwise"
+    quantization: str = DEFAULT_QUANTIZATION
     yamnet: str | None = None
     cache: str | None = None
     channel: str | int = "mean"
@@ -172,8 +171,7 @@ def visualize(s: VisualizeSettings) -> dict:
     if int(s.tsne_max) < MIN_TSNE_MAX:
         raise FanwatchError(f"--tsne-max must be at least {MIN_TSNE_MAX} windows, not {s.tsne_max}")
     data = Path(s.data).expanduser()
-    layout = s.layout if s.layout != "auto" else datasets.detect_layout(data)
-    recs = datasets.scan(data, layout)
+    recs, layout = datasets.scan_dataset(data, s.layout)
     out = Path(s.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     extractor, yamnet_sha = embeddings.make_extractor(s.yamnet, s.quantization, s.cache, s.channel, s.workers)
@@ -270,9 +268,7 @@ def visualize(s: VisualizeSettings) -> dict:
         "outputs": outputs,
         "seconds": round(time.time() - started, 1),
     }
-    tmp = out / (JSON_NAME + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out / JSON_NAME)
+    datasets.write_json(out / JSON_NAME, result)
 
     value = sil["value"]
     log(f"silhouette by label ({SILHOUETTE_METRIC} distance in the {x.shape[1]}-d embedding space, "

@@ -740,6 +740,19 @@ def _start_on_mic(mic: VirtualMic, model: Path, *extra) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _run_on_mic(mic: VirtualMic, model: Path, *extra, during=None) -> tuple[subprocess.Popen, str, str]:
+    """inference.py on the virtual microphone: ``during()`` runs while it listens, then SIGTERM ends it."""
+    proc = _start_on_mic(mic, model, *extra)
+    try:
+        during()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc, out, err
+
+
 @pytest.mark.skipif(not portaudio_available(), reason="needs sounddevice and libportaudio2")
 def test_live_capture_from_virtual_alsa_microphones_at_48k_and_44k1(trained_model, scene, tmp_path):
     model = model_path(trained_model)
@@ -805,15 +818,11 @@ def test_a_stereo_microphone_is_averaged_over_its_real_channels(trained_model, t
     x = scenario(rate)[: int(rate * 4.5)]
     stereo = np.stack([x, 0.5 * x], axis=1)
     with VirtualMic(tmp_path, stereo, rate) as mic:
-        proc = _start_on_mic(mic, model_path(trained_model))
-        try:
+        def until_played():
             assert mic.played.wait(timeout=30), "the device never played its signal"
             time.sleep(1.0)
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+        proc, out, err = _run_on_mic(mic, model_path(trained_model), during=until_played)
     assert proc.returncode == 0, err
     records = parse(out)
     opened = events(records, "device_opened")[0]
@@ -859,18 +868,15 @@ def test_hung_alsa_device_is_reported_lost_and_reopened(trained_model, tmp_path)
     """The virtual microphone stops delivering (its driver blocks): the loop reports the device lost after
     --stall-seconds, reopens it through PortAudio when it can, and keeps deciding."""
     with VirtualMic(tmp_path, scenario(48000), 48000) as mic:
-        proc = _start_on_mic(mic, model_path(trained_model), "--stall-seconds", 0.5, "--quiet")
-        try:
+        def hang_for_two_seconds():
             time.sleep(3.0)
             mic.hold.set()
             time.sleep(2.0)
             mic.hold.clear()
             time.sleep(4.0)
-            proc.send_signal(signal.SIGTERM)
-            out, err = proc.communicate(timeout=15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+
+        proc, out, err = _run_on_mic(mic, model_path(trained_model), "--stall-seconds", 0.5, "--quiet",
+                                     during=hang_for_two_seconds)
     assert proc.returncode == 0, err
     records = parse(out)
     sequence = [e["event"] for e in events(records) if e["event"].startswith("device")]
