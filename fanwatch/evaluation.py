@@ -260,6 +260,14 @@ def file_means(values: np.ndarray, file_index: np.ndarray, n_files: int) -> np.n
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    import warnings
+
+    with warnings.catch_warnings():  # sklearn warns when a single class is present; the figures are right
+        warnings.simplefilter("ignore", UserWarning)
+        return _classification_metrics(y_true, y_pred, labels)
+
+
+def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
     """Accuracy, macro F1 and per-class precision/recall/F1 (null when undefined) for label indices."""
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
