@@ -8,7 +8,9 @@ Methods (all fitted on normal training recordings only, per machine):
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
   fused         the deployed score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
                 of their normalised k-NN distances, over a horizon of 8 windows
-  options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fused+level (with the level)
+  options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fused+level (with the level),
+                fused_closest (fused, but a machine not in training by the earlier rule: the smallest score over
+                the known machines, window by window, instead of the pooled reference)
 
 File level = the clip feature for the baselines (as they are defined), the mean window score for the
 others (DCASE). Window level = every 0.975 s window. AUC and DCASE pAUC (FPR <= 0.1).
@@ -17,6 +19,8 @@ Splits:
   synthetic sessions: DCASE layout, 3 recording sessions, train on two, test on the third (a day never
   heard in training), machines id_00 and id_02, --seeds seeds x --snrs;
   synthetic per-file: MIMII layout where every file has its own room and microphone, seed 0, +6 dB;
+  synthetic unknown machine: sessions data of id_00, id_02, id_04; each left out of training in turn and its
+  test day scored as a machine the model does not know (pooled reference; baselines pooled too);
   dcase2020_id00 (real fan): 75 normal clips and 1 anomalous clip; 5 folds, 60 normal train clips,
   15 held-out normal clips + the anomalous clip as test;
   mimii_8ch (real, channel mean): per machine type, leave one normal clip out (references: the other
@@ -37,7 +41,10 @@ from _common import write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REAL = Path(__file__).resolve().parents[1].parent.parent / "shared" / "realdata"
+_REPO = Path(__file__).resolve().parents[1]
+# ../shared/realdata beside the repository (a worktree sits one level deeper)
+REAL = next((p for p in (_REPO.parent / "shared" / "realdata", _REPO.parent.parent / "shared" / "realdata")
+             if p.is_dir()), _REPO.parent / "shared" / "realdata")
 MIMII_GROUPS = {
     "fan": (["fan.00.normal.00000000.wav", "fn444.wav"], ["fab969.wav"]),
     "pump": (["pump.00.normal.00000000.wav", "pn113.wav"], ["pab403.wav"]),
@@ -47,7 +54,7 @@ MIMII_GROUPS = {
               ["vab291.wav", "valve_id06_abn_00000008.wav"]),
 }
 BASELINES = ("loudness", "ltas")
-METHODS = ("loudness", "ltas", "yamnet_knn", "fused", "emb_h8", "shape_h8", "fused+level")
+METHODS = ("loudness", "ltas", "yamnet_knn", "fused", "emb_h8", "shape_h8", "fused+level", "fused_closest")
 NEW = "fused"
 
 
@@ -78,12 +85,12 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
 
     if method in BASELINES:
         file_s, win_s = np.zeros(len(test)), [None] * len(test)
-        for machine in train:
+        pooled = [f for fs in train.values() for f in fs]
+        for machine in {m for m, _ in test}:  # a machine not in training: all training machines pooled
             idx = [i for i, (m, _) in enumerate(test) if m == machine]
-            if not idx:
-                continue
-            clip = baselines.KnnBaseline.fit(np.stack([f["clip"][method] for f in train[machine]]))
-            win = baselines.KnnBaseline.fit(np.concatenate([f["win"][method] for f in train[machine]]))
+            ref = train.get(machine, pooled)
+            clip = baselines.KnnBaseline.fit(np.stack([f["clip"][method] for f in ref]))
+            win = baselines.KnnBaseline.fit(np.concatenate([f["win"][method] for f in ref]))
             file_s[idx] = clip.score(np.stack([test[i][1]["clip"][method] for i in idx]))
             for i in idx:
                 win_s[i] = win.score(test[i][1]["win"][method])
@@ -93,16 +100,20 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         emb = np.concatenate([f["emb"] for m in names for f in train[m]])
         machines = np.concatenate([[m] * len(f["emb"]) for m in names for f in train[m]])
         model = anomaly.fit(emb, machines, np.ones(len(emb), bool), "knn")
-        win_s = [model.score(f["emb"])[:, model.machines.index(m)] for m, f in test]
+        # a machine not in training: the smallest score over the known machines (the earlier rule)
+        win_s = [model.score(f["emb"])[:, model.machines.index(m)] if m in model.machines
+                 else model.score(f["emb"]).min(axis=1) for m, f in test]
         return np.array([w.mean() for w in win_s]), win_s
     name, _, horizon = method.partition("@h")
-    weights = {"fused": scorer.DEFAULT_WEIGHTS, "emb_h8": {"embedding": 1.0}, "shape_h8": {"shape": 1.0},
+    closest = name == "fused_closest"  # unknown machines by the earlier rule: smallest over the known machines
+    weights = {"fused": scorer.DEFAULT_WEIGHTS, "fused_closest": scorer.DEFAULT_WEIGHTS, "emb_h8": {"embedding": 1.0}, "shape_h8": {"shape": 1.0},
                "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5}}.get(name)
     if weights is None:  # "embedding:2,shape:1@h4"
         weights = scorer.parse_components(name)
     sc = scorer.Scorer.fit({m: [(f["emb"], f["bands"]) for f in fs] for m, fs in train.items()},
                            scorer.ScoreConfig(weights=dict(weights), horizon=int(horizon or scorer.DEFAULT_HORIZON)))
-    win_s = [sc.score_file(m, f["emb"], f["bands"]) for m, f in test]
+    win_s = [np.min([sc.score_file(k, f["emb"], f["bands"]) for k in sc.machines], axis=0)
+             if closest and m not in sc.machines else sc.score_file(m, f["emb"], f["bands"]) for m, f in test]
     return np.array([w.mean() for w in win_s]), win_s
 
 
@@ -138,6 +149,27 @@ def synthetic_session_splits(files: Files, root: Path, seeds: int, snrs: list[fl
                 else:
                     test.append((r.machine, files.get(r.path), r.normal))
             yield f"synthetic sessions {snr:+g} dB", f"seed {seed}", train, test
+
+
+def synthetic_unknown_machine_splits(files: Files, root: Path, seeds: int, files_per_state: int,
+                                     files_per_fault: int, sessions: int, seconds: float):
+    """Three machine ids; each in turn is left out of training and tested as a machine the model does not know."""
+    from fanwatch import datasets, synth
+
+    for seed in range(seeds):
+        path = root / f"unknown-seed{seed}"
+        synth.generate_dataset(path, layout="dcase", seed=500 + seed, seconds=seconds, snr_db=6.0,
+                               files_per_state=files_per_state, files_per_fault=files_per_fault, progress=False,
+                               sessions=sessions, machine_ids=("id_00", "id_02", "id_04"))
+        recs = datasets.scan(path)
+        for left_out in ("fan/id_00", "fan/id_02", "fan/id_04"):
+            train = {}
+            for r in recs:
+                if r.subset == "train" and r.machine != left_out:
+                    train.setdefault(r.machine, []).append(files.get(r.path))
+            test = [("unknown", files.get(r.path), r.normal) for r in recs
+                    if r.subset == "test" and r.machine == left_out]
+            yield "synthetic unknown machine +6 dB", f"seed {seed}, {left_out} unknown", train, test
 
 
 def synthetic_per_file_split(files: Files, root: Path, seconds: float):
@@ -209,6 +241,8 @@ def main() -> None:
                                                     args.files_per_state, args.files_per_fault, args.sessions,
                                                     args.seconds))
             sources.append(synthetic_per_file_split(files, Path(tmp), args.seconds))
+            sources.append(synthetic_unknown_machine_splits(files, Path(tmp), 1, args.files_per_state,
+                                                            args.files_per_fault, args.sessions, args.seconds))
         sources.append(real_splits(files, Path(args.real)))
         with tqdm(desc="splits", unit="split") as bar:
             for source in sources:

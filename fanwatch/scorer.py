@@ -83,6 +83,8 @@ STD_FLOOR = {"shape": 0.1, "level": 1.0, "bands": 0.1}
 SCALE_QUANTILE = 0.95
 POOLED = "*pooled*"
 FORMAT = "fanwatch-scorer/1"
+UNKNOWN_MACHINE_RULE = ("a recording of a machine the model does not know is scored against the pooled normal "
+                        "reference of all known machines, with its own threshold (never the closest known machine)")
 MIN_WINDOWS_FOR_GAMMA = 20
 DEFAULT_FALSE_ALARM_RATE = 0.01
 
@@ -158,7 +160,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _knn_cosine(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Mean cosine distance to the k nearest bank rows (rows unit-norm); exclude: [n_q, n_bank] mask."""
-    sims = (_unit(queries).astype(np.float32) @ np.asarray(bank, np.float32).T).astype(np.float64)
+    sims = _unit(queries) @ bank.T
     if exclude is not None:
         sims = np.where(exclude, -np.inf, sims)
     k = min(k, bank.shape[0])
@@ -191,6 +193,12 @@ class Reference:
 
     def z(self, component: str, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, np.float64) - self.mean[component]) / self.std[component]
+
+    @cached_property
+    def bank(self) -> np.ndarray:
+        """The embedding references in float64 (converted once; float32 products of one row and of a batch
+        differ by 1e-5 relative in a cosine distance near 0, which would break stream/file parity)."""
+        return self.embeddings.astype(np.float64)
 
     @cached_property
     def z_rows(self) -> dict:
@@ -226,7 +234,7 @@ def _build_reference(emb_rows, emb_files, feat_rows, feat_files, cfg: ScoreConfi
 def _lofo_scores(ref: Reference, component: str, cfg: ScoreConfig) -> np.ndarray:
     """Scores of the reference rows against the rows of the other files (one file: the other half of it)."""
     if component == "embedding":
-        files, rows = ref.embedding_files, ref.embeddings
+        files, rows = ref.embedding_files, ref.bank
     else:
         files, rows = ref.feature_files, ref.z_rows[component]
     ids = np.unique(files)
@@ -406,7 +414,7 @@ class Scorer:
         out = {}
         for c in self.config.components:
             if c == "embedding":
-                out[c] = running_mean(_knn_cosine(ref.embeddings, embeddings, self.config.k), self.config.horizon)
+                out[c] = running_mean(_knn_cosine(ref.bank, embeddings, self.config.k), self.config.horizon)
             else:
                 rows = running_mean(features(c, bands), self.config.horizon)
                 out[c] = _knn_euclid(ref.z_rows[c], ref.z(c, rows), self.config.k)
@@ -520,7 +528,7 @@ class ScoreStream:
         comps = {}
         for c in cfg.components:
             if c == "embedding":
-                self._emb.append(float(_knn_cosine(ref.embeddings, np.asarray(embedding)[None, :], cfg.k)[0]))
+                self._emb.append(float(_knn_cosine(ref.bank, np.asarray(embedding)[None, :], cfg.k)[0]))
                 comps[c] = np.array([sum(self._emb) / len(self._emb)])
             else:
                 self._rows[c].append(features(c, np.asarray(band_levels)[None, :])[0])

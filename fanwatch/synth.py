@@ -721,11 +721,12 @@ def snr_label(snr_db: float) -> str:
     return f"{value:g}dB"
 
 
-def _plan(layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1) -> list[_Planned]:
+def _plan(layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1,
+          machine_ids: tuple[str, ...] = LAYOUT_MACHINE_IDS) -> list[_Planned]:
     plan: list[_Planned] = []
     if sessions >= 2:  # dcase only (checked by the caller): train days 0..S-2 in turn, test day S-1
         test_day = sessions - 1
-        for mid in LAYOUT_MACHINE_IDS:
+        for mid in machine_ids:
             m = MACHINES[mid]
             for i in range(n_a):
                 plan.append(_Planned(f"fan/train/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
@@ -839,7 +840,8 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
 def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: float = 6.0,
                      files_per_state: int | None = None, files_per_fault: int | None = None,
                      sample_rate: int = SAMPLE_RATE, channels: int = 1, snr_db: float = 6.0,
-                     progress: bool = True, sessions: int = 1) -> dict[str, int]:
+                     progress: bool = True, sessions: int = 1,
+                     machine_ids: tuple[str, ...] | None = None) -> dict[str, int]:
     """Write a synthetic dataset into out_dir and return the number of files per class.
 
     Layouts (None counts take DEFAULT_COUNTS[layout]):
@@ -856,7 +858,8 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
     train files come from sessions 0..sessions-2 in turn, every test file from the last one, so the
     test day is never heard in training; the test anomalies take SESSION_FAULTS in turn (the four
     faults and ``wear``, a few dB in one band). sessions 1 (default): every file draws its own room,
-    gain and microphone, as before.
+    gain and microphone, as before. machine_ids (sessions only): which of MACHINES to record (default
+    id_00 and id_02).
     Writes <out>/SYNTHETIC.json (settings, counts, file list). Refuses a non-empty folder without
     one; regenerating into its own earlier output first removes the files that output listed.
     """
@@ -875,10 +878,13 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
         raise FanwatchError(f"sessions must be an integer between 1 and 100, not {sessions!r}")
     if sessions >= 2 and layout != "dcase":
         raise FanwatchError(f"recording sessions need the dcase layout (train days vs a test day), not {layout!r}")
+    ids = tuple(machine_ids) if machine_ids is not None else LAYOUT_MACHINE_IDS
+    if machine_ids is not None and (sessions < 2 or not ids or any(m not in MACHINES for m in ids)):
+        raise FanwatchError(f"machine_ids needs sessions >= 2 and ids among {', '.join(MACHINES)}, not {machine_ids!r}")
     out = Path(out_dir).expanduser()
     previous = _read_manifest(out)
-    plan = _plan(layout, int(n_a), int(n_b), snr_db, int(sessions))
-    specs = {(mid, i): draw_session(seed, i, mid) for mid in LAYOUT_MACHINE_IDS for i in range(sessions)} \
+    plan = _plan(layout, int(n_a), int(n_b), snr_db, int(sessions), ids)
+    specs = {(mid, i): draw_session(seed, i, mid) for mid in ids for i in range(sessions)} \
         if sessions >= 2 else {}
 
     counts: dict[str, int] = {}
