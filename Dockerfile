@@ -69,7 +69,7 @@ COPY build/model/ artifacts/
 
 USER 10001
 # Exec form, no shell and no init: python3 is PID 1 and gets the signals itself. The loop
-# (fanwatch.stream) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
+# (fanwatch.live) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
 # comes before those handlers are set (while the model loads), but it always turns SIGINT into
 # KeyboardInterrupt, so `docker stop` sends SIGINT: a clean stop at any moment, as with Ctrl-C.
 STOPSIGNAL SIGINT

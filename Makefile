@@ -37,10 +37,10 @@ test-fast: setup
 
 bench: setup
 	@test -f artifacts/sound_classifier.tflite || $(PY) train.py --demo
-	$(PY) bench/embeddings.py
-	$(PY) bench/latency.py
-	$(PY) bench/anomaly_methods.py
-	$(PY) bench/stream.py
+	$(PY) -m bench.embeddings
+	$(PY) -m bench.latency
+	$(PY) -m bench.anomaly_methods
+	$(PY) -m bench.stream
 
 lint: setup
 	$(VENV)/bin/hadolint Dockerfile
