@@ -58,7 +58,7 @@ class ModelCard:
     def hop_seconds(self) -> float:
         return self.hop_samples / config.SAMPLE_RATE
 
-    def threshold_of(self) -> dict[str, float]:
+    def thresholds_by_machine(self) -> dict[str, float]:
         return dict(zip(self.machines, self.thresholds))
 
     @classmethod
@@ -127,6 +127,6 @@ def write_card(path: str | os.PathLike, card: dict) -> ModelCard:
     path = Path(path)
     typed = ModelCard.from_dict({"format": FORMAT, **card}, path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(typed.raw, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(typed.raw, indent=2) + "\n")
     os.replace(tmp, path)
     return typed

@@ -33,7 +33,8 @@ class Classifier(Protocol):
     """What the Analyzer needs from a model (:class:`fanwatch.runtime.SoundClassifier` has it)."""
 
     labels: list[str]
-    card: ModelCard | None
+    card: ModelCard | None  # the hop default; the live loop's start record and channel setting
+    runtime: str  # the TFLite runtime's name, for the start record
 
     def predict(self, window: np.ndarray):
         """An object with ``probabilities`` [n_labels] and ``anomaly_scores`` [n_machines]."""

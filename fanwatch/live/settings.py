@@ -139,22 +139,15 @@ class LoopSettings:
         for group in (self.input, self.model, self.decisions, self.output, self.supervision):
             group.validate()
 
-    def as_dict(self) -> dict:
-        """JSON-ready, by group."""
-        return {k: {name: (str(v) if isinstance(v, Path) else v) for name, v in group.items()}
-                for k, group in dataclasses.asdict(self).items()}
-
 
 def build(**fields) -> LoopSettings:
     """A :class:`LoopSettings` from flat field names (``wav=...``, ``alert_after=...``, ``path=...``): each
     name belongs to exactly one group. Unknown names raise TypeError."""
-    groups = {f.name: f.type for f in dataclasses.fields(LoopSettings)}
-    classes = {"input": InputSettings, "model": ModelSettings, "decisions": DecisionSettings,
-               "output": OutputSettings, "supervision": SupervisionSettings}
-    by_group: dict[str, dict] = {g: {} for g in groups}
+    groups = {g.name: g.default_factory for g in dataclasses.fields(LoopSettings)}  # name -> settings class
+    owner = {f.name: group for group, cls in groups.items() for f in dataclasses.fields(cls)}
+    by_group: dict[str, dict] = {group: {} for group in groups}
     for name, value in fields.items():
-        owner = [g for g, cls in classes.items() if name in {f.name for f in dataclasses.fields(cls)}]
-        if not owner:
+        if name not in owner:
             raise TypeError(f"unknown loop setting {name!r}")
-        by_group[owner[0]][name] = value
-    return LoopSettings(**{g: classes[g](**v) for g, v in by_group.items()})
+        by_group[owner[name]][name] = value
+    return LoopSettings(**{group: groups[group](**values) for group, values in by_group.items()})

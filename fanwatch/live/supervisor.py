@@ -96,7 +96,6 @@ class Worker(threading.Thread):
             self.stop.set()
 
 
-
 def make_source(settings: LoopSettings) -> Source:
     i, sup = settings.input, settings.supervision
     if i.wav is not None:
@@ -130,9 +129,9 @@ def start_record(settings: LoopSettings, classifier: Classifier, source_name: st
     flat.update(model=flat.pop("path"), **dataclasses.asdict(counts))
     return {
         "source": source_name, "model": str(m.path), "model_sha256": model_sha,
-        "runtime": getattr(classifier, "runtime", None), "threads": m.threads,
+        "runtime": classifier.runtime, "threads": m.threads,
         "labels": list(classifier.labels), "machines": list(card.machines) if card else [],
-        "thresholds": card.threshold_of() if card else None,
+        "thresholds": card.thresholds_by_machine() if card else None,
         "threshold_method": card.threshold_method if card else None,
         "hop_s": m.hop, "hop_from": hop_from, "alert": f"{counts.alert_n} of {counts.alert_m}",
         "alert_window_s": d.alert_window, "alert_after_s": d.alert_after, "clear_allow_s": d.clear_allow,
