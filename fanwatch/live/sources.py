@@ -18,10 +18,10 @@ import numpy as np
 from .. import audio, wavfile
 from ..errors import BadAudioError, FanwatchError
 from .blocks import END_OF_STREAM, Block, BlockQueue
-from .settings import MAX_MEAN_CHANNELS, InputSettings
+from .settings import MAX_MEAN_CHANNELS, InputSettings, SupervisionSettings
 
 _BLOCK_SECONDS = InputSettings.block_seconds
-_STALL_SECONDS = 5.0
+_STALL_SECONDS = SupervisionSettings.stall_seconds
 
 
 class Source(Protocol):
