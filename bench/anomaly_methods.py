@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-import _common  # noqa: F401
-from _common import write_results
+from bench._common import write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -106,7 +105,8 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         return np.array([w.mean() for w in win_s]), win_s
     name, _, horizon = method.partition("@h")
     closest = name == "fused_closest"  # unknown machines by the earlier rule: smallest over the known machines
-    weights = {"fused": scorer.DEFAULT_WEIGHTS, "fused_closest": scorer.DEFAULT_WEIGHTS, "emb_h8": {"embedding": 1.0}, "shape_h8": {"shape": 1.0},
+    weights = {"fused": scorer.DEFAULT_WEIGHTS, "fused_closest": scorer.DEFAULT_WEIGHTS,
+               "emb_h8": {"embedding": 1.0}, "shape_h8": {"shape": 1.0},
                "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5}}.get(name)
     if weights is None:  # "embedding:2,shape:1@h4"
         weights = scorer.parse_components(name)
@@ -203,7 +203,7 @@ def real_splits(files: Files, real: Path):
         paths = [m / n for n in normals + abnormals]
         if not all(p.is_file() for p in paths):
             continue
-        for i, held in enumerate(normals):
+        for held in normals:
             train = {group: [files.get(m / n) for n in normals if n != held]}
             test = [(group, files.get(m / held), True)] + [(group, files.get(m / a), False) for a in abnormals]
             yield f"real mimii_8ch {group}", f"leave out {held}", train, test
@@ -237,7 +237,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sources = []
         if not args.no_synthetic:
-            sources.append(synthetic_session_splits(files, Path(tmp), args.seeds, [float(s) for s in args.snrs.split(",")],
+            snrs = [float(s) for s in args.snrs.split(",")]
+            sources.append(synthetic_session_splits(files, Path(tmp), args.seeds, snrs,
                                                     args.files_per_state, args.files_per_fault, args.sessions,
                                                     args.seconds))
             sources.append(synthetic_per_file_split(files, Path(tmp), args.seconds))

@@ -20,7 +20,6 @@ machines when none is chosen).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +27,11 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from .card import CARD_NAME, MODEL_NAME, ModelCard, read_card, require_model
 from .errors import FanwatchError
 
-# What train.py writes into its output folder (see artifacts/README.md).
-MODEL_NAME = "sound_classifier.tflite"
-CARD_NAME = "model_card.json"
+# What train.py writes into its output folder (see artifacts/README.md); MODEL_NAME and CARD_NAME: fanwatch.card.
+__all__ = ["CARD_NAME", "MODEL_NAME", "ModelCard", "Prediction", "SoundClassifier", "TFLiteModel", "read_card"]
 FLOAT_NAME = "sound_classifier_float32.tflite"
 HEAD_NAME = "sound_classifier_head.keras"
 ANOMALY_NAME = "anomaly_model.npz"
@@ -54,6 +53,8 @@ def interpreter_class(prefer: str | None = None):
             elif name == "tensorflow":
                 import warnings
 
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
+
                 import tensorflow as tf
 
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
@@ -63,13 +64,12 @@ def interpreter_class(prefer: str | None = None):
             return Interpreter, name
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
-    raise FanwatchError("no TFLite runtime found; install ai-edge-litert (pip install ai-edge-litert)")
+    raise FanwatchError(f"no TFLite runtime found ({'; '.join(errors)}); install ai-edge-litert "
+                        "(pip install ai-edge-litert)")
 
 
 def load_interpreter(path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None):
-    path = Path(path)
-    if not path.is_file():
-        raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
+    path = require_model(path)
     Interpreter, name = interpreter_class(runtime)
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
@@ -116,44 +116,17 @@ class TFLiteModel:
         return {name: self.interpreter.get_tensor(index)[0] for name, index in self._outputs.items()}
 
 
-def read_card(model_path: str | os.PathLike) -> dict:
-    card_path = Path(model_path).with_name(CARD_NAME)
-    if not card_path.is_file():
-        raise FanwatchError(f"{card_path} not found: the model card must sit beside the model")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FanwatchError(f"{card_path}: unreadable model card ({exc})") from None
-    check_card(card, card_path)
-    return card
-
-
-def check_card(card, card_path) -> None:
-    """The fields the runtime relies on exist and make sense; else one line naming the file."""
-    try:
-        labels, machines = list(card["labels"]), list(card["anomaly"]["machines"])
-        thresholds = [float(card["anomaly"]["thresholds"][m]) for m in machines]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FanwatchError(f"{card_path}: not a fanwatch model card (missing or bad {exc})") from None
-    if not labels or not machines:
-        raise FanwatchError(f"{card_path}: model card lists no labels or no machines")
-    if not all(np.isfinite(t) and t > 0 for t in thresholds):
-        raise FanwatchError(f"{card_path}: model card has a threshold that is not a positive number")
-
-
 class SoundClassifier:
     """The deployed end-to-end model plus its card: window in, label and anomaly decision out."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
                  machine: str | None = None):
-        if not Path(path).is_file():
-            raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
-        self.card = read_card(path)
+        self.card: ModelCard = read_card(path)
         self.model = TFLiteModel(path, num_threads, runtime)
-        self.labels: list[str] = list(self.card["labels"])
-        self.machines: list[str] = list(self.card["anomaly"]["machines"])
-        self.thresholds = np.asarray([self.card["anomaly"]["thresholds"][m] for m in self.machines], np.float32)
-        if int(self.card.get("window_samples", config.WINDOW_SAMPLES)) != config.WINDOW_SAMPLES:
+        self.labels: list[str] = list(self.card.labels)
+        self.machines: list[str] = list(self.card.machines)
+        self.thresholds = np.asarray(self.card.thresholds, np.float32)
+        if self.card.window_samples != config.WINDOW_SAMPLES:
             raise FanwatchError(f"{path}: model was built for another window length")
         outputs = {name: self.model.output_shapes[name][-1] for name in ("probabilities", "anomaly_score")
                    if name in self.model.output_shapes}
@@ -172,12 +145,11 @@ class SoundClassifier:
             self.machine_index = 0
 
     def _load_scorer(self, path: Path):
-        info = self.card["anomaly"].get("score")
-        if not isinstance(info, dict):
+        if self.card.score_file is None:
             return None
         from .scorer import Scorer
 
-        state = path.with_name(str(info.get("file", SCORER_NAME)))
+        state = path.with_name(self.card.score_file)
         if not state.is_file():
             raise FanwatchError(f"{state} not found: the anomaly-score state must sit beside the model")
         scorer = Scorer.load(state)
@@ -218,9 +190,10 @@ class SoundClassifier:
                 "rule": UNKNOWN_MACHINE_RULE if unknown else "this machine's normal reference",
                 "threshold": self.scorer.threshold(target), "horizon_windows": self.scorer.config.horizon}
 
-    def anomaly_stream(self) -> AnomalyStream:
-        """A new running anomaly state (one per continuous recording)."""
-        return AnomalyStream(self)
+    def anomaly_stream(self) -> AnomalyStream | StatelessAnomaly:
+        """A new running anomaly state (one per continuous recording): ``update(prediction)`` -> (machine index,
+        score / threshold), ``reset()`` at a gap."""
+        return AnomalyStream(self) if self.scorer is not None else StatelessAnomaly(self)
 
     @property
     def runtime(self) -> str:
@@ -235,43 +208,58 @@ class SoundClassifier:
             band_levels=out.get("band_levels"),
         )
 
-    def anomaly_ratio(self, scores: np.ndarray) -> float:
-        """The model's own embedding score (``anomaly_score`` output) over the card's embedding-score threshold
-        for the chosen machine; with several and none chosen, the closest one. The deployed decision of a
-        model with a fused score is ``anomaly_stream()``'s."""
+    def anomaly(self, scores: np.ndarray) -> tuple[int, float]:
+        """(machine whose threshold applies, score over that threshold) for the model's own embedding score
+        (``anomaly_score`` output): the chosen machine; with several and none chosen, the closest one (the
+        smallest ratio). The deployed decision of a model with a fused score is ``anomaly_stream()``'s."""
         ratios = np.asarray(scores, np.float32) / self.embedding_thresholds
-        if self.machine_index is not None:
-            return float(ratios[self.machine_index])
-        return float(ratios.min())
+        index = int(np.argmin(ratios)) if self.machine_index is None else self.machine_index
+        return index, float(ratios[index])
+
+    def anomaly_ratio(self, scores: np.ndarray) -> float:
+        """Score over threshold for the chosen machine; with several and none chosen, the closest one."""
+        return self.anomaly(scores)[1]
 
     @property
     def embedding_thresholds(self) -> np.ndarray:
         """Thresholds of the model's ``anomaly_score`` output (the card's thresholds for older models)."""
-        emb = self.card["anomaly"].get("embedding_score")
-        if isinstance(emb, dict) and isinstance(emb.get("thresholds"), dict):
-            return np.asarray([emb["thresholds"][m] for m in self.machines], np.float32)
+        if self.card.embedding_thresholds is not None:
+            return np.asarray(self.card.embedding_thresholds, np.float32)
         return self.thresholds
 
 
+class StatelessAnomaly:
+    """The anomaly state of a classifier whose decision needs no history: its ``anomaly(scores)`` per window."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, prediction) -> tuple[int, float]:
+        return self.classifier.anomaly(prediction.anomaly_scores)
+
+
 class AnomalyStream:
-    """The running anomaly state of one continuous recording: ``update(prediction)`` -> score / threshold."""
+    """The running anomaly state of one continuous recording: ``update(prediction)`` -> (machine index, score /
+    threshold); the index is -1 when the pooled reference (an unknown machine) is used."""
 
     def __init__(self, classifier: SoundClassifier):
+        from .scorer import POOLED
+
         self.classifier = classifier
         self.scoring = classifier.scoring()
-        self._stream = None
-        if classifier.scorer is not None:
-            self._stream = classifier.scorer.stream(classifier.score_target())
-            self.threshold = self._stream.threshold
+        self.name = classifier.score_target()
+        self.index = classifier.machines.index(self.name) if self.name != POOLED else -1
+        self._stream = classifier.scorer.stream(self.name)
+        self.threshold = self._stream.threshold
 
     def reset(self) -> None:
         """Forget the horizon (a gap in the audio, a restart)."""
-        if self._stream is not None:
-            self._stream.reset()
+        self._stream.reset()
 
-    def update(self, prediction: Prediction) -> float:
-        if self._stream is None:
-            return self.classifier.anomaly_ratio(prediction.anomaly_scores)
+    def update(self, prediction: Prediction) -> tuple[int, float]:
         if prediction.band_levels is None or prediction.embedding is None:
             raise FanwatchError("the model gives no band_levels/embedding output, which its anomaly score needs")
-        return self._stream.update(prediction.embedding, prediction.band_levels) / self.threshold
+        return self.index, self._stream.update(prediction.embedding, prediction.band_levels) / self.threshold

@@ -9,10 +9,10 @@ Components (each a k = 5 nearest-neighbour distance to that machine's normal tra
 
 ``embedding``
     mean cosine distance of the window's embedding to the 5 nearest normal embeddings (a seeded bank
-    of at most 1024 windows), averaged over the last ``horizon`` windows.
+    of at most 1024 windows), its median over the last ``horizon`` windows.
 ``shape``
     the spectral shape: log power of the 64 linear bands minus its mean over the bands (so the
-    microphone gain and overall level cancel), averaged over the last ``horizon`` windows, z-scored per
+    microphone gain and overall level cancel), its median over the last ``horizon`` windows, z-scored per
     band on the normal training windows (standard deviation floored at 0.1, about 0.4 dB, so a band that
     never moves in training cannot dominate), mean Euclidean distance to the 5 nearest.
 ``level`` and ``bands`` (options, off by default)
@@ -143,14 +143,14 @@ def features(component: str, bands: np.ndarray) -> np.ndarray:
     raise FanwatchError(f"no band features for component {component!r}")
 
 
-def running_mean(x: np.ndarray, horizon: int) -> np.ndarray:
-    """Causal mean over the last ``horizon`` rows (fewer at the start), rows in order."""
+def running_median(x: np.ndarray, horizon: int) -> np.ndarray:
+    """Causal median over the last ``horizon`` rows (fewer at the start), rows in order, per column.
+
+    A median, not a mean: one odd window (a start-up glitch of the sound card, a door slam) then moves
+    none of the next ``horizon`` scores once three windows are in the horizon."""
     x = np.asarray(x, np.float64)
-    c = np.concatenate([np.zeros((1,) + x.shape[1:]), np.cumsum(x, axis=0)])
-    i = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, i - horizon)
-    n = (i - lo).reshape((-1,) + (1,) * (x.ndim - 1))
-    return (c[i] - c[lo]) / n
+    return np.stack([np.median(x[max(0, i + 1 - horizon):i + 1], axis=0) for i in range(len(x))]) if len(x) \
+        else x.copy()
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -207,7 +207,7 @@ class Reference:
 
 
 def _file_rows(files: list[FileFeatures], component: str, horizon: int) -> list[np.ndarray]:
-    return [running_mean(features(component, b), horizon) for _, b in files]
+    return [running_median(features(component, b), horizon) for _, b in files]
 
 
 def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
@@ -414,9 +414,9 @@ class Scorer:
         out = {}
         for c in self.config.components:
             if c == "embedding":
-                out[c] = running_mean(_knn_cosine(ref.bank, embeddings, self.config.k), self.config.horizon)
+                out[c] = running_median(_knn_cosine(ref.bank, embeddings, self.config.k), self.config.horizon)
             else:
-                rows = running_mean(features(c, bands), self.config.horizon)
+                rows = running_median(features(c, bands), self.config.horizon)
                 out[c] = _knn_euclid(ref.z_rows[c], ref.z(c, rows), self.config.k)
         return out
 
@@ -529,9 +529,9 @@ class ScoreStream:
         for c in cfg.components:
             if c == "embedding":
                 self._emb.append(float(_knn_cosine(ref.bank, np.asarray(embedding)[None, :], cfg.k)[0]))
-                comps[c] = np.array([sum(self._emb) / len(self._emb)])
+                comps[c] = np.array([np.median(np.asarray(self._emb, np.float64))])
             else:
                 self._rows[c].append(features(c, np.asarray(band_levels)[None, :])[0])
-                row = np.mean(np.stack(self._rows[c]), axis=0)
+                row = np.median(np.stack(self._rows[c]), axis=0)
                 comps[c] = _knn_euclid(ref.z_rows[c], ref.z(c, row[None, :]), cfg.k)
         return float(self.scorer.combine(self.name, comps)[0])

@@ -281,7 +281,8 @@ def _harmonics(phase: np.ndarray, amps: np.ndarray, phases: np.ndarray, top_hz: 
 def _room_tone(rng: np.random.Generator) -> dict:
     """The stationary character of a room: background slope, HVAC rumble, a distant machine."""
     return {"slope": rng.uniform(0.8, 1.3), "rumble_hz": rng.uniform(40.0, 120.0), "rumble_db": rng.uniform(0.0, 6.0),
-            "distant_on": bool(rng.random() < 0.8), "distant_hz": math.exp(rng.uniform(math.log(70.0), math.log(700.0))),
+            "distant_on": bool(rng.random() < 0.8),
+            "distant_hz": math.exp(rng.uniform(math.log(70.0), math.log(700.0))),
             "distant_amps": (1.0, rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4)), "distant_db": rng.uniform(-14.0, -6.0)}
 
 

@@ -169,7 +169,8 @@ def test_baselines_are_the_documented_features():
     tone = 0.1 * np.sin(2 * np.pi * 1000 * t)
     assert abs(baselines.loudness_db(tone)[0] - 10 * np.log10(0.005)) < 0.01
     spec = baselines.ltas(tone)
-    assert spec.shape == (64,) and int(np.argmax(spec)) == (1000 // 16 - 1) // 8  # 8 bins (125 Hz) per band, bins 1..512
+    # 8 bins (125 Hz) per band over bins 1..512: 1000 Hz is bin 62.5 -> band 7
+    assert spec.shape == (64,) and int(np.argmax(spec)) == (1000 // 16 - 1) // 8
     normal = np.random.default_rng(0).normal(0, 1, (20, 3))
     model = baselines.KnnBaseline.fit(normal)
     near, far = model.score(np.zeros((1, 3))), model.score(np.full((1, 3), 5.0))
