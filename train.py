@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanwatch import anomaly, cli, datasets, export
+from fanwatch import anomaly, cli, datasets, export, scorer
 from fanwatch.training import TrainSettings
 
 D = TrainSettings(data=Path("data"), out=Path("artifacts"))  # every default lives in TrainSettings
@@ -44,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--anomaly-method", default=D.anomaly_method, choices=anomaly.METHODS,
                    help="embedding distance: mean cosine distance to the 5 nearest normal embeddings "
                         "(knn, default) or Mahalanobis with Ledoit-Wolf shrinkage")
+    p.add_argument("--score", default=D.score_components, metavar="C:W,...",
+                   help="components of the deployed anomaly score and their weights, from "
+                        f"{', '.join(scorer.COMPONENTS)} (default {D.score_components}; see fanwatch/scorer.py)")
+    p.add_argument("--horizon", type=int, default=D.score_horizon,
+                   help=f"windows the anomaly score averages over (default {D.score_horizon}, 4.5 s)")
     p.add_argument("--false-alarm-rate", type=float, default=D.false_alarm_rate,
                    help="target false alarms per window on normal validation data, sets the "
                         f"thresholds (default {D.false_alarm_rate:g})")
@@ -75,7 +80,8 @@ def main(argv=None) -> None:
             data=data, out=args.out, yamnet=args.yamnet, cache=args.cache, seed=args.seed, layout=args.layout,
             normal_classes=args.normal_classes, anomalous_classes=args.anomalous_classes, channel=args.channel,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, quantization=args.quantization,
-            anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate, epochs=args.epochs,
+            anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate,
+            score_components=args.score, score_horizon=args.horizon, epochs=args.epochs,
             patience=args.patience, hidden=args.hidden, workers=args.workers, progress=not args.no_progress,
         )
         training.train(settings)

@@ -3,8 +3,10 @@
 TFLite alone, measured interleaved in one run; plus sizes, and each variant's embedding cosine and
 anomaly-score error against the float32 export.
 
-Goal: the whole end-to-end model (YAMNet + head + anomaly score) at most 0.6x the time of the
-published yamnet.tflite alone, with embedding cosine >= 0.999 to float.
+Goal: the whole end-to-end model (YAMNet + head + anomaly score + band levels) at most 0.45x the time
+of the published yamnet.tflite alone, with embedding cosine >= 0.999 to float. The deployed anomaly
+decision also runs the numpy score (fanwatch.scorer) on the model's outputs; its time per window is
+measured on its own and reported beside the total (model + score).
 """
 
 from __future__ import annotations
@@ -114,8 +116,30 @@ def main() -> None:
         print(f"  {name:32s} median {med:6.2f} ms  p95 {p95:6.2f} ms  {med / base:4.2f}x published  "
               f"{entry['size_bytes'] / 1e6:5.1f} MB{extra}")
     deployed = results["end-to-end " + card["quantization"]]
-    goal = deployed["ratio_to_published"] <= 0.6 and deployed.get("embedding_cosine_min_vs_float", 1) >= 0.999
-    print(f"goal (deployed <= 0.6x published, cosine >= 0.999): {'met' if goal else 'NOT met'}")
+    clf = runtime.SoundClassifier(model_path, num_threads=args.threads)
+    if clf.scorer is not None:
+        stream = clf.anomaly_stream()
+        preds = [clf.predict(w) for w in windows]
+        for pred in preds:  # warm-up
+            stream.update(pred)
+        ts = []
+        for i in range(args.rounds):
+            start = time.perf_counter()
+            stream.update(preds[i % len(preds)])
+            ts.append((time.perf_counter() - start) * 1000)
+        med = float(np.median(ts))
+        results["fused score (numpy)"] = {"median_ms": med, "p95_ms": float(np.percentile(ts, 95)),
+                                          "scored_as": clf.scoring()["scored_as"],
+                                          "state_bytes": model_path.with_name(runtime.SCORER_NAME).stat().st_size}
+        total = deployed["median_ms"] + med
+        results["deployed total (model + score)"] = {"median_ms": total, "ratio_to_published": total / base}
+        print(f"  {'fused score (numpy, ' + clf.scoring()['scored_as'][:20] + ')':32s} median {med:6.2f} ms  "
+              f"p95 {results['fused score (numpy)']['p95_ms']:6.2f} ms  state "
+              f"{results['fused score (numpy)']['state_bytes'] / 1e6:.1f} MB")
+        print(f"  {'deployed total (model + score)':32s} median {total:6.2f} ms  {total / base:4.2f}x published")
+    goal = deployed["ratio_to_published"] <= 0.45 and deployed.get("embedding_cosine_min_vs_float", 1) >= 0.999 \
+        and deployed["size_bytes"] <= 10e6
+    print(f"goal (deployed model <= 0.45x published, <= 10 MB, cosine >= 0.999): {'met' if goal else 'NOT met'}")
     write_results("latency", {"settings": {k: str(v) for k, v in vars(args).items()}, "model": str(model_path),
                               "results": results, "goal_met": goal}, args.out)
 

@@ -52,6 +52,10 @@ class ModelCard:
     yamnet_sha256: str | None = None
     created: str | None = None
     bad_channel: str | None = None  # an unusable channel setting the card records (repr), if any
+    # the deployed anomaly score (fanwatch.scorer): its numpy state beside the model; None on older cards, whose
+    # thresholds are those of the model's anomaly_score output
+    score_file: str | None = None
+    embedding_thresholds: tuple[float, ...] | None = None  # of the anomaly_score output, when score_file is set
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the whole card as written
 
     @property
@@ -83,6 +87,16 @@ class ModelCard:
             raise FanwatchError(f"{where}: model card has a threshold that is not a positive number")
         if hop < 1:
             raise FanwatchError(f"{where}: model card has a hop of {hop} samples")
+        score_file, embedding_thresholds = None, None
+        score = anomaly.get("score")
+        if score is not None:
+            try:
+                score_file = str(score["file"])
+                embedding_thresholds = tuple(float(anomaly["embedding_score"]["thresholds"][m]) for m in machines)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise FanwatchError(f"{where}: model card has a bad anomaly score entry ({exc})") from None
+            if Path(score_file).name != score_file or not all(math.isfinite(t) and t > 0 for t in embedding_thresholds):
+                raise FanwatchError(f"{where}: model card has a bad anomaly score entry")
         channel = settings.get("channel") if isinstance(settings, dict) else None
         bad_channel = None
         try:
@@ -94,7 +108,7 @@ class ModelCard:
                    head_target=card.get("head_target", "label"), normal_labels=tuple(card.get("normal_labels", [])),
                    quantization=card.get("quantization"), yamnet_path=yamnet.get("path"),
                    yamnet_sha256=yamnet.get("sha256"), created=card.get("created"), bad_channel=bad_channel,
-                   raw=card)
+                   score_file=score_file, embedding_thresholds=embedding_thresholds, raw=card)
 
 
 def resolve_channel(channel: str | int | None, card: ModelCard | None) -> tuple[str | int, str]:

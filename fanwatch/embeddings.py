@@ -1,4 +1,7 @@
-"""Window embeddings for whole datasets, computed with the deployed numerics and cached on disk.
+"""Window embeddings (and band levels) for whole datasets, computed with the deployed numerics and cached on disk.
+
+Besides the 1024-d embedding, the front end outputs each window's ``band_levels`` (:mod:`fanwatch.spectral`),
+which the anomaly score uses beside it; both are cached together.
 
 Embeddings come from a TFLite file of the YAMNet front end, exported by the same code and with the
 same quantization as the end-to-end model the Pi runs, so a statistic fitted on them means on the Pi
@@ -25,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import audio, config
+from . import audio, config, spectral
 from .datasets import Recording
 from .errors import BadAudioError, FanwatchError
 from .export import DEFAULT_QUANTIZATION
 from .runtime import TFLiteModel
 
-CACHE_VERSION = 2  # 2: DFT by matrix product in the front end
+CACHE_VERSION = 3  # 2: DFT by matrix product in the front end; 3: band levels beside the embeddings
 
 
 def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Path:
@@ -48,7 +51,7 @@ def ensure_frontend(yamnet_path=None, quantization: str = DEFAULT_QUANTIZATION, 
     path = frontend_path(config.resolve_cache_dir(cache_dir), sha, quantization)
     if not path.is_file():
         weights = yamnet.load_weights(weights_path)
-        model = yamnet.build_model(weights, with_scores=False, name="frontend")
+        model = yamnet.build_model(weights, with_scores=False, name="frontend", with_bands=True)
         export_tflite(model, path, quantization)
     return path, sha
 
@@ -61,6 +64,7 @@ class EmbeddingSet:
     file_index: np.ndarray  # [n_windows] index into ``recordings``
     recordings: list[Recording]  # the files that gave at least one window
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    bands: np.ndarray | None = None  # [n_windows, spectral.BAND_FEATURES] float32 band levels
 
     def labels(self) -> np.ndarray:
         return np.asarray([self.recordings[i].label for i in self.file_index])
@@ -81,7 +85,13 @@ class EmbeddingSet:
             file_index=new_index[self.file_index[windows]],
             recordings=[r for r, k in zip(self.recordings, keep) if k],
             skipped=list(self.skipped),
+            bands=None if self.bands is None else self.bands[windows],
         )
+
+    def files(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per recording, its (embeddings, band levels) windows in order."""
+        return [(self.embeddings[self.file_index == i], self.bands[self.file_index == i])
+                for i in range(len(self.recordings))]
 
 
 class Extractor:
@@ -108,12 +118,19 @@ class Extractor:
 
     def embed_signal(self, signal: np.ndarray) -> np.ndarray:
         """[n_windows, 1024] for a 16 kHz mono signal at least one window long."""
+        return self.features_signal(signal)[0]
+
+    def features_signal(self, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([n_windows, 1024] embeddings, [n_windows, BAND_FEATURES] band levels) of a 16 kHz mono signal."""
         windows = audio.frame_windows(signal)
         model = self._model()
         out = np.empty((len(windows), config.EMBEDDING_DIM), np.float32)
+        bands = np.empty((len(windows), spectral.BAND_FEATURES), np.float32)
         for i, window in enumerate(windows):
-            out[i] = model(window)["embedding"]
-        return out
+            result = model(window)
+            out[i] = result["embedding"]
+            bands[i] = result[spectral.OUTPUT_NAME]
+        return out, bands
 
     def _key(self, path: Path) -> str:
         settings = json.dumps(
@@ -122,15 +139,18 @@ class Extractor:
         )
         return hashlib.sha256(settings.encode()).hexdigest()
 
-    def _load_cached(self, entry: Path) -> np.ndarray | None:
+    def _load_cached(self, entry: Path) -> tuple[np.ndarray, np.ndarray] | None:
         try:
             with np.load(entry, allow_pickle=False) as data:
                 emb = np.asarray(data["embeddings"], dtype=np.float32)
+                bands = np.asarray(data["band_levels"], dtype=np.float32)
         except (OSError, ValueError, KeyError, EOFError):
             return None
         if emb.ndim != 2 or emb.shape[1] != config.EMBEDDING_DIM or len(emb) == 0 or not np.isfinite(emb).all():
             return None
-        return emb
+        if bands.shape != (len(emb), spectral.BAND_FEATURES) or not np.isfinite(bands).all():
+            return None
+        return emb, bands
 
     def _entry(self, path: Path) -> Path:
         try:
@@ -141,6 +161,11 @@ class Extractor:
 
     def cached(self, path: str | os.PathLike) -> np.ndarray | None:
         """The cached embeddings of a file, or None (also for a file that cannot be read)."""
+        found = self.cached_features(path)
+        return None if found is None else found[0]
+
+    def cached_features(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cached (embeddings, band levels) of a file, or None."""
         try:
             entry = self._entry(Path(path))
         except BadAudioError:
@@ -149,21 +174,25 @@ class Extractor:
 
     def embed_file(self, path: str | os.PathLike) -> np.ndarray:
         """Cached embeddings of one file; raises BadAudioError for a file that cannot be used."""
+        return self.file_features(path)[0]
+
+    def file_features(self, path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+        """Cached (embeddings, band levels) of one file; raises BadAudioError for a file that cannot be used."""
         path = Path(path)
         entry = self._entry(path)
-        emb = self._load_cached(entry) if entry.exists() else None
-        if emb is None:
-            emb = self.embed_signal(audio.load_audio(path, channel=self.channel))
+        found = self._load_cached(entry) if entry.exists() else None
+        if found is None:
+            found = self.features_signal(audio.load_audio(path, channel=self.channel))
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".npz")
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, embeddings=emb)
+                np.savez(handle, embeddings=found[0], band_levels=found[1])
             os.replace(tmp, entry)
-        return emb
+        return found
 
-    def _embed_or_reason(self, path: str) -> tuple[np.ndarray | None, str | None]:
+    def _embed_or_reason(self, path: str) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
         try:
-            return self.embed_file(path), None
+            return self.file_features(path), None
         except BadAudioError as exc:
             return None, exc.reason
 
@@ -172,7 +201,7 @@ class Extractor:
         """All windows of all usable recordings; bad files are reported in one line each and skipped."""
         from tqdm import tqdm
 
-        results: list[np.ndarray | None] = [self.cached(r.path) for r in recordings]
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [self.cached_features(r.path) for r in recordings]
         skipped: list[tuple[str, str]] = []
         todo = [i for i, emb in enumerate(results) if emb is None]
         paths = [str(recordings[i].path) for i in todo]
@@ -200,12 +229,14 @@ class Extractor:
                 pool.shutdown(cancel_futures=True)
         kept = [i for i, e in enumerate(results) if e is not None]
         if not kept:
-            return EmbeddingSet(np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int), [], skipped)
+            return EmbeddingSet(np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int), [], skipped,
+                                np.zeros((0, spectral.BAND_FEATURES), np.float32))
         return EmbeddingSet(
-            embeddings=np.concatenate([results[i] for i in kept]),
-            file_index=np.concatenate([np.full(len(results[i]), n) for n, i in enumerate(kept)]),
+            embeddings=np.concatenate([results[i][0] for i in kept]),
+            file_index=np.concatenate([np.full(len(results[i][0]), n) for n, i in enumerate(kept)]),
             recordings=[recordings[i] for i in kept],
             skipped=skipped,
+            bands=np.concatenate([results[i][1] for i in kept]),
         )
 
 

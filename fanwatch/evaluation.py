@@ -14,11 +14,19 @@ Levels and definitions (also written into ``metrics.json`` under ``definitions``
   ``machine``) is one of the model's labels. ``macro_f1`` averages the F1 of the classes that occur in
   the evaluated files or in the predictions (scikit-learn's default), so a class absent from the data
   does not count as a zero.
-* **Anomaly score**: per machine id of the recording, the score column of that machine. A recording
-  whose machine the model does not know (or, with ``--machine``, every recording) is scored like the
-  runtime does with no machine chosen: the smallest score/threshold ratio over the known machines.
+* **Anomaly score**: the deployed score (:mod:`fanwatch.scorer`, computed from the model's
+  ``embedding`` and ``band_levels`` outputs through the same code the Pi runs, the horizon restarting at
+  each file), per machine id of the recording. A recording whose machine the model does not know is
+  scored like the runtime scores an unknown machine: against the pooled normal reference of all known
+  machines, with its threshold (``--machine`` scores every recording as that machine). Models without
+  a fused score keep the earlier rule (the smallest score/threshold ratio over the known machines).
   The pooled ("overall") figures use the ratio score/threshold, so machines with different score
   scales can be pooled and 1.0 is the decision boundary everywhere.
+* **Baselines** (``baselines`` in metrics.json): on the same test files, fitted on the model's normal
+  training files (split.json), per machine (all machines pooled for an unknown one): loudness (RMS dB)
+  and the long-term average spectrum, each z-scored, mean distance to the 5 nearest normal training
+  clips (:mod:`fanwatch.baselines`), and the model's own embedding-only ``anomaly_score`` output; so
+  every user sees whether the model earns its keep on their data.
 * **AUC**: area under the ROC curve, ties counted half. **pAUC**: the DCASE 2020 Task 2 definition,
   the area under the ROC curve for false-positive rates 0..p (p = 0.1) divided by p, *not*
   McClish-standardised. scikit-learn's ``roc_auc_score(max_fpr=0.1)`` (which the DCASE 2020 baseline
@@ -111,9 +119,11 @@ class ModelOutputs:
 
     recordings: list[datasets.Recording]
     probabilities: np.ndarray  # [n_windows, n_labels]
-    scores: np.ndarray  # [n_windows, n_machines]
+    scores: np.ndarray  # [n_windows, n_machines], the model's anomaly_score output
     file_index: np.ndarray  # [n_windows] into recordings
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    embeddings: np.ndarray | None = None  # [n_windows, 1024]
+    bands: np.ndarray | None = None  # [n_windows, BAND_FEATURES]
 
 
 def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
@@ -127,7 +137,11 @@ def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
     results = analyzer.feed(signal, config.SAMPLE_RATE) + analyzer.finish()
     probs = np.asarray([r.probabilities for r in results], np.float32).reshape(len(results), len(model.labels))
     scores = np.asarray([r.scores for r in results], np.float32).reshape(len(results), len(model.machines))
-    return probs, scores, None
+    embs = [r.embedding for r in results]
+    bands = [r.band_levels for r in results]
+    extra = (np.asarray(embs, np.float32) if results and all(e is not None for e in embs) else None,
+             np.asarray(bands, np.float32) if results and all(b is not None for b in bands) else None)
+    return probs, (scores, extra), None
 
 
 _WORKER: tuple | None = None
@@ -157,7 +171,7 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
         outcomes = pool.map(_worker_run, paths, chunksize=1)
     else:
         outcomes = (_file_outputs(model, p, channel) for p in paths)
-    kept, probs, scores, index, skipped = [], [], [], [], []
+    kept, probs, scores, index, skipped, embs, bands = [], [], [], [], [], [], []
     try:
         with tqdm(total=len(paths), desc="evaluating", unit="file", disable=not progress, leave=False) as bar:
             for rec, (p, s, reason) in zip(recordings, outcomes):
@@ -168,7 +182,9 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
                     index.append(np.full(len(p), len(kept)))
                     kept.append(rec)
                     probs.append(p)
-                    scores.append(s)
+                    scores.append(s[0])
+                    embs.append(s[1][0])
+                    bands.append(s[1][1])
                 bar.update(1)
     except BrokenProcessPool:
         raise FanwatchError("a worker process died while running the model; try again with --workers 1") from None
@@ -178,7 +194,9 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
     if not kept:
         return ModelOutputs([], np.zeros((0, len(model.labels)), np.float32),
                             np.zeros((0, len(model.machines)), np.float32), np.zeros(0, int), skipped)
-    return ModelOutputs(kept, np.concatenate(probs), np.concatenate(scores), np.concatenate(index), skipped)
+    have = all(e is not None for e in embs) and all(b is not None for b in bands)
+    return ModelOutputs(kept, np.concatenate(probs), np.concatenate(scores), np.concatenate(index), skipped,
+                        np.concatenate(embs) if have else None, np.concatenate(bands) if have else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,7 +451,8 @@ def _anomaly_params(path: Path):
 
 
 def parity_check(s: EvalSettings, card: ModelCard, model_dir: Path, outputs: ModelOutputs, channel,
-                 thresholds: np.ndarray) -> tuple[dict | None, str | None]:
+                 thresholds: np.ndarray,
+                 model: runtime.SoundClassifier | None = None) -> tuple[dict | None, str | None]:
     """Largest differences between the deployed model's outputs and the Keras head + numpy score.
 
     Uses the files whose front-end embeddings are cached (else computes a few), at most
@@ -466,16 +485,23 @@ def parity_check(s: EvalSettings, card: ModelCard, model_dir: Path, outputs: Mod
         keep = max(1, int(len(cached) * PARITY_MAX_WINDOWS / total))
         cached = [cached[i] for i in np.linspace(0, len(cached) - 1, keep).round().astype(int)]
         cached = sorted(set(cached))
-    ref_embs, sel = [], []
+    ref_embs, ref_bands, sel, fused_diff = [], [], [], []
     for i in cached:
         try:
-            emb = extractor.embed_file(outputs.recordings[i].path)
+            emb, bands = extractor.file_features(outputs.recordings[i].path)
         except FanwatchError:
             continue
         if len(emb) != counts[i]:
             continue
         ref_embs.append(emb)
-        sel.append(np.flatnonzero(outputs.file_index == i))
+        ref_bands.append(bands)
+        rows = np.flatnonzero(outputs.file_index == i)
+        sel.append(rows)
+        if model is not None and model.scorer is not None and outputs.bands is not None:
+            name = model.scorer.resolve(outputs.recordings[i].machine)
+            ref = model.scorer.score_file(name, emb, bands)
+            got = model.scorer.score_file(name, outputs.embeddings[rows], outputs.bands[rows])
+            fused_diff.append(float((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)).max()))
     if not sel:
         return None, "parity check skipped: no file's front-end embeddings could be computed"
     sel = np.concatenate(sel)
@@ -500,11 +526,123 @@ def parity_check(s: EvalSettings, card: ModelCard, model_dir: Path, outputs: Mod
         "max_score_diff_over_threshold": float((np.abs(sc - ref_s) / thresholds).max()),
         "argmax_agreement": float((p.argmax(1) == ref_p.argmax(1)).mean()),
         "decision_agreement": float(((sc >= thresholds) == (ref_s >= thresholds)).mean()),
+        **({"max_band_level_diff": float(np.abs(outputs.bands[sel] - np.concatenate(ref_bands)).max()),
+            "max_relative_fused_diff": max(fused_diff)} if fused_diff else {}),
     }, None
 
 
 # --------------------------------------------------------------------------------------------------
 # the whole run
+
+
+def deployed_scores(model: runtime.SoundClassifier, outputs: ModelOutputs) -> tuple:
+    """([n_windows, C] deployed window scores, [C] thresholds, column of the pooled reference or None).
+
+    With a fused score: one column per known machine plus the pooled one, each file through
+    ``Scorer.score_file`` (what a stream reset at the file's start gives, as the Pi computes it). Else
+    the model's own anomaly_score output and the card's thresholds."""
+    if model.scorer is None:
+        return outputs.scores.astype(np.float64), np.asarray(model.thresholds, np.float64), None
+    if outputs.embeddings is None or outputs.bands is None:
+        raise FanwatchError(f"{model.model.path}: no embedding/band_levels outputs, which its anomaly score needs")
+    from .scorer import POOLED
+
+    names = [*model.machines, POOLED]
+    out = np.zeros((len(outputs.file_index), len(names)))
+    for f in range(len(outputs.recordings)):
+        sel = np.flatnonzero(outputs.file_index == f)
+        for j, name in enumerate(names):
+            out[sel, j] = model.scorer.score_file(name, outputs.embeddings[sel], outputs.bands[sel])
+    return out, np.asarray([model.scorer.threshold(n) for n in names]), len(model.machines)
+
+
+def embedding_ratio(model: runtime.SoundClassifier, outputs: ModelOutputs, col_file: np.ndarray) -> np.ndarray:
+    """Per window, the model's embedding-only anomaly_score over its threshold (the earlier score)."""
+    ratio = outputs.scores / model.embedding_thresholds
+    col = col_file[outputs.file_index]
+    rows = np.arange(len(ratio))
+    known = (col >= 0) & (col < ratio.shape[1])
+    return np.where(known, ratio[rows, np.clip(col, 0, ratio.shape[1] - 1)], ratio.min(axis=1))
+
+
+def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, channel, machines: list[str],
+                     normal_file: np.ndarray, embedding_win: np.ndarray) -> tuple[dict | None, str | None]:
+    """Loudness and long-term-spectrum 5-NN baselines (fanwatch.baselines) on the evaluated files, fitted on the
+    model's normal training files (split.json) per machine, all of them for an unknown machine."""
+    from tqdm import tqdm
+
+    from . import baselines
+
+    split = model_dir / SPLIT_NAME
+    if not split.is_file():
+        return None, f"baselines not computed: {split.name} (the model's training files) not found beside the model"
+    try:
+        train = [r for r in datasets.load_split(split)["train"] if r.normal]
+    except FanwatchError as exc:
+        return None, f"baselines not computed: {exc}"
+
+    def feats(path) -> dict | None:
+        try:
+            sig = audio.load_audio(path, channel=channel)
+        except FanwatchError:
+            return None
+        wins = audio.frame_windows(sig)
+        return {b: (baselines.clip_features(b, sig)[None, :], np.stack([baselines.clip_features(b, w) for w in wins]))
+                for b in baselines.BASELINES}
+
+    ref: dict[str, list] = {}
+    for r in tqdm(train, desc="baselines", unit="file", disable=not s.progress, leave=False):
+        f = feats(r.path)
+        if f is not None:
+            ref.setdefault(r.machine, []).append(f)
+    if not ref:
+        return None, "baselines not computed: no normal training file of the model could be read"
+    pooled = [f for fs in ref.values() for f in fs]
+    counts = np.bincount(outputs.file_index, minlength=len(outputs.recordings))
+    block: dict = {"fitted_on": f"{len(pooled)} normal training files of the model ({split.name})",
+                   "definitions": baselines.describe()}
+    normal_win = normal_file[outputs.file_index]
+    test = [feats(r.path) for r in outputs.recordings]
+    for b in baselines.BASELINES:
+        file_v = np.zeros(len(outputs.recordings))
+        win_v = np.zeros(len(outputs.file_index))
+        models: dict = {}
+        for i, (r, f) in enumerate(zip(outputs.recordings, test)):
+            key = s.machine if s.machine is not None else r.machine
+            key = key if key in ref else None
+            if key not in models:
+                src = ref[key] if key is not None else pooled
+                models[key] = (baselines.KnnBaseline.fit(np.concatenate([x[b][0] for x in src])),
+                               baselines.KnnBaseline.fit(np.concatenate([x[b][1] for x in src])))
+            sel = outputs.file_index == i
+            if f is None or len(f[b][1]) != counts[i]:
+                file_v[i], win_v[sel] = np.nan, np.nan
+                continue
+            file_v[i] = models[key][0].score(f[b][0])[0]
+            win_v[sel] = models[key][1].score(f[b][1])
+        ok_f, ok_w = np.isfinite(file_v), np.isfinite(win_v)
+        block[b] = {"file_level": {"auc": _auc(file_v, normal_file, ok_f),
+                                   "pauc_dcase": _pauc(file_v, normal_file, ok_f)},
+                    "window_level": {"auc": _auc(win_v, normal_win, ok_w),
+                                     "pauc_dcase": _pauc(win_v, normal_win, ok_w)}}
+    file_e = file_means(embedding_win, outputs.file_index, len(outputs.recordings))
+    ok_f, ok_w = np.ones(len(file_e), bool), np.ones(len(embedding_win), bool)
+    block["embedding_knn"] = {
+        "file_level": {"auc": _auc(file_e, normal_file, ok_f), "pauc_dcase": _pauc(file_e, normal_file, ok_f)},
+        "window_level": {"auc": _auc(embedding_win, normal_win, ok_w),
+                         "pauc_dcase": _pauc(embedding_win, normal_win, ok_w)},
+        "definition": "the model's anomaly_score output (embedding k-NN of one window) over its threshold"}
+    return block, None
+
+
+def _auc(values, normal, ok):
+    from .anomaly import roc_auc
+
+    return roc_auc(values[ok & normal], values[ok & ~normal])
+
+
+def _pauc(values, normal, ok):
+    return pauc_dcase(values[ok & normal], values[ok & ~normal])
 
 
 def _recordings(s: EvalSettings, card: ModelCard, model_dir: Path) -> tuple[list[datasets.Recording], dict]:
@@ -604,20 +742,25 @@ def evaluate(s: EvalSettings) -> dict:
             written.append(name)
 
     # --- anomaly score -----------------------------------------------------------------------------
-    ratio = outputs.scores / thresholds
-    col_file = np.array([machines.index(s.machine) if s.machine is not None
-                         else machines.index(r.machine) if r.machine in machines else -1
-                         for r in outputs.recordings])
+    deployed, deployed_thresholds, pooled_col = deployed_scores(model, outputs)
+    ratio = deployed / deployed_thresholds
+    unknown_col = -1 if pooled_col is None else pooled_col
+    as_machine = [s.machine if s.machine is not None else r.machine for r in outputs.recordings]
+    col_file = np.array([machines.index(m) if m in machines else unknown_col for m in as_machine])
     col_win = col_file[outputs.file_index]
     rows = np.arange(len(ratio))
-    win_ratio = np.where(col_win >= 0, ratio[rows, np.maximum(col_win, 0)], ratio.min(axis=1))
-    win_raw = np.where(col_win >= 0, outputs.scores[rows, np.maximum(col_win, 0)], win_ratio)
+    win_ratio = np.where(col_win >= 0, ratio[rows, np.maximum(col_win, 0)], ratio[:, :len(machines)].min(axis=1))
+    win_raw = np.where(col_win >= 0, deployed[rows, np.maximum(col_win, 0)], win_ratio)
     normal_file = np.array([r.normal for r in outputs.recordings], bool)
     normal_win = normal_file[outputs.file_index]
     file_ratio = file_means(win_ratio, outputs.file_index, n_files)
     file_raw = file_means(win_raw, outputs.file_index, n_files)
-    unknown = sorted({r.machine for r, c in zip(outputs.recordings, col_file) if c < 0})
-    if unknown:
+    unknown = sorted({r.machine for r, c in zip(outputs.recordings, col_file) if c < 0 or c == pooled_col})
+    if unknown and pooled_col is not None:
+        notes.append(f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the pooled normal "
+                     "reference of all known machines with its own threshold, as the runtime does; pass --machine "
+                     "to choose one")
+    elif unknown:
         notes.append(f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the closest "
                      f"known machine (smallest score/threshold), as the runtime does; pass --machine to choose one")
 
@@ -643,8 +786,11 @@ def evaluate(s: EvalSettings) -> dict:
         file_sel = np.array([r.machine == name for r in outputs.recordings])
         win_sel = file_sel[outputs.file_index]
         col = int(col_file[file_sel][0])
-        if col >= 0:
-            threshold, unit, win_v, file_v = float(thresholds[col]), "anomaly score", win_raw, file_raw
+        if col >= 0 and col == pooled_col:
+            threshold, unit, win_v, file_v = 1.0, "score / threshold (pooled normal reference)", win_ratio, file_ratio
+            scored_as = "pooled normal reference of all known machines"
+        elif col >= 0:
+            threshold, unit, win_v, file_v = float(deployed_thresholds[col]), "anomaly score", win_raw, file_raw
             scored_as = machines[col]
         else:
             threshold, unit, win_v, file_v = 1.0, "score / threshold (closest known machine)", win_ratio, file_ratio
@@ -682,10 +828,19 @@ def evaluate(s: EvalSettings) -> dict:
         said = {n.split(":")[0] for n in overall_notes}
         notes += [n for b in per_machine.values() for n in b["notes"] if n.split(" for ")[0] not in said]
 
+    # --- baselines on the same files ----------------------------------------------------------------
+    baselines_block, why = baseline_metrics(s, model_dir, outputs, channel, machines, normal_file,
+                                            embedding_ratio(model, outputs, col_file))
+    if why:
+        notes.append(why)
+    else:
+        baselines_block["deployed"] = {k: {m: overall[k][m] for m in ("auc", "pauc_dcase")}
+                                       for k in ("file_level", "window_level")}
+
     # --- parity ------------------------------------------------------------------------------------
     parity = None
     if s.parity:
-        parity, why = parity_check(s, card, model_dir, outputs, channel, thresholds)
+        parity, why = parity_check(s, card, model_dir, outputs, channel, model.embedding_thresholds, model)
         if why:
             notes.append(why)
         elif parity["argmax_agreement"] < PARITY_AGREEMENT or parity["max_probability_diff"] > PARITY_MAX_DP:
@@ -727,13 +882,17 @@ def evaluate(s: EvalSettings) -> dict:
         "anomaly": overall,
         "per_machine": per_machine,
         "unknown_machines": unknown,
+        "unknown_machine_rule": (card.raw["anomaly"].get("score") or {}).get(
+            "unknown_machine_rule", "smallest score/threshold over the known machines"),
+        "baselines": baselines_block,
         "parity": parity,
         "model": {"path": str(model_path.resolve()), "sha256": config.sha256_file(model_path),
                   "quantization": card.quantization, "runtime": model.runtime,
                   "yamnet_sha256": card.yamnet_sha256, "card_created": card.created,
                   "labels": labels, "machines": machines,
                   "thresholds": {m: float(t) for m, t in zip(machines, thresholds)},
-                  "anomaly_method": card.threshold_method},
+                  "anomaly_method": card.threshold_method,
+                  "anomaly_score": "fused" if card.score_file else "embedding"},
         "data": {**source, "summary": datasets.summarize(outputs.recordings)},
         "settings": {**s.as_dict(), "channel_used": channel, "out": str(out), "window_samples": config.WINDOW_SAMPLES,
                      "hop_samples": config.HOP_SAMPLES, "pauc_max_fpr": PAUC_MAX_FPR, "fanwatch": __version__},
@@ -782,11 +941,21 @@ def print_summary(m: dict, out: Path) -> None:
             log(f"  {name} (as {b['scored_as']}): AUC {_f(f['auc'])}, pAUC {_f(f['pauc_dcase'])}, "
                 f"false alarms {_pct(w['false_alarm_rate'])}, detections {_pct(w['detection_rate'])} "
                 f"({f['normal']}+{f['anomalous']} files)")
+    b = m.get("baselines")
+    if b:
+        log("same test files, file AUC / pAUC, window AUC / pAUC (baselines fitted on the model's normal "
+            "training files):")
+        for name in ("deployed", "embedding_knn", "loudness", "ltas"):
+            if name in b:
+                f, w = b[name]["file_level"], b[name]["window_level"]
+                log(f"  {name:14s} {_f(f['auc'])} / {_f(f['pauc_dcase'])}, {_f(w['auc'])} / {_f(w['pauc_dcase'])}")
     p = m["parity"]
     if p:
         log(f"parity TFLite vs Keras head ({p['windows']} windows): max |dp| {p['max_probability_diff']:.2e}, "
             f"max |d score| {p['max_score_diff']:.2e} ({p['max_score_diff_over_threshold']:.2e} of the threshold), "
-            f"decisions agree on {_pct(p['decision_agreement'])} of windows")
+            f"decisions agree on {_pct(p['decision_agreement'])} of windows"
+            + (f"; band levels max |d| {p['max_band_level_diff']:.1e}, fused score max relative diff "
+               f"{p['max_relative_fused_diff']:.1e}" if "max_band_level_diff" in p else ""))
     for note in m["notes"]:
         log(f"note: {note}")
     if m["skipped"]:

@@ -5,7 +5,17 @@ Only numpy and a TFLite runtime: ``ai_edge_litert`` (LiteRT, the Pi runtime), el
 itself when a runtime is installed, never scipy or scikit-learn.
 
 A model is ``sound_classifier.tflite`` with ``model_card.json`` beside it (labels, thresholds,
-machine ids, window settings). Input: one window of ``WINDOW_SAMPLES`` float32 samples at 16 kHz.
+machine ids, window settings) and, for models trained since the fused score, ``anomaly_scorer.npz``
+(the numpy state of :mod:`fanwatch.scorer`). Input: one window of ``WINDOW_SAMPLES`` float32 samples at
+16 kHz.
+
+Anomaly decisions go through :meth:`SoundClassifier.anomaly_stream`: one running state per continuous
+recording (reset it at a gap), ``update(prediction)`` -> score / threshold (1.0 = the per-window
+threshold). A machine the model does not know (``machine=`` not in the card, or none given when the
+model knows several) is scored against the pooled normal reference of all known machines;
+``scoring()`` says which, for the start event and the console. Models without a scorer state keep the
+earlier rule (the model's ``anomaly_score`` output over its threshold, the smallest ratio over the
+machines when none is chosen).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ __all__ = ["CARD_NAME", "MODEL_NAME", "ModelCard", "Prediction", "SoundClassifie
 FLOAT_NAME = "sound_classifier_float32.tflite"
 HEAD_NAME = "sound_classifier_head.keras"
 ANOMALY_NAME = "anomaly_model.npz"
+SCORER_NAME = "anomaly_scorer.npz"
 SPLIT_NAME = "split.json"
 RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tensorflow")
 
@@ -73,8 +84,9 @@ class Prediction:
     """One window's outputs."""
 
     probabilities: np.ndarray  # [n_classes]
-    anomaly_scores: np.ndarray  # [n_machines], one per known machine id
+    anomaly_scores: np.ndarray  # [n_machines], one per known machine id (the model's embedding score)
     embedding: np.ndarray | None = None
+    band_levels: np.ndarray | None = None  # [spectral.BAND_FEATURES] (models with a fused score)
 
 
 class TFLiteModel:
@@ -121,13 +133,67 @@ class SoundClassifier:
         if outputs != {"probabilities": len(self.labels), "anomaly_score": len(self.machines)}:
             raise FanwatchError(f"{path}: model outputs {outputs} do not match its card "
                                 f"({len(self.labels)} labels, {len(self.machines)} machines)")
+        self.scorer = self._load_scorer(Path(path))
+        self.machine = machine
         self.machine_index: int | None = None
         if machine is not None:
-            if machine not in self.machines:
+            if machine not in self.machines and self.scorer is None:
                 raise FanwatchError(f"unknown machine '{machine}': this model knows {', '.join(self.machines)}")
-            self.machine_index = self.machines.index(machine)
+            if machine in self.machines:
+                self.machine_index = self.machines.index(machine)
         elif len(self.machines) == 1:
             self.machine_index = 0
+
+    def _load_scorer(self, path: Path):
+        if self.card.score_file is None:
+            return None
+        from .scorer import Scorer
+
+        state = path.with_name(self.card.score_file)
+        if not state.is_file():
+            raise FanwatchError(f"{state} not found: the anomaly-score state must sit beside the model")
+        scorer = Scorer.load(state)
+        if scorer.machines != self.machines:
+            raise FanwatchError(f"{state}: machines {scorer.machines} differ from the model card's {self.machines}")
+        if "embedding" in scorer.config.weights and "embedding" not in self.model.output_names:
+            raise FanwatchError(f"{path}: the anomaly score needs the model's embedding output")
+        return scorer
+
+    @property
+    def unknown_machine(self) -> bool:
+        """True when the recording's machine is not one the model knows (or not said, with several known)."""
+        if self.machine is not None:
+            return self.machine not in self.machines
+        return len(self.machines) > 1
+
+    def score_target(self) -> str:
+        """The scorer reference used: the machine's own, else the pooled one."""
+        from .scorer import POOLED
+
+        if self.unknown_machine:
+            return POOLED
+        return self.machine if self.machine is not None else self.machines[0]
+
+    def scoring(self) -> dict:
+        """Which reference the anomaly score compares with: for the start event, the console and metrics."""
+        unknown = self.unknown_machine
+        if self.scorer is None:
+            return {"machine": self.machine, "unknown_machine": unknown,
+                    "scored_as": "closest known machine" if unknown else self.machines[self.machine_index],
+                    "rule": "smallest score/threshold over the known machines (a model without a fused score)"
+                    if unknown else "this machine's normal reference"}
+        from .scorer import UNKNOWN_MACHINE_RULE
+
+        target = self.score_target()
+        return {"machine": self.machine, "unknown_machine": unknown,
+                "scored_as": "pooled normal reference of all known machines" if unknown else target,
+                "rule": UNKNOWN_MACHINE_RULE if unknown else "this machine's normal reference",
+                "threshold": self.scorer.threshold(target), "horizon_windows": self.scorer.config.horizon}
+
+    def anomaly_stream(self) -> AnomalyStream | StatelessAnomaly:
+        """A new running anomaly state (one per continuous recording): ``update(prediction)`` -> (machine index,
+        score / threshold), ``reset()`` at a gap."""
+        return AnomalyStream(self) if self.scorer is not None else StatelessAnomaly(self)
 
     @property
     def runtime(self) -> str:
@@ -139,15 +205,61 @@ class SoundClassifier:
             probabilities=out["probabilities"],
             anomaly_scores=out["anomaly_score"],
             embedding=out.get("embedding"),
+            band_levels=out.get("band_levels"),
         )
 
     def anomaly(self, scores: np.ndarray) -> tuple[int, float]:
-        """(machine whose threshold applies, score over that threshold): the chosen machine; with several and
-        none chosen, the closest one (the smallest ratio)."""
-        ratios = np.asarray(scores, np.float32) / self.thresholds
+        """(machine whose threshold applies, score over that threshold) for the model's own embedding score
+        (``anomaly_score`` output): the chosen machine; with several and none chosen, the closest one (the
+        smallest ratio). The deployed decision of a model with a fused score is ``anomaly_stream()``'s."""
+        ratios = np.asarray(scores, np.float32) / self.embedding_thresholds
         index = int(np.argmin(ratios)) if self.machine_index is None else self.machine_index
         return index, float(ratios[index])
 
     def anomaly_ratio(self, scores: np.ndarray) -> float:
         """Score over threshold for the chosen machine; with several and none chosen, the closest one."""
         return self.anomaly(scores)[1]
+
+    @property
+    def embedding_thresholds(self) -> np.ndarray:
+        """Thresholds of the model's ``anomaly_score`` output (the card's thresholds for older models)."""
+        if self.card.embedding_thresholds is not None:
+            return np.asarray(self.card.embedding_thresholds, np.float32)
+        return self.thresholds
+
+
+class StatelessAnomaly:
+    """The anomaly state of a classifier whose decision needs no history: its ``anomaly(scores)`` per window."""
+
+    def __init__(self, classifier):
+        self.classifier = classifier
+
+    def reset(self) -> None:
+        pass
+
+    def update(self, prediction) -> tuple[int, float]:
+        return self.classifier.anomaly(prediction.anomaly_scores)
+
+
+class AnomalyStream:
+    """The running anomaly state of one continuous recording: ``update(prediction)`` -> (machine index, score /
+    threshold); the index is -1 when the pooled reference (an unknown machine) is used."""
+
+    def __init__(self, classifier: SoundClassifier):
+        from .scorer import POOLED
+
+        self.classifier = classifier
+        self.scoring = classifier.scoring()
+        self.name = classifier.score_target()
+        self.index = classifier.machines.index(self.name) if self.name != POOLED else -1
+        self._stream = classifier.scorer.stream(self.name)
+        self.threshold = self._stream.threshold
+
+    def reset(self) -> None:
+        """Forget the horizon (a gap in the audio, a restart)."""
+        self._stream.reset()
+
+    def update(self, prediction: Prediction) -> tuple[int, float]:
+        if prediction.band_levels is None or prediction.embedding is None:
+            raise FanwatchError("the model gives no band_levels/embedding output, which its anomaly score needs")
+        return self.index, self._stream.update(prediction.embedding, prediction.band_levels) / self.threshold

@@ -55,7 +55,9 @@ from fanwatch.errors import FanwatchError
 
 STATES = ("off", "low_speed", "high_speed")
 FAULTS = ("imbalance", "blockage", "bearing", "rubbing")
-KINDS = STATES + FAULTS
+SUBTLE_FAULTS = ("wear",)  # a few dB in one band and a dB or two of level: only sessions make it audible
+SESSION_FAULTS = FAULTS + SUBTLE_FAULTS  # the faults of a session dataset's test day, in turn
+KINDS = STATES + FAULTS + SUBTLE_FAULTS
 RUNNING_STATES = ("low_speed", "high_speed")
 LAYOUTS = ("folders", "mimii", "dcase")
 FAULT_PREFIX = "fault_"
@@ -126,6 +128,46 @@ class RenderInfo:
     snr_db: float  # effective SNR of the healthy machine over the room (nominal ± jitter)
     gain_db: float  # overall per-file gain actually applied (including any peak guard)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One recording session (a day, a microphone placement): what every file of it shares.
+
+    A real machine recorded on another day sounds the same, but the room tone, the microphone's gain and
+    colouring, the background level and the exact speed (mains, load, temperature) differ a little;
+    within a session they hardly move (files keep only small jitters, see SESSION_JITTER). The spreads
+    are those of one microphone set up again at about the same place on another day: gain ± 1.5 dB,
+    colouring at 0.35 x the per-file EQ of sessions=1 (shelves within about ± 2 dB), background level
+    ± 2 dB, speed ± 1.5 %; the room tone (slope, rumble, distant machine) is drawn anew.
+    """
+
+    index: int
+    gain_db: float  # microphone gain, uniform in ± SESSION_GAIN_SPREAD_DB
+    snr_offset_db: float  # background level relative to the nominal SNR
+    speed_offset: float  # relative shaft-speed offset of the whole session
+    mic_eq: tuple[float, ...]  # _mic_eq parameters
+    room: dict  # _room_tone parameters
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Per-file variation inside a session: gain (dB), SNR (dB), relative speed.
+SESSION_JITTER = {"gain_db": 0.5, "snr_db": 0.5, "speed": 0.004}
+SESSION_GAIN_SPREAD_DB = 1.5
+SESSION_EQ_SCALE = 0.35
+SESSION_SNR_SPREAD_DB = 2.0
+SESSION_SPEED_SPREAD = 0.015
+
+
+def draw_session(seed: int, index: int, key: str = "") -> SessionSpec:
+    """Session ``index`` of dataset seed ``seed`` for ``key`` (a machine id; depends on nothing else)."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(f"session/{key}".encode()), int(index)]))
+    return SessionSpec(index=int(index), gain_db=rng.uniform(-SESSION_GAIN_SPREAD_DB, SESSION_GAIN_SPREAD_DB),
+                       snr_offset_db=rng.uniform(-SESSION_SNR_SPREAD_DB, SESSION_SNR_SPREAD_DB),
+                       speed_offset=rng.uniform(-SESSION_SPEED_SPREAD, SESSION_SPEED_SPREAD),
+                       mic_eq=tuple(float(v) for v in _mic_eq_params(rng, SESSION_EQ_SCALE)), room=_room_tone(rng))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,12 +278,26 @@ def _harmonics(phase: np.ndarray, amps: np.ndarray, phases: np.ndarray, top_hz: 
 # components
 
 
-def _background(rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Room / factory noise: unit-RMS stationary part plus occasional transients on top."""
+def _room_tone(rng: np.random.Generator) -> dict:
+    """The stationary character of a room: background slope, HVAC rumble, a distant machine."""
+    return {"slope": rng.uniform(0.8, 1.3), "rumble_hz": rng.uniform(40.0, 120.0), "rumble_db": rng.uniform(0.0, 6.0),
+            "distant_on": bool(rng.random() < 0.8),
+            "distant_hz": math.exp(rng.uniform(math.log(70.0), math.log(700.0))),
+            "distant_amps": (1.0, rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4)), "distant_db": rng.uniform(-14.0, -6.0)}
+
+
+def _background(rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: np.ndarray,
+                room: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Room / factory noise: unit-RMS stationary part plus occasional transients on top.
+
+    ``room`` (a session's ``_room_tone``) fixes the stationary character; else it is drawn per file.
+    """
     nyq = sr / 2.0
     slope = rng.uniform(0.8, 1.3)  # PSD ~ f^-slope
     rumble_hz = rng.uniform(40.0, 120.0)
     rumble_db = rng.uniform(0.0, 6.0)
+    if room is not None:
+        slope, rumble_hz, rumble_db = room["slope"], room["rumble_hz"], room["rumble_db"]
     shape = _highpass(f, 18.0, 2) * (np.maximum(f, 20.0) / 100.0) ** (-slope / 2.0)
     shape *= 10.0 ** (_bump_db(f, rumble_hz, rumble_db, 0.6) / 20.0)
     pink = _colored_noise(rng, n, shape)
@@ -251,6 +307,9 @@ def _background(rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: n
     d_amps = np.array([1.0, rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4)])
     d_phases = rng.uniform(0.0, TWO_PI, 3)
     d_db = rng.uniform(-14.0, -6.0)
+    if room is not None:
+        distant_on, d_hz, d_db = room["distant_on"], room["distant_hz"], room["distant_db"]
+        d_amps = np.asarray(room["distant_amps"])
     d_am = 1.0 + _slow_wander(rng, t, 0.1, 0.1, 1.5, parts=3)
     d_phase = TWO_PI * d_hz * t * (1.0 + 0.001 * rng.standard_normal())
     distant = np.zeros(n, dtype=np.float32)
@@ -451,18 +510,32 @@ def _fan_components(rng: np.random.Generator, kind: str, machine: MachineSpec, f
         band = (1000.0, min(6000.0, 0.5 * sr))
         fault = _calibrate(scrape * env, reference, f, band, rise)
         details.update(duty=float(np.mean(env > 0)), band_rise_db=rise, squeal=bool(squeal_on))
+    elif kind == "wear":
+        # worn bearings / loosened panel: stationary, a few dB more in one band and a little more level,
+        # no new event or tone (what the embedding of one window barely notices)
+        centre = math.exp(rng.uniform(math.log(600.0), math.log(min(4000.0, 0.4 * sr))))
+        rise = rng.uniform(3.0, 6.0)
+        level_rise = rng.uniform(1.0, 2.5)
+        response = 10.0 ** ((_bump_db(f, centre, rise, 0.5) + level_rise) / 20.0) - 1.0
+        fault = np.fft.irfft(np.fft.rfft(healthy) * response.astype(np.float32), n).astype(np.float32)
+        details.update(band_hz=centre, band_rise_db=rise, level_rise_db=level_rise)
     details.update(tilt=tilt, corner_hz=corner)
     return healthy + fault, {"speed": speed, **details}
 
 
-def _mic_eq(rng: np.random.Generator, f: np.ndarray) -> np.ndarray:
-    """Slight random microphone / distance colouring, as an amplitude response over rfft bins."""
-    ls_g, ls_f = rng.uniform(-4.0, 3.0), rng.uniform(80.0, 300.0)
-    hs_g, hs_f = rng.uniform(-6.0, 3.0), rng.uniform(2000.0, 6000.0)
-    pk_g = rng.uniform(-3.0, 3.0)
-    pk_f = math.exp(rng.uniform(math.log(300.0), math.log(5000.0)))
-    pk_w = rng.uniform(0.3, 0.8)
-    hp = rng.uniform(15.0, 30.0)
+def _mic_eq_params(rng: np.random.Generator, scale: float = 1.0) -> tuple[float, ...]:
+    """(low shelf gain, freq, high shelf gain, freq, peak gain, freq, width, high-pass corner); gains x scale."""
+    return (scale * rng.uniform(-4.0, 3.0), rng.uniform(80.0, 300.0), scale * rng.uniform(-6.0, 3.0),
+            rng.uniform(2000.0, 6000.0), scale * rng.uniform(-3.0, 3.0),
+            math.exp(rng.uniform(math.log(300.0), math.log(5000.0))), rng.uniform(0.3, 0.8), rng.uniform(15.0, 30.0))
+
+
+def _mic_eq(rng: np.random.Generator, f: np.ndarray, params: tuple[float, ...] | None = None) -> np.ndarray:
+    """Slight random microphone / distance colouring, as an amplitude response over rfft bins.
+
+    ``params`` (a session's microphone) fixes it; else it is drawn per file."""
+    drawn = _mic_eq_params(rng)
+    ls_g, ls_f, hs_g, hs_f, pk_g, pk_f, pk_w, hp = drawn if params is None else params
     db = ls_g / (1.0 + (f / ls_f) ** 2) + hs_g / (1.0 + (hs_f / _safe_f(f)) ** 2) + _bump_db(f, pk_f, pk_g, pk_w)
     return 10.0 ** (db / 20.0) * _highpass(f, hp, 2)
 
@@ -511,7 +584,7 @@ def _check_common(seconds: float, sample_rate: int, channels: int, snr_db: float
 
 def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = SAMPLE_RATE,
                      machine: MachineSpec | str | None = None, snr_db: float = 6.0,
-                     channels: int = 1) -> tuple[np.ndarray, RenderInfo]:
+                     channels: int = 1, session: SessionSpec | None = None) -> tuple[np.ndarray, RenderInfo]:
     """render(), plus a RenderInfo saying what was drawn (speed, SNR, gain, fault parameters)."""
     if kind not in KINDS:
         raise FanwatchError(f"unknown sound kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -532,10 +605,17 @@ def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = 
     gain_db = rng.uniform(-GAIN_SPREAD_DB, GAIN_SPREAD_DB)
     speed_jitter = float(np.clip(rng.normal(0.0, 0.015), -0.04, 0.04))
     fault_state = RUNNING_STATES[int(rng.integers(0, 2))]
-    room, room_info = _background(rng, n, sr, t, f)
+    if session is not None:  # the session fixes them; files keep small jitters
+        j = SESSION_JITTER
+        snr_eff = float(snr_db) + session.snr_offset_db + rng.uniform(-j["snr_db"], j["snr_db"])
+        gain_db = session.gain_db + rng.uniform(-j["gain_db"], j["gain_db"])
+        speed_jitter = session.speed_offset + float(rng.normal(0.0, j["speed"]))
+    room, room_info = _background(rng, n, sr, t, f, None if session is None else session.room)
     details: dict[str, Any] = dict(room_info)
+    if session is not None:
+        details["session"] = session.index
 
-    state = fault_state if kind in FAULTS else kind
+    state = fault_state if kind in FAULTS + SUBTLE_FAULTS else kind
     if state == "off":
         ref_level = LEVEL_REF_DBFS + SPEED_LAW_DB * math.log10(machine.low_speed_hz / REF_SHAFT_HZ)
         room_rms = _db(ref_level - snr_eff)
@@ -562,7 +642,7 @@ def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = 
         room_rms = _db(level - snr_eff)
         shaft_hz = float(np.mean(speed))
 
-    eq = _mic_eq(rng, f).astype(np.float32)
+    eq = _mic_eq(rng, f, None if session is None else session.mic_eq).astype(np.float32)
     if channels == 1:
         out = np.fft.irfft(eq * np.fft.rfft(source + room * room_rms), n)[:, None]
     else:
@@ -602,14 +682,16 @@ def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = 
 
 
 def render(kind: str, seconds: float, rng_or_seed, sample_rate: int = SAMPLE_RATE,
-           machine: MachineSpec | str | None = None, snr_db: float = 6.0, channels: int = 1) -> np.ndarray:
+           machine: MachineSpec | str | None = None, snr_db: float = 6.0, channels: int = 1,
+           session: SessionSpec | None = None) -> np.ndarray:
     """One synthetic recording: float32 in [-1, 1], shape [n] (mono) or [n, channels].
 
     kind is one of STATES (normal) or FAULTS (anomalous); rng_or_seed a numpy Generator, SeedSequence
     or non-negative int (same seed, same samples); machine a MachineSpec or an id of MACHINES (default
-    id_00); snr_db the healthy-machine-to-room ratio (± 1 dB per file).
+    id_00); snr_db the healthy-machine-to-room ratio (± 1 dB per file); session a SessionSpec
+    (draw_session) whose room, microphone, background level and speed offset the file shares.
     """
-    return render_with_info(kind, seconds, rng_or_seed, sample_rate, machine, snr_db, channels)[0]
+    return render_with_info(kind, seconds, rng_or_seed, sample_rate, machine, snr_db, channels, session)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -629,6 +711,7 @@ class _Planned:
     class_key: str
     index: int
     group: str  # the summary key
+    session: int | None = None  # recording session (sessions >= 2 only)
 
 
 def snr_label(snr_db: float) -> str:
@@ -639,8 +722,23 @@ def snr_label(snr_db: float) -> str:
     return f"{value:g}dB"
 
 
-def _plan(layout: str, n_a: int, n_b: int, snr_db: float) -> list[_Planned]:
+def _plan(layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1,
+          machine_ids: tuple[str, ...] = LAYOUT_MACHINE_IDS) -> list[_Planned]:
     plan: list[_Planned] = []
+    if sessions >= 2:  # dcase only (checked by the caller): train days 0..S-2 in turn, test day S-1
+        test_day = sessions - 1
+        for mid in machine_ids:
+            m = MACHINES[mid]
+            for i in range(n_a):
+                plan.append(_Planned(f"fan/train/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
+                                     f"{mid}/train/normal", i, f"{mid}/train/normal", i % test_day))
+            for i in range(n_b):
+                plan.append(_Planned(f"fan/test/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
+                                     f"{mid}/test/normal", i, f"{mid}/test/normal", test_day))
+            for i in range(n_b):
+                plan.append(_Planned(f"fan/test/anomaly_{mid}_{i:08d}.wav", SESSION_FAULTS[i % len(SESSION_FAULTS)],
+                                     m, f"{mid}/test/anomaly", i, f"{mid}/test/anomaly", test_day))
+        return plan
     if layout == "folders":
         m = DEFAULT_MACHINE
         for kind in STATES:
@@ -743,7 +841,8 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
 def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: float = 6.0,
                      files_per_state: int | None = None, files_per_fault: int | None = None,
                      sample_rate: int = SAMPLE_RATE, channels: int = 1, snr_db: float = 6.0,
-                     progress: bool = True) -> dict[str, int]:
+                     progress: bool = True, sessions: int = 1,
+                     machine_ids: tuple[str, ...] | None = None) -> dict[str, int]:
     """Write a synthetic dataset into out_dir and return the number of files per class.
 
     Layouts (None counts take DEFAULT_COUNTS[layout]):
@@ -755,6 +854,13 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
       dcase:   <out>/fan/train/normal_id_XX_NNNNNNNN.wav (files_per_state per id) and
                <out>/fan/test/{normal,anomaly}_id_XX_NNNNNNNN.wav (files_per_fault of each per id)
                (defaults 20 / 6).
+    sessions >= 2 (dcase only): recording sessions (``SessionSpec``: room tone, microphone gain and
+    colouring, background level, speed offset per session and machine, small per-file jitter); the
+    train files come from sessions 0..sessions-2 in turn, every test file from the last one, so the
+    test day is never heard in training; the test anomalies take SESSION_FAULTS in turn (the four
+    faults and ``wear``, a few dB in one band). sessions 1 (default): every file draws its own room,
+    gain and microphone, as before. machine_ids (sessions only): which of MACHINES to record (default
+    id_00 and id_02).
     Writes <out>/SYNTHETIC.json (settings, counts, file list). Refuses a non-empty folder without
     one; regenerating into its own earlier output first removes the files that output listed.
     """
@@ -769,9 +875,18 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
         if not _is_int(value) or value < 0:
             raise FanwatchError(f"{name} must be a non-negative integer, not {value!r}")
     _check_common(seconds, sample_rate, channels, snr_db)
+    if not _is_int(sessions) or not 1 <= sessions <= 100:
+        raise FanwatchError(f"sessions must be an integer between 1 and 100, not {sessions!r}")
+    if sessions >= 2 and layout != "dcase":
+        raise FanwatchError(f"recording sessions need the dcase layout (train days vs a test day), not {layout!r}")
+    ids = tuple(machine_ids) if machine_ids is not None else LAYOUT_MACHINE_IDS
+    if machine_ids is not None and (sessions < 2 or not ids or any(m not in MACHINES for m in ids)):
+        raise FanwatchError(f"machine_ids needs sessions >= 2 and ids among {', '.join(MACHINES)}, not {machine_ids!r}")
     out = Path(out_dir).expanduser()
     previous = _read_manifest(out)
-    plan = _plan(layout, int(n_a), int(n_b), snr_db)
+    plan = _plan(layout, int(n_a), int(n_b), snr_db, int(sessions), ids)
+    specs = {(mid, i): draw_session(seed, i, mid) for mid in ids for i in range(sessions)} \
+        if sessions >= 2 else {}
 
     counts: dict[str, int] = {}
     for item in plan:
@@ -783,12 +898,15 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
         "complete": False,
         "settings": {"layout": layout, "seed": int(seed), "seconds": float(seconds), "sample_rate": int(sample_rate),
                      "channels": int(channels), "snr_db": float(snr_db), "files_per_state": int(n_a),
-                     "files_per_fault": int(n_b)},
+                     "files_per_fault": int(n_b), "sessions": int(sessions)},
         "machines": {mid: asdict(MACHINES[mid]) for mid in used},
         "counts": counts,
         "total_files": len(plan),
         "files": [item.relpath for item in plan],
     }
+    if specs:
+        manifest["sessions"] = {f"{mid}/{i}": spec.as_dict() for (mid, i), spec in specs.items()}
+        manifest["file_sessions"] = {item.relpath: item.session for item in plan}
     try:
         out.mkdir(parents=True, exist_ok=True)
         if previous is not None:
@@ -806,8 +924,10 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
         items = bar
     try:
         for item in items:
+            session = None if item.session is None else specs[(item.machine.machine_id, item.session)]
             audio = render(item.kind, seconds, np.random.default_rng(file_seed(seed, item.class_key, item.index)),
-                           sample_rate=sample_rate, machine=item.machine, snr_db=snr_db, channels=channels)
+                           sample_rate=sample_rate, machine=item.machine, snr_db=snr_db, channels=channels,
+                           session=session)
             path = out / item.relpath
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -849,6 +969,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help=f"Hz (default: {SAMPLE_RATE})")
     p.add_argument("--channels", type=int, default=1, help="channels, >1 simulates a mic array (default: 1)")
     p.add_argument("--snr-db", type=float, default=6.0, help="machine-to-room SNR in dB (MIMII: -6, 0, 6; default: 6)")
+    p.add_argument("--sessions", type=int, default=1,
+                   help="dcase layout: recording sessions (room, microphone, level, speed); train on the first "
+                        "ones, test on the last (default: 1, every file its own)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -859,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         counts = generate_dataset(args.out, layout=args.layout, seed=args.seed, seconds=args.seconds,
                                   files_per_state=args.files_per_state, files_per_fault=args.files_per_fault,
                                   sample_rate=args.sample_rate, channels=args.channels, snr_db=args.snr_db,
-                                  progress=not args.quiet)
+                                  progress=not args.quiet, sessions=args.sessions)
     except FanwatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime
+from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime, scorer, spectral
 from .card import FORMAT as CARD_FORMAT
 from .card import write_card
 from .errors import FanwatchError
-from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
+from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SCORER_NAME, SPLIT_NAME
 
 PARITY_WINDOWS = 24  # windows checked Keras vs TFLite after export
 # The deployed file must reproduce the Keras head + numpy score on the cached front-end embeddings
 # (measured: probabilities 1e-6, scores 1e-5 relative, embedding cosine 1.0); beyond these it is not
 # deployed.
-PARITY_LIMITS = {"max_probability_diff": 1e-3, "max_relative_score_diff": 1e-3, "min_embedding_cosine": 0.9999}
+PARITY_LIMITS = {"max_probability_diff": 1e-3, "max_relative_score_diff": 1e-3, "min_embedding_cosine": 0.9999,
+                 "max_band_level_diff": 1e-2, "max_relative_fused_diff": 1e-3}
 
 EMPTY_DATA_HELP = """no recordings found in {data}.
 Lay out recordings in one of these ways (WAV/FLAC/OGG, any rate, any channel count):
@@ -48,6 +49,8 @@ class TrainSettings:
     quantization: str = export.DEFAULT_QUANTIZATION
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
+    score_components: str = "embedding:2,shape:1"
+    score_horizon: int = scorer.DEFAULT_HORIZON
     epochs: int = 200
     patience: int = 15
     hidden: int = 0
@@ -72,6 +75,10 @@ class TrainSettings:
             raise FanwatchError(f"unknown quantization '{self.quantization}'")
         if self.anomaly_method not in anomaly.METHODS:
             raise FanwatchError(f"unknown anomaly method '{self.anomaly_method}'")
+        self.score_config()
+
+    def score_config(self) -> scorer.ScoreConfig:
+        return scorer.ScoreConfig(weights=scorer.parse_components(self.score_components), horizon=self.score_horizon)
 
     def as_dict(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "extra"}
@@ -84,18 +91,23 @@ def log(message: str) -> None:
 
 
 def build_end_to_end(weights, head_model, anomaly_model: anomaly.AnomalyModel):
-    """waveform -> {probabilities, anomaly_score, embedding}: one Keras model, exported as one file."""
+    """waveform -> {probabilities, anomaly_score, embedding, band_levels}: one Keras model, exported as one file.
+
+    ``anomaly_score`` is the embedding k-NN (or Mahalanobis) score per machine; the deployed anomaly
+    decision is fanwatch.scorer's, computed in numpy from ``embedding`` and ``band_levels``."""
     import keras
 
     from . import yamnet
 
-    frontend = yamnet.build_model(weights, with_scores=False, name="frontend")
+    frontend = yamnet.build_model(weights, with_scores=False, name="frontend", with_bands=True)
     waveform = keras.Input(shape=(config.WINDOW_SAMPLES,), dtype="float32", name="waveform")
-    emb = frontend(waveform)["embedding"]
+    front = frontend(waveform)
+    emb = front["embedding"]
     outputs = {
         "probabilities": head_model(emb),
         "anomaly_score": anomaly.keras_layer(anomaly_model)(emb),
         "embedding": emb,
+        spectral.OUTPUT_NAME: front[spectral.OUTPUT_NAME],
     }
     return keras.Model(waveform, outputs, name="sound_classifier")
 
@@ -192,14 +204,21 @@ def train(s: TrainSettings) -> dict:
         val_scores[val_normal] if len(val_scores) else val_scores,
         val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate)
     anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
-    anomaly_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
-    anomaly_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
-    for m in anom.machines:
-        info = anomaly_info["per_machine"].get(m, {})
-        auc = info.get("auc")
-        log(f"anomaly: {m}: threshold {anom.thresholds[m]:.3f} ({thresholds[m]['rule']} on "
-            f"{thresholds[m]['source']}, "
-            f"{thresholds[m]['windows']} windows, target false-alarm rate {s.false_alarm_rate:.1%})"
+    embedding_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
+    embedding_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
+
+    # the deployed score: embedding + spectral shape over a horizon (fanwatch.scorer), per machine
+    score = scorer.Scorer.fit(_normal_files(train_set), s.score_config(), s.seed)
+    score = score.set_thresholds(_normal_files(val_set), s.false_alarm_rate)
+    anomaly_info = _fused_validation(score, val_set)
+    anomaly_info["embedding_knn"] = {m: b.get("auc") for m, b in embedding_info["per_machine"].items()}
+    for m in [*score.machines, scorer.POOLED]:
+        t = score.threshold_info[m]
+        auc = anomaly_info["per_machine"].get(m, {}).get("auc")
+        if m == scorer.POOLED and len(score.machines) == 1:
+            continue
+        log(f"anomaly: {m}: threshold {t['threshold']:.3f} ({t['rule']} on {t['source']}, {t['windows']} windows, "
+            f"target false-alarm rate {s.false_alarm_rate:.1%})"
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
 
     # --- export -----------------------------------------------------------------------------------
@@ -211,6 +230,7 @@ def train(s: TrainSettings) -> dict:
     np.savez(out / ANOMALY_NAME, method=anom.method, machines=np.asarray(anom.machines),
              **({"mean": anom.mean, "transform": anom.transform} if anom.method == "mahalanobis"
                 else {"bank": anom.bank}))
+    score.save(out / SCORER_NAME)
     paths = {}
     for q, name in (("float32", FLOAT_NAME), (s.quantization, runtime.MODEL_NAME)):
         if q == "float32" and name == runtime.MODEL_NAME:
@@ -219,17 +239,20 @@ def train(s: TrainSettings) -> dict:
     if s.quantization == "float32":
         paths["float32"] = export.export_tflite(model, out / runtime.MODEL_NAME, "float32")
     deployed = paths[s.quantization]
-    parity = _parity(deployed, head.model, anom, extractor, splits["val"] or splits["train"])
+    parity = _parity(deployed, head.model, anom, extractor, splits["val"] or splits["train"], score)
     if (parity["max_probability_diff"] > PARITY_LIMITS["max_probability_diff"]
             or parity["max_relative_score_diff"] > PARITY_LIMITS["max_relative_score_diff"]
-            or parity["min_embedding_cosine"] < PARITY_LIMITS["min_embedding_cosine"]):
+            or parity["min_embedding_cosine"] < PARITY_LIMITS["min_embedding_cosine"]
+            or parity["max_band_level_diff"] > PARITY_LIMITS["max_band_level_diff"]
+            or parity["max_relative_fused_diff"] > PARITY_LIMITS["max_relative_fused_diff"]):
         deployed.unlink()
         raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
                             f"not deployed (limits {PARITY_LIMITS})")
     log(f"export: {deployed} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
         f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
-        f"{parity['min_embedding_cosine']:.6f}")
+        f"{parity['min_embedding_cosine']:.6f}, band levels max |d| {parity['max_band_level_diff']:.1e}, "
+        f"fused score max relative diff {parity['max_relative_fused_diff']:.1e}")
 
     card = {
         "format": CARD_FORMAT,
@@ -242,17 +265,31 @@ def train(s: TrainSettings) -> dict:
         "hop_samples": config.HOP_SAMPLES,
         "inputs": {"waveform": [1, config.WINDOW_SAMPLES]},
         "outputs": {"probabilities": [1, len(train_labels)], "anomaly_score": [1, len(anom.machines)],
-                    "embedding": [1, config.EMBEDDING_DIM]},
+                    "embedding": [1, config.EMBEDDING_DIM], spectral.OUTPUT_NAME: [1, spectral.BAND_FEATURES]},
         "anomaly": {
             "method": anom.method,
-            "machines": anom.machines,
-            "thresholds": anom.thresholds,
+            "machines": score.machines,
+            "thresholds": {m: score.thresholds[m] for m in score.machines},
             "threshold_rule": f"per machine, the {1 - s.false_alarm_rate:.3g} quantile of a gamma "
-                              "distribution fitted to the window scores of normal validation recordings",
+                              "distribution (method of moments) fitted to the window scores of normal validation "
+                              "recordings",
             "target_false_alarm_rate": s.false_alarm_rate,
             "fit_windows": anom.fit_windows,
-            "threshold_details": thresholds,
+            "threshold_details": {m: score.threshold_info[m] for m in score.machines},
             "validation": anomaly_info,
+            "score": {"kind": "fused", "file": SCORER_NAME, **score.config.as_dict(),
+                      "pooled_threshold": score.thresholds[scorer.POOLED],
+                      "pooled_threshold_details": score.threshold_info[scorer.POOLED],
+                      "unknown_machine_rule": scorer.UNKNOWN_MACHINE_RULE,
+                      "reference_windows": score.describe()["reference_windows"],
+                      "definition": "fanwatch.scorer: weighted geometric mean of the embedding k-NN and spectral "
+                                    "shape k-NN distances (each over its normal leave-one-file-out 95th percentile), "
+                                    f"over the last {score.config.horizon} windows; computed in numpy from the "
+                                    "model's embedding and band_levels outputs"},
+            "embedding_score": {"output": "anomaly_score", "method": anom.method, "thresholds": anom.thresholds,
+                                "threshold_details": thresholds, "validation": embedding_info,
+                                "note": "the model's anomaly_score output (embedding only, one window); the "
+                                        "deployed decision uses the fused score above"},
         },
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
@@ -295,6 +332,35 @@ def _anomaly_validation(anom, scores, machines, normal, es) -> dict:
     return {"note": "information only: thresholds never use anomalous clips", "per_machine": per_machine}
 
 
+def _normal_files(es: embeddings.EmbeddingSet) -> dict:
+    """{machine: [(embeddings, band levels) of each normal recording]}."""
+    out: dict = {}
+    for rec, feats in zip(es.recordings, es.files()):
+        if rec.normal and len(feats[0]):
+            out.setdefault(rec.machine, []).append(feats)
+    return out
+
+
+def _fused_validation(score: scorer.Scorer, es: embeddings.EmbeddingSet) -> dict:
+    """Validation AUC of the deployed score per machine, information only."""
+    per_machine = {}
+    for name in score.machines:
+        n, a = [], []
+        for rec, (e, b) in zip(es.recordings, es.files()):
+            if rec.machine == name and len(e):
+                (n if rec.normal else a).append(score.score_file(name, e, b))
+        n = np.concatenate(n) if n else np.zeros(0)
+        a = np.concatenate(a) if a else np.zeros(0)
+        t = score.thresholds[name]
+        per_machine[name] = {
+            "normal_windows": int(len(n)), "anomalous_windows": int(len(a)), "auc": anomaly.roc_auc(n, a),
+            "false_alarm_rate_at_threshold": float((n >= t).mean()) if len(n) else None,
+            "detection_rate_at_threshold": float((a >= t).mean()) if len(a) else None,
+            "if_labelled_anomalies_were_used": anomaly.best_threshold_info(n, a),
+        }
+    return {"note": "information only: thresholds never use anomalous clips", "per_machine": per_machine}
+
+
 def _compare_methods(s: TrainSettings, train_set, val_set, chosen) -> dict:
     """Validation AUC of each scoring method, when the validation split holds anomalies."""
     normal = val_set.normal()
@@ -314,22 +380,30 @@ def _compare_methods(s: TrainSettings, train_set, val_set, chosen) -> dict:
     return out
 
 
-def _parity(model_path: Path, head_model, anom, extractor, recs) -> dict:
-    """Deployed TFLite vs the Keras head + numpy score on the cached front-end embeddings."""
+def _parity(model_path: Path, head_model, anom, extractor, recs, score: scorer.Scorer) -> dict:
+    """Deployed TFLite vs the Keras head + numpy scores on the cached front-end embeddings and band levels."""
     from . import audio
 
     tfl = runtime.TFLiteModel(model_path)
-    windows, embs = [], []
+    windows, embs, bands, fused_diff = [], [], [], [0.0]
     for rec in recs:
         try:
             signal = audio.load_audio(rec.path, channel=extractor.channel)
         except FanwatchError:
             continue
         w = audio.frame_windows(signal)
-        emb = extractor.embed_file(rec.path)
+        emb, band = extractor.file_features(rec.path)
         take = min(len(w), 4)
+        deployed = [tfl(x) for x in w[:take]]
+        # the fused score from the deployed outputs vs from the cached front end, same windows in order
+        name = score.resolve(rec.machine)
+        ref = score.score_file(name, emb[:take], band[:take])
+        got = score.score_file(name, np.stack([o["embedding"] for o in deployed]),
+                               np.stack([o[spectral.OUTPUT_NAME] for o in deployed]))
+        fused_diff.append(float((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)).max()))
         windows.extend(w[:take])
         embs.extend(emb[:take])
+        bands.extend(band[:take])
         if len(windows) >= PARITY_WINDOWS:
             break
     if not windows:
@@ -341,7 +415,8 @@ def _parity(model_path: Path, head_model, anom, extractor, recs) -> dict:
     p = np.stack([o["probabilities"] for o in outs])
     sc = np.stack([o["anomaly_score"] for o in outs])
     e = np.stack([o["embedding"] for o in outs])
-    if not (np.isfinite(p).all() and np.isfinite(sc).all() and np.isfinite(e).all()):
+    b = np.stack([o[spectral.OUTPUT_NAME] for o in outs])
+    if not (np.isfinite(p).all() and np.isfinite(sc).all() and np.isfinite(e).all() and np.isfinite(b).all()):
         raise FanwatchError(f"{model_path}: the exported model outputs NaN or inf; not deploying it")
     cos = (e * embs).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(embs, axis=1), 1e-12)
     return {
@@ -349,6 +424,8 @@ def _parity(model_path: Path, head_model, anom, extractor, recs) -> dict:
         "max_probability_diff": float(np.abs(p - ref_p).max()),
         "max_relative_score_diff": float((np.abs(sc - ref_s) / np.maximum(np.abs(ref_s), 1e-6)).max()),
         "min_embedding_cosine": float(cos.min()),
+        "max_band_level_diff": float(np.abs(b - np.asarray(bands)).max()),
+        "max_relative_fused_diff": float(max(fused_diff)),
     }
 
 

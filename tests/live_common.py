@@ -20,7 +20,7 @@ import numpy as np
 
 from fanwatch import audio, config, runtime, synth
 from fanwatch.card import ModelCard
-from fanwatch.runtime import Prediction
+from fanwatch.runtime import Prediction, StatelessAnomaly
 
 REPO = Path(__file__).resolve().parents[1]
 INFERENCE = REPO / "inference.py"
@@ -54,9 +54,10 @@ def _classifier(path: str):
 def offline(classifier, signal_16k: np.ndarray, hop: int = config.HOP_SAMPLES):
     """(ratios, labels) of every window, computed the training way (whole signal, frame_windows)."""
     ratios, labels = [], []
+    stream = classifier.anomaly_stream()  # one continuous recording: one anomaly state (the score's horizon)
     for window in audio.frame_windows(signal_16k, hop=hop):
         p = classifier.predict(window)
-        ratios.append(classifier.anomaly_ratio(p.anomaly_scores))
+        ratios.append(stream.update(p)[1])
         labels.append(classifier.labels[int(np.argmax(p.probabilities))])
     return np.array(ratios), labels
 
@@ -146,6 +147,8 @@ def model_copy(trained_model: Path, directory: Path, edit=None) -> Path:
     """The fixture model in ``directory`` with its card changed by ``edit(card)``."""
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(model_path(trained_model), directory / runtime.MODEL_NAME)
+    if (trained_model / runtime.SCORER_NAME).is_file():  # the anomaly score's numpy state travels with the model
+        shutil.copy(trained_model / runtime.SCORER_NAME, directory / runtime.SCORER_NAME)
     card = json.loads((trained_model / runtime.CARD_NAME).read_text())
     if edit is not None:
         edit(card)
@@ -191,3 +194,9 @@ class StubClassifier:
 
     def anomaly_ratio(self, scores) -> float:
         return self.anomaly(scores)[1]
+
+    def anomaly_stream(self):
+        return StatelessAnomaly(self)
+
+    def scoring(self) -> dict:
+        return {"machine": None, "unknown_machine": False, "scored_as": "default", "rule": "stub"}

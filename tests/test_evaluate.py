@@ -107,7 +107,7 @@ def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     # labels fan_normal / fan_anomaly are not the model's: classification is not defined, said so
     assert m["accuracy"] is None and m["macro_f1"] is None
     assert any("classification metrics not defined" in n for n in m["notes"])
-    # machine ids the model does not know are scored against the closest known machine
+    # machine ids the model does not know are scored against the pooled normal reference (ratio units)
     assert m["unknown_machines"] == ["fan/id_00", "fan/id_02"]
     assert set(m["per_machine"]) == {"fan/id_00", "fan/id_02"}
     for block in m["per_machine"].values():

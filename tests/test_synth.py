@@ -364,3 +364,69 @@ def test_cli_help_and_error(tmp_path, capsys):
     assert synth.main([str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and str(tmp_path) in err and "\n" not in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# recording sessions
+
+
+def test_sessions_layout_is_session_disjoint_dcase(tmp_path):
+    out = tmp_path / "s"
+    counts = synth.generate_dataset(out, layout="dcase", seconds=0.5, files_per_state=4, files_per_fault=5,
+                                    sessions=3, progress=False)
+    assert counts == {"id_00/train/normal": 4, "id_00/test/normal": 5, "id_00/test/anomaly": 5,
+                      "id_02/train/normal": 4, "id_02/test/normal": 5, "id_02/test/anomaly": 5}
+    manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
+    sessions = manifest["file_sessions"]
+    assert set(sessions) == set(_wavs(out))
+    train = {s for f, s in sessions.items() if "/train/" in f}
+    test = {s for f, s in sessions.items() if "/test/" in f}
+    assert train == {0, 1} and test == {2}  # the test day is never heard in training
+    assert manifest["settings"]["sessions"] == 3 and set(manifest["sessions"]) == {
+        f"{m}/{i}" for m in ("id_00", "id_02") for i in range(3)}
+    # the test anomalies take every fault, the subtle one included
+    from fanwatch import datasets
+
+    recs = datasets.scan(out)
+    assert {r.subset for r in recs} == {"train", "test"} and not any(not r.normal for r in recs if r.subset == "train")
+
+
+def test_sessions_fix_gain_and_room_and_files_keep_small_jitter():
+    a, b = synth.draw_session(7, 0, "id_00"), synth.draw_session(7, 1, "id_00")
+    assert a == synth.draw_session(7, 0, "id_00") and a != b and a != synth.draw_session(7, 0, "id_02")
+    infos = [synth.render_with_info("low_speed", 0.5, i, session=a)[1] for i in range(6)]
+    gains = [i.gain_db for i in infos]
+    assert max(abs(g - a.gain_db) for g in gains) <= synth.SESSION_JITTER["gain_db"] + 1e-9
+    assert all(i.details["session"] == 0 for i in infos)
+    # without a session the per-file gain spreads much wider
+    free = [synth.render_with_info("low_speed", 0.5, i)[1].gain_db for i in range(12)]
+    assert np.ptp(free) > 3 * np.ptp(gains)
+    # same-session files share the room tone (background slope, distant machine)
+    assert len({i.details["bg_slope"] for i in infos}) == 1 and len({i.details["distant_hz"] for i in infos}) == 1
+
+
+def test_wear_fault_changes_one_band_by_a_few_db_and_little_else():
+    """wear = the same healthy sound with a few dB more in one band and a dB or two of level."""
+    session = synth.draw_session(1, 0, "id_00")
+    for seed in range(4):
+        worn, info = synth.render_with_info("wear", 4.0, seed, snr_db=40.0, session=session)
+        healthy = synth.render(info.state, 4.0, seed, snr_db=40.0, session=session)
+        f, pw = _power_spectrum(worn)
+        _, ph = _power_spectrum(healthy)
+        centre = info.details["band_hz"]
+        band = (f > centre / 2 ** 0.25) & (f < centre * 2 ** 0.25)
+        rise = 10 * np.log10(pw[band].sum() / ph[band].sum())
+        level = _db(worn) - _db(healthy)
+        assert 3.0 <= rise <= 9.0, rise
+        assert 0.5 <= level <= 5.0, level
+        far = (f > 50) & ((f < centre / 4) | (f > centre * 4)) & (f < 7000)
+        assert abs(10 * np.log10(pw[far].sum() / ph[far].sum()) - info.details["level_rise_db"]) < 1.0
+
+
+def test_sessions_need_the_dcase_layout(tmp_path):
+    with pytest.raises(FanwatchError, match="dcase"):
+        synth.generate_dataset(tmp_path / "x", layout="mimii", sessions=2, progress=False)
+    with pytest.raises(FanwatchError, match="sessions"):
+        synth.generate_dataset(tmp_path / "y", layout="dcase", sessions=0, progress=False)
+    with pytest.raises(FanwatchError, match="machine_ids"):
+        synth.generate_dataset(tmp_path / "z", layout="dcase", machine_ids=("id_99",), sessions=2, progress=False)

@@ -39,8 +39,13 @@ class Classifier(Protocol):
     def predict(self, window: np.ndarray):
         """An object with ``probabilities`` [n_labels] and ``anomaly_scores`` [n_machines]."""
 
-    def anomaly(self, scores: np.ndarray) -> tuple[int, float]:
-        """(machine whose threshold applies, score / threshold)."""
+    def scoring(self) -> dict:
+        """Which normal reference the anomaly score compares with (``unknown_machine``, ``scored_as``, ``rule``)."""
+
+    def anomaly_stream(self):
+        """A new anomaly state for one continuous segment: ``update(prediction)`` -> (machine index, score /
+        threshold), ``reset()``. The deployed score (fanwatch.scorer) averages over a horizon of windows, so it
+        has state; :class:`fanwatch.runtime.StatelessAnomaly` wraps a per-window rule."""
 
 
 @dataclass
@@ -61,7 +66,9 @@ class WindowResult:
     events: list = field(default_factory=list)
     probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
-    machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to
+    machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to; -1: pooled reference
+    embedding: np.ndarray | None = field(default=None, repr=False)  # the model's outputs the score is computed from
+    band_levels: np.ndarray | None = field(default=None, repr=False)
 
     def record(self) -> dict:
         return {"type": "window", "t": round(self.t, 3), "label": self.label,
@@ -69,7 +76,7 @@ class WindowResult:
                 "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
                 "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
                 "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
-                "gap_restarts": self.gap_restarts}
+                "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0}
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
@@ -132,6 +139,7 @@ class Analyzer:
         self._next_start = 0  # absolute index where the next window starts
         self._total = 0  # 16 kHz samples produced so far (over all segments)
         self._arrivals: deque = deque()  # (absolute end index of a block's output, its arrival time)
+        self._anomaly = classifier.anomaly_stream()  # the score's horizon restarts with every segment
 
     # -- the public streaming API
 
@@ -150,6 +158,7 @@ class Analyzer:
         carry on). Call it when audio was lost; :meth:`finish` first keeps the segment's last windows."""
         if self._resampler is not None:
             self._resampler.reset()
+        self._anomaly.reset()
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = self._next_start = self._total
         self._arrivals.clear()
@@ -249,7 +258,7 @@ class Analyzer:
         scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
         best = int(np.argmax(probabilities))
         label = clf.labels[best]
-        machine, ratio = clf.anomaly(scores)
+        machine, ratio = self._anomaly.update(prediction)
         ratio = float(ratio) / self.threshold_scale
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
@@ -266,4 +275,6 @@ class Analyzer:
         return WindowResult(t=t, label=label, confidence=float(probabilities[best]), anomaly=ratio,
                             anomalous=ratio >= 1.0, state=self.states.state, alert=self.alerts.active,
                             inference_ms=inference_ms, latency_ms=latency_ms, gap_restarts=self.gap_restarts,
-                            events=events, probabilities=probabilities, scores=scores, machine=int(machine))
+                            events=events, probabilities=probabilities, scores=scores, machine=int(machine),
+                            embedding=prediction.embedding,
+                            band_levels=prediction.band_levels)

@@ -94,6 +94,7 @@ class Reporter:
             alert = " ALERT" if result.alert else "      "
             extra = f"  drops {result.drops}" if result.drops else ""
             extra += f"  overflows {result.overflows}" if result.overflows else ""
+            extra += "  (unknown machine: pooled reference)" if result.machine < 0 else ""
             line = (f"{clock}  t={result.t:8.2f}s  {result.label:<16s} {result.confidence:4.2f}  "
                     f"anomaly {result.anomaly:5.2f} {flag}{alert}  {result.inference_ms:6.1f} ms  "
                     f"latency {result.latency_ms:5.0f} ms  queue {result.queue}{extra}")
@@ -121,7 +122,9 @@ def _describe(r: dict) -> str:
         mix = "mean of the channels" if channel == "mean" else f"channel {channel}"
         return (f"fanwatch listening: {r.get('source')} | model {r.get('model')} ({r.get('runtime')}, "
                 f"{r.get('threads')} thread(s)) | {mix} ({r.get('channel_from')}) | hop {r.get('hop_s')} s | "
-                f"alert {r.get('alert')} | audio stays in memory, nothing is recorded or sent")
+                f"alert {r.get('alert')} | audio stays in memory, nothing is recorded or sent"
+                + (f" | UNKNOWN MACHINE {r.get('machine_id') or '(none given)'}: scored against the "
+                   f"{(r.get('scoring') or {}).get('scored_as')}" if r.get("unknown_machine") else ""))
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"
     if e == "alert_raised":

@@ -127,12 +127,14 @@ def start_record(settings: LoopSettings, classifier: Classifier, source_name: st
     flat = {name: (str(v) if isinstance(v, Path) else v)
             for group in dataclasses.asdict(settings).values() for name, v in group.items()}
     flat.update(model=flat.pop("path"), **dataclasses.asdict(counts))
+    scoring = classifier.scoring()
     return {
         "source": source_name, "model": str(m.path), "model_sha256": model_sha,
         "runtime": classifier.runtime, "threads": m.threads,
         "labels": list(classifier.labels), "machines": list(card.machines) if card else [],
         "thresholds": card.thresholds_by_machine() if card else None,
         "threshold_method": card.threshold_method if card else None,
+        "scoring": scoring, "unknown_machine": bool(scoring.get("unknown_machine")), "machine_id": m.machine,
         "hop_s": m.hop, "hop_from": hop_from, "alert": f"{counts.alert_n} of {counts.alert_m}",
         "alert_window_s": d.alert_window, "alert_after_s": d.alert_after, "clear_allow_s": d.clear_allow,
         "threshold_scale": d.threshold_scale, "state_k": counts.state_k, "state_after_s": d.state_after,

@@ -1,0 +1,537 @@
+"""The deployed anomaly score: YAMNet embedding and spectral shape together, over a few seconds (numpy only).
+
+The model outputs, per 0.975 s window, the 1024-d YAMNet ``embedding`` and the ``band_levels`` its own
+front end computed (:mod:`fanwatch.spectral`). This module turns them into one anomaly score per window,
+per machine, fitted on normal recordings only. It runs on the Pi (numpy, no TensorFlow, scipy or
+scikit-learn) and in evaluation through the same code path, so what is evaluated is what runs.
+
+Components (each a k = 5 nearest-neighbour distance to that machine's normal training windows):
+
+``embedding``
+    mean cosine distance of the window's embedding to the 5 nearest normal embeddings (a seeded bank
+    of at most 1024 windows), its median over the last ``horizon`` windows.
+``shape``
+    the spectral shape: log power of the 64 linear bands minus its mean over the bands (so the
+    microphone gain and overall level cancel), its median over the last ``horizon`` windows, z-scored per
+    band on the normal training windows (standard deviation floored at 0.1, about 0.4 dB, so a band that
+    never moves in training cannot dominate), mean Euclidean distance to the 5 nearest.
+``level`` and ``bands`` (options, off by default)
+    the window level in dB (std floored at 1 dB), and the absolute band log powers plus level.
+
+Each component is divided by its scale, the 95th percentile of its scores on the machine's normal
+training windows computed leave-one-file-out (each file against the others), so 1 means "as far as
+another normal recording"; the components are combined as a weighted geometric mean (default weights
+embedding 2/3, shape 1/3). Thresholds: per machine, from the combined scores of normal validation
+recordings only (a gamma distribution's 1 - rate quantile, method of moments, numpy), never from
+anomalous audio. The window record's ``anomaly`` is score / threshold, 1.0 = the per-window threshold.
+
+Why this one (``bench/anomaly_methods.py``, synthetic recording sessions with a test day never heard in
+training, 2 seeds x 2 machines at +6 and 0 dB, and the real sets in ../shared/realdata): absolute
+spectra (the long-term-average-spectrum baseline, absolute band k-NN, level) were near chance across
+sessions, because a 1-2 dB change of microphone gain or room moves every band together and the
+z-scored distance adds it up over 64 bands; the spectral *shape* cancels the gain and kept most of
+what the spectrum knows. The embedding alone was the best single component on the real clips; an
+arithmetic mean with the shape lost where the shape is misled (a reference from another unit, the
+MIMII leave-one-out sets), the geometric mean did not (a component far off counts by its logarithm).
+A horizon of 8 windows (4.5 s) raised window-level AUC to about the file level at no file-level cost;
+16 gave no more. The measured table and the command are in the README.
+
+Machines the model does not know: scored against the *pooled* normal reference of all known machines
+(``POOLED``: the union of their normal windows, its own scales and its own threshold from all
+validation normals). The earlier rule, the smallest score/threshold over the known machines, let an
+unknown machine's fault hide behind whichever known machine it happened to resemble, or behind the one
+with the loosest threshold; the pooled reference has one scale and one threshold, so a sound unlike
+every known normal sound scores high (an unknown machine may raise false alarms until it is enrolled;
+it never has its faults explained away).
+
+Enrollment API (on the Pi, numpy only; the alerts helper builds the site workflow on it)::
+
+    scorer = Scorer.load(path)                       # the state train.py wrote beside the model
+    files = [(embeddings, band_levels), ...]          # per enrollment recording, the model's outputs
+    enrolled = scorer.with_references("fan/site", files)            # add (or create) normal references
+    enrolled = enrolled.with_threshold("fan/site", held_apart_files)  # re-set the per-window threshold
+    enrolled.save(path2)
+    stream = enrolled.stream("fan/site"); ratio = stream.update(embedding, band_levels) / threshold
+
+``with_references`` keeps the machine's training references unless ``replace=True``, recomputes the
+z-scoring and the leave-one-file-out scales over all of them and keeps the old threshold until
+``with_threshold`` sets one from recordings held apart from the references (a threshold on the
+references themselves would be too low). Both return new scorers; a scorer is never changed in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from . import config, spectral
+from .errors import FanwatchError
+
+COMPONENTS = ("embedding", "shape", "level", "bands")
+DEFAULT_WEIGHTS = {"embedding": 2.0 / 3.0, "shape": 1.0 / 3.0}
+DEFAULT_HORIZON = 8  # windows: 8 x 0.5 s hop + 0.975 s = 4.5 s of audio
+KNN_K = 5
+EMBEDDING_BANK = 1024
+FEATURE_BANK = 4096
+STD_FLOOR = {"shape": 0.1, "level": 1.0, "bands": 0.1}
+SCALE_QUANTILE = 0.95
+POOLED = "*pooled*"
+FORMAT = "fanwatch-scorer/1"
+UNKNOWN_MACHINE_RULE = ("a recording of a machine the model does not know is scored against the pooled normal "
+                        "reference of all known machines, with its own threshold (never the closest known machine)")
+MIN_WINDOWS_FOR_GAMMA = 20
+DEFAULT_FALSE_ALARM_RATE = 0.01
+
+FileFeatures = tuple[np.ndarray, np.ndarray]  # ([n, 1024] embeddings, [n, BAND_FEATURES] band levels)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    weights: dict = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # component -> weight (sum 1)
+    horizon: int = DEFAULT_HORIZON
+    k: int = KNN_K
+
+    def __post_init__(self):
+        bad = [c for c in self.weights if c not in COMPONENTS]
+        if bad or not self.weights or any(w <= 0 for w in self.weights.values()):
+            raise FanwatchError(f"score components must be some of {', '.join(COMPONENTS)} with positive weights, "
+                                f"not {self.weights}")
+        if not isinstance(self.horizon, int) or self.horizon < 1 or self.k < 1:
+            raise FanwatchError(f"score horizon and k must be at least 1 (horizon {self.horizon}, k {self.k})")
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        return tuple(c for c in COMPONENTS if c in self.weights)
+
+    def as_dict(self) -> dict:
+        total = sum(self.weights.values())
+        return {"weights": {c: self.weights[c] / total for c in self.components}, "horizon": self.horizon,
+                "k": self.k}
+
+
+def parse_components(text: str) -> dict:
+    """'embedding:2,shape:1' or 'embedding,shape' (equal weights) -> weights dict."""
+    out = {}
+    for part in str(text).split(","):
+        name, _, weight = part.strip().partition(":")
+        if not name:
+            continue
+        try:
+            out[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise FanwatchError(f"bad score component weight in {text!r} (use e.g. embedding:2,shape:1)") from None
+    ScoreConfig(weights=out)
+    return out
+
+
+def features(component: str, bands: np.ndarray) -> np.ndarray:
+    """[n, d] per-window features of a band-based component from [n, BAND_FEATURES] band levels."""
+    b = np.asarray(bands, np.float64)
+    lin = b[:, spectral.LINEAR_SLICE]
+    if component == "shape":
+        return lin - lin.mean(axis=1, keepdims=True)
+    if component == "level":
+        return b[:, spectral.LEVEL_INDEX:spectral.LEVEL_INDEX + 1]
+    if component == "bands":
+        return np.concatenate([lin, b[:, spectral.LEVEL_INDEX:spectral.LEVEL_INDEX + 1]], axis=1)
+    raise FanwatchError(f"no band features for component {component!r}")
+
+
+def running_median(x: np.ndarray, horizon: int) -> np.ndarray:
+    """Causal median over the last ``horizon`` rows (fewer at the start), rows in order, per column.
+
+    A median, not a mean: one odd window (a start-up glitch of the sound card, a door slam) then moves
+    none of the next ``horizon`` scores once three windows are in the horizon."""
+    x = np.asarray(x, np.float64)
+    return np.stack([np.median(x[max(0, i + 1 - horizon):i + 1], axis=0) for i in range(len(x))]) if len(x) \
+        else x.copy()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _knn_cosine(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Mean cosine distance to the k nearest bank rows (rows unit-norm); exclude: [n_q, n_bank] mask."""
+    sims = _unit(queries) @ bank.T
+    if exclude is not None:
+        sims = np.where(exclude, -np.inf, sims)
+    k = min(k, bank.shape[0])
+    top = -np.sort(-sims, axis=1)[:, :k]
+    return 1.0 - top.mean(axis=1)
+
+
+def _knn_euclid(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    q = np.asarray(queries, np.float64)
+    d2 = (q * q).sum(1)[:, None] + (bank * bank).sum(1)[None, :] - 2.0 * q @ bank.T
+    d = np.sqrt(np.maximum(d2, 0.0))
+    if exclude is not None:
+        d = np.where(exclude, np.inf, d)
+    k = min(k, bank.shape[0])
+    return np.sort(d, axis=1)[:, :k].mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One machine's (or the pooled) normal references, with the file each row came from."""
+
+    embeddings: np.ndarray  # [n, 1024] unit-norm float32
+    embedding_files: np.ndarray  # [n] int, file id of each row
+    feature_rows: dict  # component -> [m, d] horizon-averaged features (not z-scored), float32
+    feature_files: np.ndarray  # [m] int
+    mean: dict  # component -> [d]
+    std: dict  # component -> [d]
+    scales: dict  # component -> float
+    files: int
+
+    def z(self, component: str, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float64) - self.mean[component]) / self.std[component]
+
+    @cached_property
+    def bank(self) -> np.ndarray:
+        """The embedding references in float64 (converted once; float32 products of one row and of a batch
+        differ by 1e-5 relative in a cosine distance near 0, which would break stream/file parity)."""
+        return self.embeddings.astype(np.float64)
+
+    @cached_property
+    def z_rows(self) -> dict:
+        """component -> the z-scored reference rows (computed once)."""
+        return {c: self.z(c, r) for c, r in self.feature_rows.items()}
+
+
+def _file_rows(files: list[FileFeatures], component: str, horizon: int) -> list[np.ndarray]:
+    return [running_median(features(component, b), horizon) for _, b in files]
+
+
+def _subsample(n: int, limit: int, rng: np.random.Generator) -> np.ndarray:
+    return np.arange(n) if n <= limit else np.sort(rng.choice(n, limit, replace=False))
+
+
+def _build_reference(emb_rows, emb_files, feat_rows, feat_files, cfg: ScoreConfig, n_files: int) -> Reference:
+    """Statistics and leave-one-file-out scales of a set of reference rows."""
+    mean, std = {}, {}
+    for c, rows in feat_rows.items():
+        mean[c] = rows.mean(axis=0)
+        std[c] = np.maximum(rows.std(axis=0), STD_FLOOR[c])
+    ref = Reference(embeddings=emb_rows.astype(np.float32), embedding_files=emb_files.astype(np.int64),
+                    feature_rows={c: r.astype(np.float32) for c, r in feat_rows.items()},
+                    feature_files=feat_files.astype(np.int64), mean=mean, std=std, scales={}, files=int(n_files))
+    scales = {}
+    for c in cfg.components:
+        raw = _lofo_scores(ref, c, cfg)
+        scale = float(np.quantile(raw, SCALE_QUANTILE)) if len(raw) else 1.0
+        scales[c] = scale if np.isfinite(scale) and scale > 1e-9 else 1.0
+    return replace(ref, scales=scales)
+
+
+def _lofo_scores(ref: Reference, component: str, cfg: ScoreConfig) -> np.ndarray:
+    """Scores of the reference rows against the rows of the other files (one file: the other half of it)."""
+    if component == "embedding":
+        files, rows = ref.embedding_files, ref.bank
+    else:
+        files, rows = ref.feature_files, ref.z_rows[component]
+    ids = np.unique(files)
+    if len(ids) < 2:  # one file: its first half against its second half and back
+        half = np.arange(len(files)) >= len(files) // 2
+        files = half.astype(np.int64)
+        if len(np.unique(files)) < 2:
+            return np.zeros(0)
+    exclude = files[:, None] == files[None, :]
+    if component == "embedding":
+        return _knn_cosine(rows, rows, cfg.k, exclude)
+    return _knn_euclid(rows, rows, cfg.k, exclude)
+
+
+def _gamma_quantile(scores: np.ndarray, q: float) -> tuple[float, str]:
+    """(threshold, rule): a gamma distribution's q quantile (method of moments, location just below the
+    smallest score, Wilson-Hilferty quantile), else the empirical quantile (few windows or an implausible fit)."""
+    s = np.asarray(scores, np.float64)
+    empirical = float(np.quantile(s, q, method="higher"))
+    if len(s) < MIN_WINDOWS_FOR_GAMMA or np.ptp(s) <= 0:
+        return empirical, "empirical quantile"
+    loc = float(s.min()) - 1e-3 * float(np.ptp(s))
+    x = s - loc
+    mean, var = float(x.mean()), float(x.var())
+    if var <= 0:
+        return empirical, "empirical quantile"
+    shape, scale = mean * mean / var, var / mean
+    z = _normal_quantile(q)
+    h = 1.0 / (9.0 * shape)
+    value = loc + shape * scale * max(1.0 - h + z * math.sqrt(h), 0.0) ** 3
+    if not np.isfinite(value) or not np.quantile(s, 0.9) <= value <= 1.5 * float(s.max()) + abs(loc):
+        return empirical, "empirical quantile"
+    return float(value), "gamma fit (moments)"
+
+
+def _normal_quantile(p: float) -> float:
+    """Inverse standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
+         -3.066479806614716e01, 2.506628277459239e00)
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
+         -1.328068155288572e01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
+         4.374664141464968e00, 2.938163982698783e00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
+    if p < 0.02425:
+        q = math.sqrt(-2 * math.log(p))
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    if p > 1 - 0.02425:
+        return -_normal_quantile(1 - p)
+    q = p - 0.5
+    r = q * q
+    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Per-machine normal references (plus the pooled one), the score's settings and its thresholds."""
+
+    config: ScoreConfig
+    references: dict  # name -> Reference; POOLED always present
+    thresholds: dict = field(default_factory=dict)  # name -> float
+    threshold_info: dict = field(default_factory=dict)  # name -> {rule, windows, source}
+
+    @property
+    def machines(self) -> list[str]:
+        return [m for m in self.references if m != POOLED]
+
+    # ---- fitting (training side, and enrollment) ----------------------------------------------------
+
+    @classmethod
+    def fit(cls, files_by_machine: dict, config: ScoreConfig | None = None, seed: int = 0) -> Scorer:
+        """Fit on normal recordings only: ``{machine: [(embeddings, band_levels), ...]}``, one tuple per file."""
+        cfg = config or ScoreConfig()
+        if not files_by_machine:
+            raise FanwatchError("no normal training recordings: the anomaly score needs some to learn from")
+        refs = {}
+        for name in sorted(files_by_machine):
+            files = [f for f in files_by_machine[name] if len(f[0])]
+            if sum(len(f[0]) for f in files) < cfg.k:
+                raise FanwatchError(f"machine {name}: only {sum(len(f[0]) for f in files)} normal window(s), "
+                                    f"need at least {cfg.k} to fit")
+            refs[name] = cls._reference_of(files, cfg, seed, name)
+        pooled = [f for name in sorted(files_by_machine) for f in files_by_machine[name] if len(f[0])]
+        refs[POOLED] = refs[next(iter(refs))] if len(refs) == 1 else cls._reference_of(pooled, cfg, seed, POOLED)
+        return cls(cfg, refs)
+
+    @staticmethod
+    def _reference_of(files: list[FileFeatures], cfg: ScoreConfig, seed: int, name: str,
+                      base: Reference | None = None) -> Reference:
+        import zlib
+
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        offset = 0 if base is None else int(max(base.embedding_files.max(initial=-1),
+                                                base.feature_files.max(initial=-1)) + 1)
+        emb = np.concatenate([_unit(e) for e, _ in files]) if files else np.zeros((0, config.EMBEDDING_DIM))
+        emb_files = np.concatenate([np.full(len(e), offset + i) for i, (e, _) in enumerate(files)]) \
+            if files else np.zeros(0, np.int64)
+        band_components = [c for c in cfg.components if c != "embedding"]
+        feat = {c: np.concatenate(_file_rows(files, c, cfg.horizon)) if files else None for c in band_components}
+        feat_files = emb_files.copy()
+        if base is not None:
+            emb = np.concatenate([base.embeddings, emb]) if len(emb) else base.embeddings
+            emb_files = np.concatenate([base.embedding_files, emb_files])
+            for c in band_components:
+                feat[c] = np.concatenate([base.feature_rows[c], feat[c]]) if feat[c] is not None else \
+                    base.feature_rows[c]
+            feat_files = np.concatenate([base.feature_files, feat_files])
+        keep = _subsample(len(emb), EMBEDDING_BANK, rng)
+        keep_f = _subsample(len(feat_files), FEATURE_BANK, rng)
+        n_files = len(np.unique(emb_files))
+        return _build_reference(emb[keep], emb_files[keep], {c: feat[c][keep_f] for c in band_components},
+                                feat_files[keep_f], cfg, n_files)
+
+    def with_references(self, machine: str, files: list[FileFeatures], replace_existing: bool = False,
+                        seed: int = 0) -> Scorer:
+        """A scorer whose ``machine`` also (or, with replace_existing, only) has these normal recordings as
+        references; a new machine name creates it (its threshold is the pooled one until with_threshold)."""
+        files = [f for f in files if len(f[0])]
+        if not files:
+            raise FanwatchError(f"enrollment of {machine}: no window to add")
+        base = None if replace_existing or machine not in self.references or machine == POOLED \
+            else self.references[machine]
+        ref = self._reference_of(files, self.config, seed, machine, base)
+        refs = dict(self.references)
+        refs[machine] = ref
+        if len(self.machines) == 1 and machine in self.machines:
+            refs[POOLED] = ref
+        thresholds = dict(self.thresholds)
+        info = dict(self.threshold_info)
+        if machine not in thresholds and POOLED in thresholds:
+            thresholds[machine] = thresholds[POOLED]
+        if machine in thresholds:
+            info[machine] = {**info.get(machine, {}), "note": "references changed after the threshold was set; "
+                             "re-set it with with_threshold on held-apart normal recordings"}
+        return Scorer(self.config, refs, thresholds, info)
+
+    def with_threshold(self, machine: str, files: list[FileFeatures],
+                       false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> Scorer:
+        """A scorer whose ``machine`` threshold is re-set on normal recordings held apart from its references."""
+        scores = np.concatenate([self.score_file(machine, e, b) for e, b in files if len(e)]) if files else []
+        if len(scores) == 0:
+            raise FanwatchError(f"threshold of {machine}: no window of normal audio to set it on")
+        value, rule = _gamma_quantile(scores, 1.0 - false_alarm_rate)
+        return Scorer(self.config, self.references, {**self.thresholds, machine: value},
+                      {**self.threshold_info, machine: {"rule": rule, "windows": len(scores),
+                                                        "target_false_alarm_rate": false_alarm_rate}})
+
+    def set_thresholds(self, files_by_machine: dict, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+                       source: str = "validation normal windows") -> Scorer:
+        """Thresholds of every machine and of the pooled reference from normal validation recordings."""
+        thresholds, info = {}, {}
+        for name in [*self.machines, POOLED]:
+            files = [f for m, fs in files_by_machine.items() for f in fs if name == POOLED or m == name]
+            scores = [self.score_file(name, e, b) for e, b in files if len(e)]
+            if not scores:
+                raise FanwatchError(
+                    f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
+                    "training recordings would be too low); add normal recordings of it or raise --val-fraction")
+            s = np.concatenate(scores)
+            value, rule = _gamma_quantile(s, 1.0 - false_alarm_rate)
+            thresholds[name] = value
+            info[name] = {"threshold": value, "rule": rule, "windows": len(s), "source": source,
+                          "empirical_quantile": float(np.quantile(s, 1.0 - false_alarm_rate, method="higher"))}
+        return Scorer(self.config, self.references, thresholds, info)
+
+    # ---- scoring ------------------------------------------------------------------------------------
+
+    def resolve(self, machine: str | None) -> str:
+        """The reference a recording of ``machine`` is scored against: its own, else the pooled one."""
+        return machine if machine in self.references and machine != POOLED else POOLED
+
+    def component_scores(self, machine: str | None, embeddings: np.ndarray, bands: np.ndarray) -> dict:
+        """Raw per-window component scores of one recording, windows in order (the horizon path)."""
+        ref = self.references[self.resolve(machine)]
+        out = {}
+        for c in self.config.components:
+            if c == "embedding":
+                out[c] = running_median(_knn_cosine(ref.bank, embeddings, self.config.k), self.config.horizon)
+            else:
+                rows = running_median(features(c, bands), self.config.horizon)
+                out[c] = _knn_euclid(ref.z_rows[c], ref.z(c, rows), self.config.k)
+        return out
+
+    def combine(self, machine: str | None, components: dict) -> np.ndarray:
+        ref = self.references[self.resolve(machine)]
+        total = sum(self.config.weights.values())
+        log = 0.0
+        for c in self.config.components:
+            ratio = np.maximum(np.asarray(components[c], np.float64) / ref.scales[c], 1e-6)
+            log = log + (self.config.weights[c] / total) * np.log(ratio)
+        return np.exp(log)
+
+    def score_file(self, machine: str | None, embeddings: np.ndarray, bands: np.ndarray) -> np.ndarray:
+        """[n] window scores of one continuous recording (what a stream reset at its start gives)."""
+        if len(embeddings) == 0:
+            return np.zeros(0)
+        return self.combine(machine, self.component_scores(machine, embeddings, bands))
+
+    def threshold(self, machine: str | None) -> float:
+        name = self.resolve(machine)
+        if name not in self.thresholds:
+            raise FanwatchError(f"the anomaly score has no threshold for {name}")
+        return float(self.thresholds[name])
+
+    def stream(self, machine: str | None) -> ScoreStream:
+        return ScoreStream(self, self.resolve(machine))
+
+    # ---- saving -------------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        arrays = {}
+        names = list(self.references)
+        for i, name in enumerate(names):
+            r = self.references[name]
+            arrays[f"r{i}_embeddings"] = r.embeddings
+            arrays[f"r{i}_embedding_files"] = r.embedding_files
+            arrays[f"r{i}_feature_files"] = r.feature_files
+            for c in r.feature_rows:
+                arrays[f"r{i}_{c}_rows"] = r.feature_rows[c]
+                arrays[f"r{i}_{c}_mean"] = r.mean[c]
+                arrays[f"r{i}_{c}_std"] = r.std[c]
+        meta = {"format": FORMAT, "config": {"weights": self.config.weights, "horizon": self.config.horizon,
+                                             "k": self.config.k},
+                "references": [{"name": n, "scales": self.references[n].scales, "files": self.references[n].files,
+                                "components": list(self.references[n].feature_rows)} for n in names],
+                "thresholds": self.thresholds, "threshold_info": self.threshold_info}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scorer:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as d:
+                meta = json.loads(str(d["meta"]))
+                if meta.get("format") != FORMAT:
+                    raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+                cfg = ScoreConfig(weights=dict(meta["config"]["weights"]), horizon=int(meta["config"]["horizon"]),
+                                  k=int(meta["config"]["k"]))
+                refs = {}
+                for i, r in enumerate(meta["references"]):
+                    comps = r["components"]
+                    refs[r["name"]] = Reference(
+                        embeddings=d[f"r{i}_embeddings"], embedding_files=d[f"r{i}_embedding_files"],
+                        feature_rows={c: d[f"r{i}_{c}_rows"] for c in comps},
+                        feature_files=d[f"r{i}_feature_files"],
+                        mean={c: d[f"r{i}_{c}_mean"] for c in comps}, std={c: d[f"r{i}_{c}_std"] for c in comps},
+                        scales={c: float(v) for c, v in r["scales"].items()}, files=int(r["files"]))
+        except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise FanwatchError(f"{path}: not a readable anomaly-score state ({exc})") from None
+        if POOLED not in refs:
+            raise FanwatchError(f"{path}: anomaly-score state without the pooled reference")
+        return cls(cfg, refs, {k: float(v) for k, v in meta.get("thresholds", {}).items()},
+                   dict(meta.get("threshold_info", {})))
+
+    def describe(self) -> dict:
+        return {"config": self.config.as_dict(), "machines": self.machines, "pooled": POOLED,
+                "scales": {n: r.scales for n, r in self.references.items()},
+                "reference_windows": {n: len(r.embeddings) for n, r in self.references.items()},
+                "reference_files": {n: r.files for n, r in self.references.items()}}
+
+
+class ScoreStream:
+    """Running state of one continuous recording: feed windows in order, get their scores.
+
+    ``update`` gives exactly what ``Scorer.score_file`` gives for the same windows after a ``reset``
+    (the live loop resets at a gap in the audio, so no horizon spans a gap).
+    """
+
+    def __init__(self, scorer: Scorer, name: str):
+        self.scorer, self.name = scorer, name
+        self.reference = scorer.references[name]
+        self.reset()
+
+    def reset(self) -> None:
+        h = self.scorer.config.horizon
+        self._emb = deque(maxlen=h)
+        self._rows = {c: deque(maxlen=h) for c in self.scorer.config.components if c != "embedding"}
+
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold(self.name)
+
+    def update(self, embedding: np.ndarray, band_levels: np.ndarray) -> float:
+        cfg, ref = self.scorer.config, self.reference
+        comps = {}
+        for c in cfg.components:
+            if c == "embedding":
+                self._emb.append(float(_knn_cosine(ref.bank, np.asarray(embedding)[None, :], cfg.k)[0]))
+                comps[c] = np.array([np.median(np.asarray(self._emb, np.float64))])
+            else:
+                self._rows[c].append(features(c, np.asarray(band_levels)[None, :])[0])
+                row = np.median(np.stack(self._rows[c]), axis=0)
+                comps[c] = _knn_euclid(ref.z_rows[c], ref.z(c, row[None, :]), cfg.k)
+        return float(self.scorer.combine(self.name, comps)[0])

@@ -1,0 +1,181 @@
+"""The deployed anomaly score (fanwatch.scorer) and the baselines (fanwatch.baselines), on seeded data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fanwatch import baselines, config, scorer, spectral
+from fanwatch.errors import FanwatchError
+
+D = config.EMBEDDING_DIM
+
+
+def _machine(rng, centre_emb, profile, n_files=6, n_windows=12, spread=0.05):
+    """Normal recordings of one machine: embeddings near a direction, band levels near a profile."""
+    files = []
+    for _ in range(n_files):
+        e = np.abs(centre_emb + spread * rng.standard_normal((n_windows, D))).astype(np.float32)
+        b = (profile + spread * rng.standard_normal((n_windows, spectral.BAND_FEATURES))).astype(np.float32)
+        files.append((e, b))
+    return files
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    centres = {name: np.abs(rng.standard_normal(D)) for name in ("a", "b")}
+    profiles = {name: rng.normal(-8.0, 2.0, spectral.BAND_FEATURES) for name in ("a", "b")}
+    train = {m: _machine(rng, centres[m], profiles[m]) for m in centres}
+    val = {m: _machine(rng, centres[m], profiles[m], n_files=3) for m in centres}
+    sc = scorer.Scorer.fit(train).set_thresholds(val)
+    return sc, rng, centres, profiles
+
+
+def test_stream_gives_what_score_file_gives_and_reset_restarts_the_horizon(fitted):
+    sc, rng, centres, profiles = fitted
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=20)[0]
+    offline = sc.score_file("a", e, b)
+    stream = sc.stream("a")
+    online = np.array([stream.update(e[i], b[i]) for i in range(len(e))])
+    np.testing.assert_allclose(online, offline, rtol=1e-9)
+    stream.reset()
+    np.testing.assert_allclose([stream.update(e[i], b[i]) for i in range(5)], sc.score_file("a", e[:5], b[:5]),
+                               rtol=1e-9)
+    # the horizon really averages: a one-window horizon gives different scores
+    short = scorer.Scorer(scorer.ScoreConfig(horizon=1), sc.references, sc.thresholds)
+    assert not np.allclose(short.score_file("a", e, b), offline)
+
+
+def test_normal_scores_below_threshold_and_a_band_rise_above(fitted):
+    sc, rng, centres, profiles = fitted
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=16)[0]
+    normal = sc.score_file("a", e, b) / sc.threshold("a")
+    worn = b.copy()
+    worn[:, spectral.LINEAR_SLICE.start + 20:spectral.LINEAR_SLICE.start + 26] += np.log(10 ** 0.4)  # +4 dB, 6 bands
+    faulty = sc.score_file("a", e, worn) / sc.threshold("a")
+    assert normal[-8:].max() < 1.0 < faulty[-8:].min()
+    # the embedding-only score cannot see it: the embeddings did not change
+    emb_only = scorer.Scorer.fit({"a": _machine(np.random.default_rng(1), centres["a"], profiles["a"])},
+                                 scorer.ScoreConfig(weights={"embedding": 1.0}))
+    np.testing.assert_allclose(emb_only.score_file("a", e, b), emb_only.score_file("a", e, worn))
+
+
+def test_gain_change_alone_does_not_move_the_shape():
+    rng = np.random.default_rng(3)
+    b = rng.normal(-8, 2, (5, spectral.BAND_FEATURES))
+    louder = b.copy()
+    louder[:, spectral.LINEAR_SLICE] += np.log(10 ** 0.3)  # +3 dB in every band
+    np.testing.assert_allclose(scorer.features("shape", b), scorer.features("shape", louder))
+
+
+def test_save_and_load_give_the_same_scores(fitted, tmp_path):
+    sc, rng, centres, profiles = fitted
+    path = sc.save(tmp_path / "s.npz")
+    back = scorer.Scorer.load(path)
+    e, b = _machine(rng, centres["b"], profiles["b"], n_files=1)[0]
+    for name in ("a", "b", None, "never-seen"):
+        np.testing.assert_allclose(back.score_file(name, e, b), sc.score_file(name, e, b), rtol=1e-12)
+    assert back.thresholds == sc.thresholds and back.machines == ["a", "b"]
+    (tmp_path / "bad.npz").write_bytes(b"not a scorer")
+    with pytest.raises(FanwatchError, match="bad.npz"):
+        scorer.Scorer.load(tmp_path / "bad.npz")
+
+
+def test_unknown_machine_uses_the_pooled_reference_and_its_threshold(fitted):
+    sc, rng, centres, profiles = fitted
+    assert sc.resolve("c") == scorer.POOLED and sc.resolve(None) == scorer.POOLED and sc.resolve("a") == "a"
+    assert scorer.POOLED in sc.thresholds and sc.stream("c").threshold == sc.thresholds[scorer.POOLED]
+    # pooled references are all machines' normal windows: a known machine's normal sound is normal there
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1)[0]
+    assert (sc.score_file("c", e, b)[-4:] < sc.threshold("c")).all()
+
+
+def test_unknown_machine_fault_raises_its_pooled_score(fitted):
+    """An unknown machine is compared with one fixed reference (the pooled one) and one threshold, not window
+    by window with whichever known machine forgives most: its fault raises the score it gets."""
+    sc, rng, centres, profiles = fitted
+    e, b = _machine(rng, 0.5 * (centres["a"] + centres["b"]), profiles["a"], n_files=1, n_windows=16)[0]
+    faulty = b.copy()
+    faulty[:, spectral.LINEAR_SLICE.start + 10:spectral.LINEAR_SLICE.start + 16] += np.log(10 ** 0.5)  # +5 dB
+    normal_ratio = sc.score_file("unknown", e, b)[-8:] / sc.threshold("unknown")
+    faulty_ratio = sc.score_file("unknown", e, faulty)[-8:] / sc.threshold("unknown")
+    assert faulty_ratio.min() > normal_ratio.max() and faulty_ratio.min() >= 1.0
+    # and the pooled score is not the smallest of the per-machine ratios
+    old_rule = np.minimum(sc.score_file("a", e, faulty) / sc.threshold("a"),
+                          sc.score_file("b", e, faulty) / sc.threshold("b"))[-8:]
+    assert not np.allclose(old_rule, faulty_ratio)
+
+
+def test_enrollment_adds_references_and_resets_the_threshold(fitted):
+    sc, rng, centres, profiles = fitted
+    site_profile = profiles["a"] + rng.normal(0, 0.5, spectral.BAND_FEATURES)  # the same fan in another room
+    site = _machine(rng, centres["a"], site_profile, n_files=4)
+    held = _machine(rng, centres["a"], site_profile, n_files=2)
+    before = np.concatenate([sc.score_file("a", e, b) for e, b in held])
+    enrolled = sc.with_references("a", site)
+    assert enrolled is not sc and enrolled.references["a"].files == sc.references["a"].files + 4
+    assert "re-set" in enrolled.threshold_info["a"]["note"]
+    after = np.concatenate([enrolled.score_file("a", e, b) for e, b in held])
+    assert after.mean() < before.mean()
+    enrolled = enrolled.with_threshold("a", held)
+    assert enrolled.threshold_info["a"]["windows"] == sum(len(e) for e, _ in held)
+    assert (np.concatenate([enrolled.score_file("a", e, b) for e, b in held]) <= enrolled.threshold("a")).mean() > 0.9
+    # a new machine name creates it; its threshold is the pooled one until set
+    new = sc.with_references("site-fan", site)
+    assert "site-fan" in new.machines and new.threshold("site-fan") == sc.threshold(scorer.POOLED)
+    # the original is unchanged
+    assert sc.references["a"].files == 6 and "site-fan" not in sc.machines
+    with pytest.raises(FanwatchError, match="no window"):
+        sc.with_references("a", [])
+
+
+def test_score_config_rejects_bad_components():
+    assert scorer.parse_components("embedding:2,shape:1") == {"embedding": 2.0, "shape": 1.0}
+    for bad in ("loudness:1", "embedding:-1", "embedding:x"):
+        with pytest.raises(FanwatchError):
+            scorer.parse_components(bad)
+    with pytest.raises(FanwatchError):
+        scorer.ScoreConfig(horizon=0)
+
+
+def test_gamma_threshold_is_numpy_only_and_close_to_the_quantile():
+    rng = np.random.default_rng(2)
+    s = rng.gamma(4.0, 0.25, 5000) + 0.3
+    value, rule = scorer._gamma_quantile(s, 0.99)
+    assert rule.startswith("gamma") and abs(value - np.quantile(s, 0.99)) < 0.05 * np.quantile(s, 0.99)
+    assert scorer._gamma_quantile(s[:5], 0.99)[1] == "empirical quantile"
+    assert abs(scorer._normal_quantile(0.99) - 2.326347874) < 1e-6
+
+
+def test_band_level_reference_matches_hand_computation():
+    rng = np.random.default_rng(4)
+    window = rng.standard_normal(config.WINDOW_SAMPLES) * 0.1
+    mel = np.abs(rng.standard_normal((config.FFT_LENGTH // 2 + 1, config.MEL_BANDS)))
+    ref = spectral.reference(window, mel)[0]
+    assert ref.shape == (spectral.BAND_FEATURES,)
+    assert abs(ref[spectral.LEVEL_INDEX] - 10 * np.log10(np.mean(window ** 2))) < 1e-6
+    frame = window[:config.STFT_WINDOW] * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW)
+                                                              / config.STFT_WINDOW))
+    power = np.abs(np.fft.rfft(frame, config.FFT_LENGTH)) ** 2
+    first_band = np.log(power[1:5].sum() + spectral.POWER_FLOOR)
+    # the band feature is a mean over the 96 frames; the first frame's value is within the spread
+    assert abs(first_band - ref[spectral.LINEAR_SLICE.start]) < 3.0
+
+
+def test_baselines_are_the_documented_features():
+    sr = config.SAMPLE_RATE
+    t = np.arange(sr * 2) / sr
+    tone = 0.1 * np.sin(2 * np.pi * 1000 * t)
+    assert abs(baselines.loudness_db(tone)[0] - 10 * np.log10(0.005)) < 0.01
+    spec = baselines.ltas(tone)
+    # 8 bins (125 Hz) per band over bins 1..512: 1000 Hz is bin 62.5 -> band 7
+    assert spec.shape == (64,) and int(np.argmax(spec)) == (1000 // 16 - 1) // 8
+    normal = np.random.default_rng(0).normal(0, 1, (20, 3))
+    model = baselines.KnnBaseline.fit(normal)
+    near, far = model.score(np.zeros((1, 3))), model.score(np.full((1, 3), 5.0))
+    assert near[0] < far[0]
+    # k nearest, mean Euclidean distance on z-scored features
+    z = (normal - normal.mean(0)) / normal.std(0)
+    expected = np.sort(np.linalg.norm(z - (np.full(3, 5.0) - normal.mean(0)) / normal.std(0), axis=1))[:5].mean()
+    assert abs(far[0] - expected) < 1e-9
