@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fanwatch import anomaly, cli, datasets, export
+from fanwatch import anomaly, cli, datasets, evidence, export
 
 DEMO_DATA = Path("data/demo")
 
@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--false-alarm-rate", type=float, default=anomaly.DEFAULT_FALSE_ALARM_RATE,
                    help="target false alarms per window on normal validation data, sets the "
                         "thresholds (default 0.01)")
+    p.add_argument("--false-alerts-per-day", type=float, default=evidence.DEFAULT_FALSE_ALERTS_PER_DAY,
+                   help="target false alerts per day of the live alert rule: its evidence threshold is set by "
+                        "replaying the normal validation recordings through it and extrapolating the tail "
+                        "(default 1)")
     p.add_argument("--epochs", type=int, default=200, help="maximum head training epochs (early stopping)")
     p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
     p.add_argument("--hidden", type=int, default=0,
@@ -67,7 +71,8 @@ def main(argv=None) -> None:
             data=data, out=args.out, yamnet=args.yamnet, cache=args.cache, seed=args.seed, layout=args.layout,
             normal_classes=args.normal_classes, anomalous_classes=args.anomalous_classes, channel=args.channel,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, quantization=args.quantization,
-            anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate, epochs=args.epochs,
+            anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate,
+            false_alerts_per_day=args.false_alerts_per_day, epochs=args.epochs,
             patience=args.patience, hidden=args.hidden, workers=args.workers, progress=not args.no_progress,
         )
         training.train(settings)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime
+from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, evidence, export, runtime
 from .errors import FanwatchError
 from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
 
@@ -46,6 +46,7 @@ class TrainSettings:
     quantization: str = export.DEFAULT_QUANTIZATION
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
+    false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
     patience: int = 15
     hidden: int = 0
@@ -62,6 +63,8 @@ class TrainSettings:
             raise FanwatchError("--val-fraction and --test-fraction must be in [0, 1) and leave files to train on")
         if not 0 < self.false_alarm_rate < 0.5:
             raise FanwatchError(f"--false-alarm-rate must be between 0 and 0.5, not {self.false_alarm_rate}")
+        if not 0 < self.false_alerts_per_day <= 1000:
+            raise FanwatchError(f"--false-alerts-per-day must be between 0 and 1000, not {self.false_alerts_per_day}")
         if self.epochs < 1 or self.patience < 1 or self.hidden < 0:
             raise FanwatchError("--epochs and --patience must be at least 1, --hidden 0 or more")
         if self.workers is not None and self.workers < 1:
@@ -200,6 +203,13 @@ def train(s: TrainSettings) -> dict:
             f"{thresholds[m]['windows']} windows, target false-alarm rate {s.false_alarm_rate:.1%})"
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
 
+    alerts_info = calibrate_alerts(val_scores, val_set, anom, s.false_alerts_per_day)
+    cal = alerts_info["calibration"]
+    log(f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
+        f"alert(s) per day (target {s.false_alerts_per_day:g}, 90 % bound "
+        f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
+        f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)")
+
     # --- export -----------------------------------------------------------------------------------
     from . import yamnet
 
@@ -252,6 +262,7 @@ def train(s: TrainSettings) -> dict:
             "threshold_details": thresholds,
             "validation": anomaly_info,
         },
+        "alerts": alerts_info,
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},
@@ -274,6 +285,43 @@ def train(s: TrainSettings) -> dict:
             log(f"  {f}: {r}")
     log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
     return card
+
+
+def validation_streams(val_scores: np.ndarray, val_set: embeddings.EmbeddingSet,
+                       anom: anomaly.AnomalyModel) -> list[np.ndarray]:
+    """Per machine, the window ratios (score / that machine's threshold) of its normal validation recordings
+    concatenated in recording order: what the live loop would have heard had they been played one after the
+    other. Each machine's own score column: the conservative choice (the live loop without --machine takes
+    the smallest ratio over the machines)."""
+    if not len(val_scores):
+        return []
+    normal, machines = val_set.normal(), val_set.machines()
+    streams = []
+    for m, name in enumerate(anom.machines):
+        sel = normal & (machines == name)
+        if sel.any():
+            order = np.argsort(val_set.file_index[sel], kind="stable")  # files in order, windows in time
+            streams.append(val_scores[sel, m][order] / anom.thresholds[name])
+    return streams
+
+
+def calibrate_alerts(val_scores, val_set, anom, false_alerts_per_day: float) -> dict:
+    """The alert rule for the model card: the CUSUM's threshold set for ``false_alerts_per_day`` by replaying
+    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never)."""
+    streams = validation_streams(val_scores, val_set, anom)
+    if not streams:
+        raise FanwatchError("no normal validation windows to calibrate the alert rule on; add normal recordings "
+                            "or raise --val-fraction")
+    cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, false_alerts_per_day)
+    return {"rule": cal.rule.to_dict(), "rule_text": cal.rule.describe(), "hop_s": config.HOP_SECONDS,
+            "calibration": cal.to_dict(),
+            "note": "normal validation recordings of each machine played one after the other through the live "
+                    "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
+                    "evidence peaks, with its 90 % upper confidence bound set to the target"}
+
+
+def _fmt_rate(value) -> str:
+    return "?" if value is None else f"{value:.2g}"
 
 
 def _anomaly_validation(anom, scores, machines, normal, es) -> dict:
