@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, write_results  # noqa: E402
 
-from fanwatch import audio, config, evidence, runtime, synth  # noqa: E402
+from fanwatch import alerting, audio, config, evidence, runtime, synth  # noqa: E402
 
 HOP_S = config.HOP_SECONDS
 # A session is a room + microphone + gain: the generator draws gain and EQ per file around these.
@@ -150,6 +150,20 @@ def calibrate_n_of_m(streams, n: int, m: int, hop_s: float, per_day: float) -> f
     return 20.0
 
 
+def by_fault(replays: list[dict], kinds: list[list[str]]) -> dict:
+    """Share alerted within 15 s and median time to alert, per fault kind."""
+    out = {}
+    for kind in synth.FAULTS:
+        per = []
+        for rep, ks in zip(replays, kinds):
+            faults = [f for f, k in zip(rep["faults"], ks) if k == kind]
+            per.append({"seconds": rep["seconds"], "faults": faults,
+                        "raised": [t for t in rep["raised"] if any(a < t <= b + 1 for a, b in faults)]})
+        m = evidence.stream_metrics(per, horizon_s=15.0)
+        out[kind] = {k: m[k] for k in ("fault_streams", "share_alerted_within_horizon", "median_time_to_alert_s")}
+    return out
+
+
 def equal_rate_threshold(false_alerts, budget: int, lo: float = 1e-3, hi: float = 1e3) -> float:
     """The smallest threshold (bisection in log space) at which ``false_alerts(threshold) <= budget``."""
     if false_alerts(hi) > budget:
@@ -241,9 +255,30 @@ def main(argv=None) -> int:
         return [i for i, e in evidence.alert_events(r, rule, HOP_S) if e == "raised"]
 
     n_of_m_scale = calibrate_n_of_m(val_streams, 3, 4, HOP_S, args.false_alerts_per_day)
-    deployed = {"3 of 4, threshold x scale for the target (val)": lambda r: n_of_m_raises(r, 3, 4, n_of_m_scale),
-                "3 of 4 (today's default)": lambda r: n_of_m_raises(r, 3, 4, 1.0),
-                "cusum (model card)": lambda r: cusum_raises(r, calibrated)}
+    fault_labels = alerting.anomalous_labels(card)
+    known_rule = evidence.EvidenceRule.from_dict(((card.get("alerts") or {}).get("known_fault") or {}).get("rule")
+                                                 or alerting.KNOWN_FAULT_DEFAULTS)
+
+    def live(key, r, kinds=(alerting.UNKNOWN,)):
+        """Raises of the live decision code (fanwatch.alerting.Decisions) on cached outputs."""
+        out = streams[key]
+        d = alerting.Decisions(calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels,
+                               known_rule=known_rule)
+        probs = out["probabilities"]
+        labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
+        conf = probs.max(axis=1)
+        raised = []
+        for i, (label, c, ratio) in enumerate(zip(labels, conf, r)):
+            for e in d.update(out["t"][i], label, c, ratio, probs[i]).events:
+                if e["event"] == "alert_raised" and e["kind"] in kinds:
+                    raised.append(i)
+        return raised
+
+    deployed = {"3 of 4, threshold x scale for the target (val)": lambda k, r: n_of_m_raises(r, 3, 4, n_of_m_scale),
+                "3 of 4 (today's default)": lambda k, r: n_of_m_raises(r, 3, 4, 1.0),
+                "cusum (model card)": lambda k, r: live(k, r),
+                "known fault (head state) only": lambda k, r: live(k, r, (alerting.KNOWN,)),
+                "cusum + known fault": lambda k, r: live(k, r, (alerting.UNKNOWN, alerting.KNOWN))}
     results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "model": str(model), "sessions": SESSIONS, "card_alerts": card.get("alerts"),
                "n_of_m_threshold_scale": n_of_m_scale, "figures": {}, "equal_false_alerts": {}}
@@ -251,7 +286,9 @@ def main(argv=None) -> int:
     for rule_name, fn in deployed.items():
         for name in SESSIONS:
             keys = [(name, i) for i in range(args.streams)]
-            m = evidence.stream_metrics([replay(k, fn(stream_ratios[k])) for k in keys], horizon_s=15.0)
+            per = [replay(k, fn(k, stream_ratios[k])) for k in keys]
+            m = evidence.stream_metrics(per, horizon_s=15.0)
+            m["by_fault"] = by_fault(per, [json.loads(streams[k]["kinds"]) for k in keys])
             results["figures"][f"{rule_name} | {name}"] = m
             rows.append((rule_name, name, "-", m))
 
@@ -298,6 +335,10 @@ def main(argv=None) -> int:
             results["figures"][f"cusum + enrollment {seconds:g} s | {name}"] = m
             rows.append(("cusum + enrollment", name, f"{seconds:g}", m))
 
+    for key, m in results["figures"].items():
+        if "by_fault" in m and key.startswith("cusum + known"):
+            print(key, {k: (v["share_alerted_within_horizon"], v["median_time_to_alert_s"])
+                        for k, v in m["by_fault"].items()})
     print(f"\n{'rule':40s} {'session':26s} {'enroll':>6s} {'normal h':>8s} {'false':>5s} {'per h':>6s} "
           f"{'faults':>7s} {'<=15 s':>7s} {'median':>7s} {'p95':>6s}")
     for rule_name, name, enroll, m in rows:

@@ -185,6 +185,8 @@ def train(s: TrainSettings) -> dict:
     else:
         log("head: no validation recordings, so no validation metrics")
 
+    normal_labels = sorted({key(r) for r in recs if r.normal and key(r) in index})
+
     # --- anomaly score ----------------------------------------------------------------------------
     anom = anomaly.fit(train_set.embeddings, train_set.machines(), train_set.normal(), s.anomaly_method, s.seed)
     val_scores = anom.score(val_set.embeddings) if len(val_set.embeddings) else np.zeros((0, len(anom.machines)))
@@ -204,6 +206,14 @@ def train(s: TrainSettings) -> dict:
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
 
     alerts_info = calibrate_alerts(val_scores, val_set, anom, s.false_alerts_per_day)
+    fault_labels = [label for label in train_labels if target == "label" and label not in normal_labels]
+    if fault_labels and len(val_set.embeddings):
+        val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
+        alerts_info["known_fault"] = calibrate_known_faults(val_probs, val_set, train_labels, fault_labels,
+                                                            s.false_alerts_per_day)
+        kcal = alerts_info["known_fault"]["calibration"]
+        log(f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
+            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day")
     cal = alerts_info["calibration"]
     log(f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
         f"alert(s) per day (target {s.false_alerts_per_day:g}, 90 % bound "
@@ -244,7 +254,7 @@ def train(s: TrainSettings) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": train_labels,
         "head_target": target,
-        "normal_labels": sorted({key(r) for r in recs if r.normal and key(r) in index}),
+        "normal_labels": normal_labels,
         "sample_rate": config.SAMPLE_RATE,
         "window_samples": config.WINDOW_SAMPLES,
         "hop_samples": config.HOP_SAMPLES,
@@ -318,6 +328,22 @@ def calibrate_alerts(val_scores, val_set, anom, false_alerts_per_day: float) -> 
             "note": "normal validation recordings of each machine played one after the other through the live "
                     "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
                     "evidence peaks, with its 90 % upper confidence bound set to the target"}
+
+
+def calibrate_known_faults(val_probs: np.ndarray, val_set: embeddings.EmbeddingSet, labels: list[str],
+                           fault_labels: list[str], false_alerts_per_day: float) -> dict:
+    """The known-fault rule: the CUSUM of the odds the head gives its fault classes, its threshold set for
+    ``false_alerts_per_day`` on the normal validation recordings (played one after the other)."""
+    from .alerting import KNOWN_FAULT_DEFAULTS, fault_odds
+
+    fault_index = [labels.index(label) for label in fault_labels]
+    normal = val_set.normal()
+    order = np.argsort(val_set.file_index[normal], kind="stable")
+    odds = np.array([fault_odds(p, fault_index) for p in val_probs[normal][order]])
+    cal = evidence.calibrate([odds], evidence.EvidenceRule(**KNOWN_FAULT_DEFAULTS), config.HOP_SECONDS,
+                             false_alerts_per_day, reference=KNOWN_FAULT_DEFAULTS["reference"])
+    return {"classes": fault_labels, "rule": cal.rule.to_dict(), "calibration": cal.to_dict(),
+            "rule_text": cal.rule.describe().replace("ratio/", "fault odds/")}
 
 
 def _fmt_rate(value) -> str:
