@@ -45,6 +45,8 @@ SESSIONS = {
     "in_domain": {"snr_db": 6.0, "gain_db": 0.0, "tilt_db_per_octave": 0.0},
     "cross_quiet_room_hot_mic": {"snr_db": 10.0, "gain_db": 6.0, "tilt_db_per_octave": 1.5},
     "cross_loud_room": {"snr_db": 2.0, "gain_db": -3.0, "tilt_db_per_octave": -1.0},
+    # a room with a machine hum the training rooms never had (a compressor next door, 10 dB under the fan)
+    "cross_new_hum": {"snr_db": 6.0, "gain_db": 0.0, "tilt_db_per_octave": 0.0, "hum_hz": 148.0, "hum_db": -10.0},
 }
 
 
@@ -55,6 +57,13 @@ def session_audio(kind: str, seconds: float, seed, session: dict) -> np.ndarray:
         f = np.fft.rfftfreq(len(x), 1.0 / config.SAMPLE_RATE)
         gain = 10 ** (tilt * np.log2(np.maximum(f, 50.0) / 1000.0) / 20.0)
         x = np.fft.irfft(np.fft.rfft(x) * gain, len(x)).astype(np.float32)
+    if session.get("hum_hz"):
+        t = np.arange(len(x)) / config.SAMPLE_RATE
+        f0 = session["hum_hz"] * (1 + 0.002 * np.sin(2 * np.pi * 0.05 * t))  # a slow wobble, like a real motor
+        phase = 2 * np.pi * np.cumsum(f0) / config.SAMPLE_RATE
+        hum = sum(np.sin(k * phase + k) / k for k in range(1, 6)).astype(np.float32)
+        level = np.sqrt(np.mean(x ** 2)) * 10 ** (session["hum_db"] / 20.0)
+        x = x + hum * (level / np.sqrt(np.mean(hum ** 2)))
     x = x * 10 ** (session["gain_db"] / 20.0)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
