@@ -43,7 +43,8 @@ from .errors import FanwatchError
 METHODS = ("cusum", "mean")
 DEFAULT_METHOD = "cusum"
 DEFAULT_FALSE_ALERTS_PER_DAY = 1.0
-DEFAULT_THRESHOLD = 3.0  # evidence level before any calibration (a model card without one)
+DEFAULT_THRESHOLD = 8.0  # evidence level without a calibration (a model card without one, too little audio)
+MIN_CALIBRATION_BLOCKS = 8  # 16 s of normal audio: less is not calibrated (the default level, and a note)
 SECONDS_PER_DAY = 86400.0
 
 
@@ -399,6 +400,16 @@ def calibrate(streams, rule: EvidenceRule | None = None, hop_s: float = 0.5,
         raise FanwatchError("no normal audio to calibrate the alert rule on")
     rule = replace(rule, reference=reference if reference is not None else reference_from_normal(streams))
     tail = tail_bound(streams, rule, hop_s)
+    if tail["blocks"] < MIN_CALIBRATION_BLOCKS:
+        chosen = replace(rule, threshold=DEFAULT_THRESHOLD)
+        return Calibration(rule=chosen, target_false_alerts_per_day=false_alerts_per_day,
+                           expected_false_alerts_per_day=math.nan, upper_false_alerts_per_day=math.nan,
+                           observed_false_alerts=count_alerts(streams, chosen, hop_s), normal_hours=tail["hours"],
+                           streams=len(streams),
+                           method=f"not calibrated: only {tail['hours'] * 3600:.0f} s of normal audio (need "
+                                  f"{MIN_CALIBRATION_BLOCKS * BLOCK_WINDOWS * hop_s:.0f} s); default alert level "
+                                  f"{DEFAULT_THRESHOLD:g}",
+                           tail={k: _round(v, 5) if isinstance(v, float) else v for k, v in tail.items()})
     rate, theta = tail["excursions_per_day_upper"], tail["theta_lower"]
     if theta > 0:
         h = tail["offset"] + max(math.log(max(rate, 1e-300) / false_alerts_per_day), 0.0) / theta

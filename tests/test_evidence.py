@@ -90,6 +90,12 @@ def test_calibration_is_cautious_with_little_audio():
     assert short.rule.reference <= 1.0
 
 
+def test_too_little_audio_is_not_calibrated_and_says_so():
+    cal = evidence.calibrate([normal_stream(20, seed=3)], hop_s=HOP)
+    assert cal.method.startswith("not calibrated") and cal.rule.threshold == evidence.DEFAULT_THRESHOLD
+    assert cal.to_dict()["expected_false_alerts_per_day"] is None
+
+
 def test_calibration_refuses_evidence_that_grows_on_normal_audio():
     with pytest.raises(FanwatchError, match="grows on normal audio"):
         evidence.calibrate([np.full(200, 2.0)], hop_s=HOP, reference=1.0)
