@@ -19,7 +19,7 @@ per-window false-alarm rate. This benchmark
    of the log ratio and the CUSUM, without and with on-site enrollment (:mod:`fanwatch.site`).
 
 Prints a table and writes ``bench/results/alerts.json``. Usage:
-``python bench/alerts.py [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120]``.
+``python -m bench.alerts [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120]``.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results  # noqa: E402
-
-from fanwatch import alerting, audio, config, evidence, runtime, synth  # noqa: E402
+from bench._common import RESULTS, write_results
+from fanwatch import audio, config, evidence, runtime, synth
+from fanwatch.live import decisions as live_decisions
 
 HOP_S = config.HOP_SECONDS
 # A session is a room + microphone + gain: the generator draws gain and EQ per file around these.
@@ -142,7 +141,7 @@ def validation_streams(classifier: runtime.SoundClassifier, model_dir: Path) -> 
 def n_of_m_raises(ratio: np.ndarray, n: int, m: int, scale: float = 1.0) -> list[int]:
     """The old rule (fanwatch's AlertDebouncer: n of the last m windows at or above the threshold, cleared
     after m quiet windows), the per-window threshold multiplied by ``scale``."""
-    from fanwatch.stream import AlertDebouncer
+    from fanwatch.live.decisions import AlertDebouncer
 
     rule = AlertDebouncer(n, m)
     return [i for i, r in enumerate(ratio) if rule.update(float(r) / scale) == "raised"]
@@ -264,14 +263,14 @@ def main(argv=None) -> int:
         return [i for i, e in evidence.alert_events(r, rule, HOP_S) if e == "raised"]
 
     n_of_m_scale = calibrate_n_of_m(val_streams, 3, 4, HOP_S, args.false_alerts_per_day)
-    fault_labels = alerting.anomalous_labels(card)
+    fault_labels = live_decisions.anomalous_labels(card)
     known_rule = evidence.EvidenceRule.from_dict(((card.get("alerts") or {}).get("known_fault") or {}).get("rule")
-                                                 or alerting.KNOWN_FAULT_DEFAULTS)
+                                                 or live_decisions.KNOWN_FAULT_DEFAULTS)
 
-    def live(key, r, kinds=(alerting.UNKNOWN,)):
-        """Raises of the live decision code (fanwatch.alerting.Decisions) on cached outputs."""
+    def live(key, r, kinds=(live_decisions.UNKNOWN,)):
+        """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs."""
         out = streams[key]
-        d = alerting.Decisions(calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels,
+        d = live_decisions.Decisions(calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels,
                                known_rule=known_rule)
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
@@ -286,8 +285,8 @@ def main(argv=None) -> int:
     deployed = {"3 of 4, threshold x scale for the target (val)": lambda k, r: n_of_m_raises(r, 3, 4, n_of_m_scale),
                 "3 of 4 (today's default)": lambda k, r: n_of_m_raises(r, 3, 4, 1.0),
                 "cusum (model card)": lambda k, r: live(k, r),
-                "known fault (head state) only": lambda k, r: live(k, r, (alerting.KNOWN,)),
-                "cusum + known fault": lambda k, r: live(k, r, (alerting.UNKNOWN, alerting.KNOWN))}
+                "known fault (head state) only": lambda k, r: live(k, r, (live_decisions.KNOWN,)),
+                "cusum + known fault": lambda k, r: live(k, r, (live_decisions.UNKNOWN, live_decisions.KNOWN))}
     results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                "model": str(model), "sessions": SESSIONS, "card_alerts": card.get("alerts"),
                "n_of_m_threshold_scale": n_of_m_scale, "figures": {}, "equal_false_alerts": {}}
@@ -333,7 +332,7 @@ def main(argv=None) -> int:
                 site_model = site.enroll(classifier, e["embeddings"][:n].astype(np.float32),
                                          ratios(classifier, e["scores"][:n]), e["probabilities"][:n],
                                          rms=float(e["rms"]), model_sha256="bench", force=True)
-            except Exception as exc:  # noqa: BLE001 - reported in the table
+            except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")
                 continue
             per = [replay((name, i), cusum_raises(site_model.adjust_many(

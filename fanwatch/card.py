@@ -52,6 +52,7 @@ class ModelCard:
     yamnet_sha256: str | None = None
     created: str | None = None
     bad_channel: str | None = None  # an unusable channel setting the card records (repr), if any
+    alerts: dict = field(default_factory=dict, repr=False, compare=False)  # the calibrated alert rules
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the whole card as written
 
     @property
@@ -94,7 +95,7 @@ class ModelCard:
                    head_target=card.get("head_target", "label"), normal_labels=tuple(card.get("normal_labels", [])),
                    quantization=card.get("quantization"), yamnet_path=yamnet.get("path"),
                    yamnet_sha256=yamnet.get("sha256"), created=card.get("created"), bad_channel=bad_channel,
-                   raw=card)
+                   alerts=card["alerts"] if isinstance(card.get("alerts"), dict) else {}, raw=card)
 
 
 def resolve_channel(channel: str | int | None, card: ModelCard | None) -> tuple[str | int, str]:

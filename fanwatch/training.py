@@ -336,7 +336,7 @@ def calibrate_known_faults(val_probs: np.ndarray, val_set: embeddings.EmbeddingS
                            fault_labels: list[str], false_alerts_per_day: float) -> dict:
     """The known-fault rule: the CUSUM of the odds the head gives its fault classes, its threshold set for
     ``false_alerts_per_day`` on the normal validation recordings (played one after the other)."""
-    from .alerting import KNOWN_FAULT_DEFAULTS, fault_odds
+    from .live.decisions import KNOWN_FAULT_DEFAULTS, fault_odds
 
     fault_index = [labels.index(label) for label in fault_labels]
     normal = val_set.normal()

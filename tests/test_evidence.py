@@ -11,6 +11,7 @@ import pytest
 
 from fanwatch import evidence, site
 from fanwatch.errors import FanwatchError
+from fanwatch.live import decisions
 
 HOP = 0.5
 
@@ -204,12 +205,10 @@ def test_no_site_file_is_none_and_a_broken_one_is_one_line(tmp_path):
 
 
 def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_kind():
-    from fanwatch import alerting
-
     labels = ["high_speed", "fault_bearing", "fault_rubbing"]
     rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clear_s=1.0)
     known = evidence.EvidenceRule(reference=1.0, clip=2.0, threshold=6.0, clear_s=1.0)
-    d = alerting.Decisions(rule, HOP, labels=labels, fault_labels=["fault_bearing", "fault_rubbing"],
+    d = decisions.Decisions(rule, HOP, labels=labels, fault_labels=["fault_bearing", "fault_rubbing"],
                            known_rule=known)
     normal, bearing = [0.9, 0.06, 0.04], [0.05, 0.85, 0.10]
     seq = [(normal, 0.2)] * 10 + [(bearing, 0.2)] * 10 + [(normal, 0.2)] * 12 + [(normal, 3.0)] * 10 + \
@@ -220,7 +219,8 @@ def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_ki
         out = d.update(i * HOP, label, max(p), ratio, p)
         events += [e for e in out.events if e["event"].startswith("alert")]
     kinds = [(e["event"], e["kind"], e.get("class")) for e in events]
-    assert kinds == [("alert_raised", "known_fault", "fault_bearing"), ("alert_cleared", "known_fault", "fault_bearing"),
+    assert kinds == [("alert_raised", "known_fault", "fault_bearing"),
+                     ("alert_cleared", "known_fault", "fault_bearing"),
                      ("alert_raised", "unknown_anomaly", None), ("alert_cleared", "unknown_anomaly", None)]
     # the head's fault odds 0.9 / 0.1 = 9 add ln 9 = 2.2, clipped at 2: three windows reach 6
     assert events[0]["t"] == pytest.approx((10 + 2) * HOP)
@@ -229,12 +229,10 @@ def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_ki
 
 
 def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_known_faults():
-    from fanwatch import alerting
-
-    d = alerting.Decisions(evidence.EvidenceRule(), HOP, labels=["a", "b"], n_of_m=(3, 4, 0, 1.0))
+    d = decisions.Decisions(evidence.EvidenceRule(), HOP, labels=["a", "b"], n_of_m=(3, 4, 0, 1.0))
     out = [d.update(i * HOP, "a", 0.9, r, [0.9, 0.1]) for i, r in enumerate([1.2, 1.3, 0.5, 1.1])]
     assert [e["event"] for o in out for e in o.events if e["event"].startswith("alert")] == ["alert_raised"]
     assert out[-1].evidence is None and out[-1].kinds == ["unknown_anomaly"]
-    assert alerting.anomalous_labels({"labels": ["id_00", "id_02"], "head_target": "machine",
+    assert decisions.anomalous_labels({"labels": ["id_00", "id_02"], "head_target": "machine",
                                       "normal_labels": ["id_00", "id_02"]}) == []
-    assert alerting.anomalous_labels({"labels": ["on", "fault_x"], "normal_labels": ["on"]}) == ["fault_x"]
+    assert decisions.anomalous_labels({"labels": ["on", "fault_x"], "normal_labels": ["on"]}) == ["fault_x"]

@@ -52,7 +52,8 @@ def test_artifacts_and_model_card(trained_model):
     assert alerts["rule"]["method"] == "cusum" and alerts["rule"]["threshold"] > 0
     assert 0 < alerts["rule"]["reference"] <= 1.0
     assert cal["target_false_alerts_per_day"] == 1.0 and cal["observed_false_alerts"] == 0
-    assert cal["normal_hours"] * 3600 == pytest.approx(card["anomaly"]["threshold_details"]["default"]["windows"] * 0.5, rel=1e-3)
+    val_windows = card["anomaly"]["threshold_details"]["default"]["windows"]
+    assert cal["normal_hours"] * 3600 == pytest.approx(val_windows * 0.5, rel=1e-3)
     assert cal["expected_false_alerts_per_day"] is None or cal["expected_false_alerts_per_day"] <= 1.0
     assert alerts["known_fault"]["classes"] == [c for c in card["labels"] if c.startswith("fault_")]
     assert alerts["known_fault"]["rule"]["reference"] == 1.0
