@@ -138,8 +138,9 @@ def _spans(t: np.ndarray, active: np.ndarray) -> list[tuple[float, float]]:
 
 
 def evaluate_alerts(make_analyzer, recordings, out: Path, horizon_s: float = HORIZON_S, progress: bool = True):
-    """Replay the recordings per machine (normal stream, one fault stream per anomalous file); returns
-    (metrics, plot file names)."""
+    """Replay the recordings per machine (normal stream, one fault stream per anomalous file);
+    ``make_analyzer(machine)`` gives a fresh Analyzer for a stream of that machine. Returns (metrics, plot file
+    names)."""
     by_machine: dict[str, list] = {}
     for r in recordings:
         by_machine.setdefault(r.machine, []).append(r)
@@ -155,12 +156,15 @@ def evaluate_alerts(make_analyzer, recordings, out: Path, horizon_s: float = HOR
             recs = sorted(recs, key=lambda r: str(r.path))
             n_files = [str(r.path) for r in recs if r.normal]
             a_files = [str(r.path) for r in recs if not r.normal]
-            m_normal = [replay(make_analyzer, n_files, machine, "normal")] if n_files else []
+            def make(machine=machine):
+                return make_analyzer(machine)
+
+            m_normal = [replay(make, n_files, machine, "normal")] if n_files else []
             if bar:
                 bar.update(len(n_files))
             m_faults = []
             for f in a_files:
-                m_faults.append(replay(make_analyzer, [f], machine, "fault"))
+                m_faults.append(replay(make, [f], machine, "fault"))
                 if bar:
                     bar.update(1)
             m_faults = [r for r in m_faults if r.files]

@@ -92,6 +92,8 @@ class EvalSettings:
     workers: int | None = None
     progress: bool = True
     parity: bool = True
+    alerts: bool = True  # replay the recordings as streams through the live Analyzer (alert-level figures)
+    site: bool = True  # apply the site calibration beside the model, if there is one
 
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -682,6 +684,12 @@ def evaluate(s: EvalSettings) -> dict:
         said = {n.split(":")[0] for n in overall_notes}
         notes += [n for b in per_machine.values() for n in b["notes"] if n.split(" for ")[0] not in said]
 
+    # --- alerts: the recordings as continuous streams through the live Analyzer ----------------------
+    alerts = None
+    if s.alerts:
+        alerts, plots = alert_level(s, model_path, model, outputs.recordings, channel, out)
+        written += plots  # alerts["note"] says when the figures rest on little audio
+
     # --- parity ------------------------------------------------------------------------------------
     parity = None
     if s.parity:
@@ -728,6 +736,7 @@ def evaluate(s: EvalSettings) -> dict:
         "per_machine": per_machine,
         "unknown_machines": unknown,
         "parity": parity,
+        "alerts": alerts,
         "model": {"path": str(model_path.resolve()), "sha256": config.sha256_file(model_path),
                   "quantization": card.quantization, "runtime": model.runtime,
                   "yamnet_sha256": card.yamnet_sha256, "card_created": card.created,
@@ -744,6 +753,36 @@ def evaluate(s: EvalSettings) -> dict:
     datasets.write_json(out / METRICS_NAME, metrics)
     print_summary(metrics, out)
     return metrics
+
+
+def alert_level(s: EvalSettings, model_path: Path, model: runtime.SoundClassifier, recordings, channel,
+                out: Path) -> tuple[dict, list[str]]:
+    """Alert-level figures (:mod:`fanwatch.alert_eval`): per machine id, the normal recordings as one stream
+    and each anomalous one as a fault stream, through the live Analyzer with the model card's alert rules
+    (and the site calibration beside the model unless ``s.site`` is off)."""
+    from . import alert_eval, site
+    from .live.analyzer import Analyzer
+    from .live.settings import DecisionSettings
+
+    site_model = site.load(model_path) if s.site else None
+    if site_model is not None:
+        log(f"alerts: applying the site calibration beside the model ({site.describe(site_model)}); "
+            "--no-site ignores it")
+    classifiers: dict[str, runtime.SoundClassifier] = {}
+
+    def make_analyzer(machine: str):
+        known = machine if machine in model.machines and s.machine is None else s.machine
+        if known not in classifiers:
+            classifiers[known] = model if known == s.machine else runtime.SoundClassifier(model_path, machine=known)
+        return Analyzer(classifiers[known], None, channel, DecisionSettings(), site_model=site_model)
+
+    figures, plots = alert_eval.evaluate_alerts(make_analyzer, recordings, out, progress=s.progress)
+    rule = (model.card.alerts or {}).get("rule")
+    figures["rule"] = site_model.rule.to_dict() if site_model is not None else rule
+    figures["site"] = None if site_model is None else {"file": site.SITE_JSON, **site_model.info}
+    if not model.card.alerts:
+        figures["note"] = "the model card has no calibrated alert rule (trained by an older fanwatch): defaults used"
+    return figures, plots
 
 
 # --------------------------------------------------------------------------------------------------
@@ -782,6 +821,14 @@ def print_summary(m: dict, out: Path) -> None:
             log(f"  {name} (as {b['scored_as']}): AUC {_f(f['auc'])}, pAUC {_f(f['pauc_dcase'])}, "
                 f"false alarms {_pct(w['false_alarm_rate'])}, detections {_pct(w['detection_rate'])} "
                 f"({f['normal']}+{f['anomalous']} files)")
+    a = m.get("alerts")
+    if a:
+        log(f"alerts (test recordings as streams through the live loop): {a['false_alerts']} false alert(s) in "
+            f"{a['normal_hours'] * 60:.1f} min of normal audio ({_f(a['false_alerts_per_hour'], '.2f')} per hour); "
+            f"{a['faults_alerted']} of {a['fault_streams']} fault recordings alerted, "
+            f"{_pct(a['share_alerted_within_horizon'])} within {a['horizon_s']:g} s, time to alert median "
+            f"{_f(a['median_time_to_alert_s'], '.1f')} s, p95 {_f(a['p95_time_to_alert_s'], '.1f')} s"
+            + (" (site calibration applied)" if a.get("site") else ""))
     p = m["parity"]
     if p:
         log(f"parity TFLite vs Keras head ({p['windows']} windows): max |dp| {p['max_probability_diff']:.2e}, "
