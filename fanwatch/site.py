@@ -197,7 +197,8 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     Refuses (FanwatchError, one line) when the audio is shorter than MIN_SECONDS, silent, or already sounds
     anomalous to the model; ``force`` skips these checks (never below ABSOLUTE_MIN_SECONDS).
     """
-    card = getattr(classifier, "card", {}) or {}
+    card = getattr(classifier, "card", None)
+    card = getattr(card, "raw", card) or {}  # a ModelCard or its dict
     embeddings = np.asarray(embeddings, np.float32)
     model_ratios = np.asarray(model_ratios, np.float64)
     n = len(model_ratios)
