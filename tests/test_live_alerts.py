@@ -12,7 +12,6 @@ from live_common import SPLICE, events, kinds, model_copy, one_error_line, parse
 
 from fanwatch import config, site, synth
 
-
 LONG_FAULT_SECONDS = 14.0  # the fixture's 20 s of validation audio make a cautious alert level: ~5-10 s to alert
 
 
@@ -59,7 +58,8 @@ def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained
 
 
 def _normal_wav(path, seconds: float, seed: int = 11, scale: float = 1.0):
-    x = np.concatenate([synth.render("high_speed", seconds / 2, seed), synth.render("low_speed", seconds / 2, seed + 1)])
+    x = np.concatenate([synth.render("high_speed", seconds / 2, seed),
+                        synth.render("low_speed", seconds / 2, seed + 1)])
     sf.write(path, (x * scale).astype(np.float32), config.SAMPLE_RATE, subtype="PCM_16")
     return path
 
