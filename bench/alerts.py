@@ -133,7 +133,7 @@ def validation_streams(classifier: runtime.SoundClassifier, model_dir: Path) -> 
     out = []
     for rec in split["val"]:
         if rec.normal:
-            x = audio.load_audio(rec.path, channel=classifier.card.get("settings", {}).get("channel", "mean"))
+            x = audio.load_audio(rec.path, channel=classifier.card.channel or "mean")
             out.append(ratios(classifier, model_outputs(classifier, x)["scores"]))
     return [np.concatenate(out)] if out else []
 
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     work = args.work
     model = args.model or (train_model(work, args) / runtime.MODEL_NAME)
     classifier = runtime.SoundClassifier(model)
-    card = classifier.card
+    card = classifier.card.raw  # the card as written
     sha = config.sha256_file(model)[:12]
     from tqdm import tqdm
 
