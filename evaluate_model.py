@@ -28,6 +28,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "machine id, else the closest known machine)")
     p.add_argument("--no-parity", action="store_true",
                    help="skip the check of the TFLite outputs against the Keras head")
+    p.add_argument("--no-alerts", action="store_true",
+                   help="skip the alert-level evaluation (the recordings replayed as streams through the live loop)")
+    p.add_argument("--no-site", action="store_true",
+                   help="ignore the site calibration beside the model (applied by default when there is one)")
     cli.add_common(p)
     p.set_defaults(channel=None)  # None: the channel setting the model was trained with (model card)
     return p.parse_args(argv)
@@ -42,7 +46,8 @@ def main(argv=None) -> None:
         evaluation.evaluate(evaluation.EvalSettings(
             model=args.model, data=args.data, out=args.out, layout=args.layout, machine=args.machine,
             yamnet=args.yamnet, cache=args.cache, channel=args.channel, workers=args.workers,
-            progress=not args.no_progress, parity=not args.no_parity,
+            progress=not args.no_progress, parity=not args.no_parity, alerts=not args.no_alerts,
+            site=not args.no_site,
         ))
 
 

@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from fanwatch import cli, config, runtime
+from fanwatch import cli, config, runtime, site
+from fanwatch.errors import FanwatchError
 from fanwatch.live import settings as defaults
 from fanwatch.live import sources
 from fanwatch.live.supervisor import run
@@ -89,9 +90,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                           f"each window is {config.WINDOW_SECONDS:g} s. The decision times below are in seconds, "
                           "so another hop keeps the same behaviour in time")
 
+    mdl.add_argument("--no-site", action="store_true",
+                     help=f"ignore the site calibration ({site.SITE_JSON}) beside the model; by default it is "
+                          "applied when there is one (and the start line says so)")
+
+    enr = p.add_argument_group("on-site enrollment")
+    enr.add_argument("--enroll", type=_positive_float, default=None, metavar="SECONDS",
+                     help="listen to SECONDS of normal running (from the microphone, or the first SECONDS of --wav "
+                          f"FILE; {site.MIN_SECONDS:g} s at least, in memory only), write the site calibration "
+                          f"beside the model ({site.SITE_JSON}, {site.SITE_NPZ}), print what changed and exit")
+    enr.add_argument("--force", action="store_true",
+                     help="with --enroll: enroll even from audio that is silent, shorter than "
+                          f"{site.MIN_SECONDS:g} s (at least {site.ABSOLUTE_MIN_SECONDS:g} s) or sounds anomalous")
+
     dec = p.add_argument_group("decisions (in seconds of audio; converted to window counts with the hop)")
+    dec.add_argument("--alert-rule", choices=defaults.ALERT_RULES, default=DEC.alert_rule,
+                     help="evidence (default): an alert when the anomaly evidence accumulated over the last seconds "
+                          "reaches the alert level the model card calibrated for its false alerts per day, and "
+                          "known-fault alerts from the head; n-of-m: the previous rule (--alert-after of "
+                          "--alert-window at or above the threshold, no known-fault alerts)")
+    dec.add_argument("--alert-level", type=_positive_float, default=DEC.alert_level, metavar="E",
+                     help="evidence rule: the evidence that raises an anomaly alert (default: the model card's or "
+                          "the site calibration's; higher: fewer false alerts, later alerts)")
+    dec.add_argument("--no-known-faults", action="store_true",
+                     help="no known-fault alerts from the head's fault classes (evidence rule)")
     dec.add_argument("--alert-window", type=_positive_float, default=DEC.alert_window, metavar="SECONDS",
-                     help=f"the alert looks at the windows of the last SECONDS (default {DEC.alert_window:g}: "
+                     help="n-of-m rule: the alert looks at the windows of the last SECONDS "
+                          f"(default {DEC.alert_window:g}: "
                           f"{_windows(DEC.alert_window)} windows at the default hop)")
     dec.add_argument("--alert-after", type=_positive_float, default=DEC.alert_after, metavar="SECONDS",
                      help="raise an anomaly alert when windows covering SECONDS of the alert window reach the "
@@ -142,10 +167,12 @@ def settings_from(args: argparse.Namespace) -> defaults.LoopSettings:
                                      channels=args.channels, rate=args.rate, block_seconds=args.block_ms / 1000.0,
                                      queue_blocks=args.queue_blocks),
         model=defaults.ModelSettings(path=args.model, threads=args.threads, runtime=args.runtime,
-                                     machine=args.machine, hop=args.hop),
+                                     machine=args.machine, hop=args.hop, site=not args.no_site),
         decisions=defaults.DecisionSettings(alert_window=args.alert_window, alert_after=args.alert_after,
                                             clear_allow=args.clear_allow, clear_ratio=args.clear_ratio,
-                                            threshold_scale=args.threshold_scale, state_after=args.state_after),
+                                            threshold_scale=args.threshold_scale, state_after=args.state_after,
+                                            alert_rule=args.alert_rule, alert_level=args.alert_level,
+                                            known_faults=not args.no_known_faults),
         output=defaults.OutputSettings(json_lines=args.json, quiet=args.quiet, event_log=args.event_log,
                                        event_log_bytes=args.event_log_bytes,
                                        event_log_backups=args.event_log_backups),
@@ -162,7 +189,13 @@ def main(argv=None) -> int:
         with cli.user_errors():  # FanwatchError -> "error: ..." and status 2; Ctrl-C -> 130
             if args.list_devices:
                 sources.list_devices()
+            elif args.enroll is not None:
+                from fanwatch.live import enroll
+
+                enroll.enroll(settings_from(args), args.enroll, force=args.force)
             else:
+                if args.force:
+                    raise FanwatchError("--force only applies to --enroll")
                 run(settings_from(args))
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1

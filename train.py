@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--false-alarm-rate", type=float, default=D.false_alarm_rate,
                    help="target false alarms per window on normal validation data, sets the "
                         f"thresholds (default {D.false_alarm_rate:g})")
+    p.add_argument("--false-alerts-per-day", type=float, default=D.false_alerts_per_day,
+                   help="target false alerts per day of the live alert rules: their evidence thresholds are set "
+                        "by replaying the normal validation recordings through them and extrapolating the tail "
+                        f"(default {D.false_alerts_per_day:g})")
     p.add_argument("--epochs", type=int, default=D.epochs,
                    help=f"maximum head training epochs (early stopping; default {D.epochs})")
     p.add_argument("--patience", type=int, default=D.patience,
@@ -81,7 +85,8 @@ def main(argv=None) -> None:
             normal_classes=args.normal_classes, anomalous_classes=args.anomalous_classes, channel=args.channel,
             val_fraction=args.val_fraction, test_fraction=args.test_fraction, quantization=args.quantization,
             anomaly_method=args.anomaly_method, false_alarm_rate=args.false_alarm_rate,
-            score_components=args.score, score_horizon=args.horizon, epochs=args.epochs,
+            score_components=args.score, score_horizon=args.horizon, false_alerts_per_day=args.false_alerts_per_day,
+            epochs=args.epochs,
             patience=args.patience, hidden=args.hidden, workers=args.workers, progress=not args.no_progress,
         )
         training.train(settings)

@@ -56,6 +56,7 @@ class ModelCard:
     # thresholds are those of the model's anomaly_score output
     score_file: str | None = None
     embedding_thresholds: tuple[float, ...] | None = None  # of the anomaly_score output, when score_file is set
+    alerts: dict = field(default_factory=dict, repr=False, compare=False)  # the calibrated alert rules
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the whole card as written
 
     @property
@@ -108,7 +109,8 @@ class ModelCard:
                    head_target=card.get("head_target", "label"), normal_labels=tuple(card.get("normal_labels", [])),
                    quantization=card.get("quantization"), yamnet_path=yamnet.get("path"),
                    yamnet_sha256=yamnet.get("sha256"), created=card.get("created"), bad_channel=bad_channel,
-                   score_file=score_file, embedding_thresholds=embedding_thresholds, raw=card)
+                   score_file=score_file, embedding_thresholds=embedding_thresholds,
+                   alerts=card["alerts"] if isinstance(card.get("alerts"), dict) else {}, raw=card)
 
 
 def resolve_channel(channel: str | int | None, card: ModelCard | None) -> tuple[str | int, str]:

@@ -100,6 +100,8 @@ class EvalSettings:
     workers: int | None = None
     progress: bool = True
     parity: bool = True
+    alerts: bool = True  # replay the recordings as streams through the live Analyzer (alert-level figures)
+    site: bool = True  # apply the site calibration beside the model, if there is one
 
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -837,6 +839,12 @@ def evaluate(s: EvalSettings) -> dict:
         baselines_block["deployed"] = {k: {m: overall[k][m] for m in ("auc", "pauc_dcase")}
                                        for k in ("file_level", "window_level")}
 
+    # --- alerts: the recordings as continuous streams through the live Analyzer ----------------------
+    alerts = None
+    if s.alerts:
+        alerts, plots = alert_level(s, model_path, model, outputs.recordings, channel, out)
+        written += plots  # alerts["note"] says when the figures rest on little audio
+
     # --- parity ------------------------------------------------------------------------------------
     parity = None
     if s.parity:
@@ -886,6 +894,7 @@ def evaluate(s: EvalSettings) -> dict:
             "unknown_machine_rule", "smallest score/threshold over the known machines"),
         "baselines": baselines_block,
         "parity": parity,
+        "alerts": alerts,
         "model": {"path": str(model_path.resolve()), "sha256": config.sha256_file(model_path),
                   "quantization": card.quantization, "runtime": model.runtime,
                   "yamnet_sha256": card.yamnet_sha256, "card_created": card.created,
@@ -903,6 +912,36 @@ def evaluate(s: EvalSettings) -> dict:
     datasets.write_json(out / METRICS_NAME, metrics)
     print_summary(metrics, out)
     return metrics
+
+
+def alert_level(s: EvalSettings, model_path: Path, model: runtime.SoundClassifier, recordings, channel,
+                out: Path) -> tuple[dict, list[str]]:
+    """Alert-level figures (:mod:`fanwatch.alert_eval`): per machine id, the normal recordings as one stream
+    and each anomalous one as a fault stream, through the live Analyzer with the model card's alert rules
+    (and the site calibration beside the model unless ``s.site`` is off)."""
+    from . import alert_eval, site
+    from .live.analyzer import Analyzer
+    from .live.settings import DecisionSettings
+
+    site_model = site.load(model_path) if s.site else None
+    if site_model is not None:
+        log(f"alerts: applying the site calibration beside the model ({site.describe(site_model)}); "
+            "--no-site ignores it")
+    classifiers: dict[str, runtime.SoundClassifier] = {}
+
+    def make_analyzer(machine: str):
+        known = machine if machine in model.machines and s.machine is None else s.machine
+        if known not in classifiers:
+            classifiers[known] = model if known == s.machine else runtime.SoundClassifier(model_path, machine=known)
+        return Analyzer(classifiers[known], None, channel, DecisionSettings(), site_model=site_model)
+
+    figures, plots = alert_eval.evaluate_alerts(make_analyzer, recordings, out, progress=s.progress)
+    rule = (model.card.alerts or {}).get("rule")
+    figures["rule"] = site_model.rule.to_dict() if site_model is not None else rule
+    figures["site"] = None if site_model is None else {"file": site.SITE_JSON, **site_model.info}
+    if not model.card.alerts:
+        figures["note"] = "the model card has no calibrated alert rule (trained by an older fanwatch): defaults used"
+    return figures, plots
 
 
 # --------------------------------------------------------------------------------------------------
@@ -949,6 +988,15 @@ def print_summary(m: dict, out: Path) -> None:
             if name in b:
                 f, w = b[name]["file_level"], b[name]["window_level"]
                 log(f"  {name:14s} {_f(f['auc'])} / {_f(f['pauc_dcase'])}, {_f(w['auc'])} / {_f(w['pauc_dcase'])}")
+
+    a = m.get("alerts")
+    if a:
+        log(f"alerts (test recordings as streams through the live loop): {a['false_alerts']} false alert(s) in "
+            f"{a['normal_hours'] * 60:.1f} min of normal audio ({_f(a['false_alerts_per_hour'], '.2f')} per hour); "
+            f"{a['faults_alerted']} of {a['fault_streams']} fault recordings alerted, "
+            f"{_pct(a['share_alerted_within_horizon'])} within {a['horizon_s']:g} s, time to alert median "
+            f"{_f(a['median_time_to_alert_s'], '.1f')} s, p95 {_f(a['p95_time_to_alert_s'], '.1f')} s"
+            + (" (site calibration applied)" if a.get("site") else ""))
     p = m["parity"]
     if p:
         log(f"parity TFLite vs Keras head ({p['windows']} windows): max |dp| {p['max_probability_diff']:.2e}, "

@@ -9,7 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime, scorer, spectral
+from . import (
+    __version__,
+    anomaly,
+    audio,
+    config,
+    datasets,
+    embeddings,
+    evaluation,
+    evidence,
+    export,
+    runtime,
+    scorer,
+    spectral,
+)
 from .card import FORMAT as CARD_FORMAT
 from .card import write_card
 from .errors import FanwatchError
@@ -51,6 +64,7 @@ class TrainSettings:
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
     score_components: str = "embedding:2,shape:1"
     score_horizon: int = scorer.DEFAULT_HORIZON
+    false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
     patience: int = 15
     hidden: int = 0
@@ -67,6 +81,8 @@ class TrainSettings:
             raise FanwatchError("--val-fraction and --test-fraction must be in [0, 1) and leave files to train on")
         if not 0 < self.false_alarm_rate < 0.5:
             raise FanwatchError(f"--false-alarm-rate must be between 0 and 0.5, not {self.false_alarm_rate}")
+        if not 0 < self.false_alerts_per_day <= 1000:
+            raise FanwatchError(f"--false-alerts-per-day must be between 0 and 1000, not {self.false_alerts_per_day}")
         if self.epochs < 1 or self.patience < 1 or self.hidden < 0:
             raise FanwatchError("--epochs and --patience must be at least 1, --hidden 0 or more")
         if self.workers is not None and self.workers < 1:
@@ -196,6 +212,8 @@ def train(s: TrainSettings) -> dict:
     else:
         log("head: no validation recordings, so no validation metrics")
 
+    normal_labels = sorted({key(r) for r in recs if r.normal and key(r) in index})
+
     # --- anomaly score ----------------------------------------------------------------------------
     anom = anomaly.fit(train_set.embeddings, train_set.machines(), train_set.normal(), s.anomaly_method, s.seed)
     val_scores = anom.score(val_set.embeddings) if len(val_set.embeddings) else np.zeros((0, len(anom.machines)))
@@ -220,6 +238,21 @@ def train(s: TrainSettings) -> dict:
         log(f"anomaly: {m}: threshold {t['threshold']:.3f} ({t['rule']} on {t['source']}, {t['windows']} windows, "
             f"target false-alarm rate {s.false_alarm_rate:.1%})"
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
+
+    alerts_info = calibrate_alerts(score, val_set, s.false_alerts_per_day)
+    fault_labels = [label for label in train_labels if target == "label" and label not in normal_labels]
+    if fault_labels and len(val_set.embeddings):
+        val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
+        alerts_info["known_fault"] = calibrate_known_faults(val_probs, val_set, train_labels, fault_labels,
+                                                            s.false_alerts_per_day)
+        kcal = alerts_info["known_fault"]["calibration"]
+        log(f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
+            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day")
+    cal = alerts_info["calibration"]
+    log(f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
+        f"alert(s) per day (target {s.false_alerts_per_day:g}, 90 % bound "
+        f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
+        f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)")
 
     # --- export -----------------------------------------------------------------------------------
     from . import yamnet
@@ -259,7 +292,7 @@ def train(s: TrainSettings) -> dict:
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": train_labels,
         "head_target": target,
-        "normal_labels": sorted({key(r) for r in recs if r.normal and key(r) in index}),
+        "normal_labels": normal_labels,
         "sample_rate": config.SAMPLE_RATE,
         "window_samples": config.WINDOW_SAMPLES,
         "hop_samples": config.HOP_SAMPLES,
@@ -291,6 +324,7 @@ def train(s: TrainSettings) -> dict:
                                 "note": "the model's anomaly_score output (embedding only, one window); the "
                                         "deployed decision uses the fused score above"},
         },
+        "alerts": alerts_info,
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},
@@ -313,6 +347,55 @@ def train(s: TrainSettings) -> dict:
             log(f"  {f}: {r}")
     log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
     return card
+
+
+def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -> list[np.ndarray]:
+    """Per machine, the deployed window ratios (fused score / that machine's threshold) of its normal
+    validation recordings, each recording scored as the live loop scores a continuous segment and the
+    recordings concatenated in order: what the live loop would have heard had they been played one after the
+    other. Each machine's own reference: the conservative choice (the live loop given no --machine uses the
+    pooled reference, whose threshold is set on the same files)."""
+    streams = []
+    for name, files in _normal_files(val_set).items():
+        ratios = [score.score_file(name, e, b) / score.threshold(name) for e, b in files]
+        if ratios:
+            streams.append(np.concatenate(ratios))
+    return streams
+
+
+def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, false_alerts_per_day: float) -> dict:
+    """The alert rule for the model card: the CUSUM's threshold set for ``false_alerts_per_day`` by replaying
+    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never)."""
+    streams = validation_streams(score, val_set)
+    if not streams:
+        raise FanwatchError("no normal validation windows to calibrate the alert rule on; add normal recordings "
+                            "or raise --val-fraction")
+    cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, false_alerts_per_day)
+    return {"rule": cal.rule.to_dict(), "rule_text": cal.rule.describe(), "hop_s": config.HOP_SECONDS,
+            "calibration": cal.to_dict(),
+            "note": "normal validation recordings of each machine played one after the other through the live "
+                    "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
+                    "evidence peaks, with its 90 % upper confidence bound set to the target"}
+
+
+def calibrate_known_faults(val_probs: np.ndarray, val_set: embeddings.EmbeddingSet, labels: list[str],
+                           fault_labels: list[str], false_alerts_per_day: float) -> dict:
+    """The known-fault rule: the CUSUM of the odds the head gives its fault classes, its threshold set for
+    ``false_alerts_per_day`` on the normal validation recordings (played one after the other)."""
+    from .live.decisions import KNOWN_FAULT_DEFAULTS, fault_odds
+
+    fault_index = [labels.index(label) for label in fault_labels]
+    normal = val_set.normal()
+    order = np.argsort(val_set.file_index[normal], kind="stable")
+    odds = np.array([fault_odds(p, fault_index) for p in val_probs[normal][order]])
+    cal = evidence.calibrate([odds], evidence.EvidenceRule(**KNOWN_FAULT_DEFAULTS), config.HOP_SECONDS,
+                             false_alerts_per_day, reference=KNOWN_FAULT_DEFAULTS["reference"])
+    return {"classes": fault_labels, "rule": cal.rule.to_dict(), "calibration": cal.to_dict(),
+            "rule_text": cal.rule.describe().replace("ratio/", "fault odds/")}
+
+
+def _fmt_rate(value) -> str:
+    return "?" if value is None else f"{value:.2g}"
 
 
 def _anomaly_validation(anom, scores, machines, normal, es) -> dict:

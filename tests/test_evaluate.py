@@ -56,6 +56,16 @@ def test_test_split_evaluation_writes_everything(split_eval, trained_model):
     assert p["max_score_diff_over_threshold"] < 1e-3
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["anomaly_auc"] == m["anomaly_auc"]
+    # alert level: the test recordings replayed as streams through the live Analyzer
+    a = on_disk["alerts"]
+    tests = split["splits"]["test"]
+    assert a["fault_streams"] == sum(1 for r in tests if not r["normal"]) and a["normal_streams"] == 1
+    assert a["normal_hours"] * 3600 == pytest.approx(sum(1 for r in tests if r["normal"]) * 4.0, rel=0.1)
+    assert a["false_alerts"] >= 0 and 0 <= a["faults_alerted"] <= a["fault_streams"]
+    assert in_unit(a["share_alerted_within_horizon"]) and a["horizon_s"] == 15.0
+    assert a["rule"] == card["alerts"]["rule"] and a["site"] is None
+    for name in ("alerts_timeline_default_normal.png", "alerts_timeline_default_faults.png"):
+        assert name in on_disk["outputs"] and png_size(out / name)[1] > 100
     for name in on_disk["outputs"]:
         assert (out / name).is_file(), name
     for name in ("confusion_windows.png", "confusion_files.png", "roc_default.png", "scores_default.png"):

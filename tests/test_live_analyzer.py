@@ -22,7 +22,8 @@ def test_a_score_at_the_threshold_counts_as_anomalous():
     clf = StubClassifier()
     window = scenario(16000)[: config.WINDOW_SAMPLES]
     ratio = clf.anomaly_ratio(clf.predict(window).anomaly_scores)
-    one_window = live.DecisionSettings(threshold_scale=ratio, alert_after=0.5, alert_window=0.5)  # n=1, m=1
+    one_window = live.DecisionSettings(threshold_scale=ratio, alert_after=0.5, alert_window=0.5,  # n=1, m=1
+                                       alert_rule="n-of-m")
     [result] = live.Analyzer(clf, channel="mean", decisions=one_window).feed_block(
         live.Block(window[:, None], 16000.0, 1, time.monotonic()))
     assert result.anomaly == 1.0 and result.anomalous and result.alert

@@ -36,8 +36,9 @@ from fanwatch import audio, config, runtime
 def test_wav_fast_gives_states_alert_and_the_offline_scores(trained_model, scene, tmp_path):
     wav = scene["wav"]
     log = tmp_path / "events.jsonl"
+    # the previous rule (n of m windows, no known-fault alerts): check_decisions writes it out independently
     proc = run_cli(["--model", model_path(trained_model), "--wav", wav, "--fast", "--json", "--event-log", log,
-                    "--threshold-scale", scene["scale"]])
+                    "--threshold-scale", scene["scale"], "--alert-rule", "n-of-m"])
     assert proc.returncode == 0, proc.stderr
     records = parse(proc.stdout)
     windows = kinds(records, "window")

@@ -92,7 +92,7 @@ def test_live_capture_from_virtual_alsa_microphones_at_48k_and_44k1(trained_mode
                                  capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0 and "fanwatch_virtual" in listing.stdout, listing.stderr
         for rate, mic in mics.items():  # both devices run at the same time (real-time: ~9 s)
-            procs[rate] = _start_on_mic(mic, model, "--threshold-scale", scene["scale"])
+            procs[rate] = _start_on_mic(mic, model, "--threshold-scale", scene["scale"], "--alert-rule", "n-of-m")
         for rate, mic in mics.items():
             assert mic.played.wait(timeout=40), f"{rate} Hz device never played its signal"
         time.sleep(1.0)  # the last samples reach a decision

@@ -199,7 +199,8 @@ def test_the_hop_changes_the_window_rate_not_the_time_behaviour(trained_model, t
     starts = {}
     for hop in (None, 0.25):
         records = []
-        settings = live.build(path=model_path(trained_model), wav=wav, fast=True, quiet=True, hop=hop)
+        settings = live.build(path=model_path(trained_model), wav=wav, fast=True, quiet=True, hop=hop,
+                              alert_rule="n-of-m")  # the rule whose window counts the hop changes
         live.run(settings, out=io.StringIO(), classifier=_classifier(str(model_path(trained_model))),
                  install_signals=False, on_record=records.append)
         starts[hop] = events(records, "start")[0]

@@ -46,6 +46,17 @@ def test_artifacts_and_model_card(trained_model):
     assert card["parity"]["max_probability_diff"] < 1e-4  # the head stays float
     assert card["parity"]["max_relative_score_diff"] < 1e-3  # the anomaly transform stays float
     np.load(trained_model / "anomaly_model.npz", allow_pickle=False)  # no pickle inside either
+    # the alert rules, calibrated per day on the normal validation recordings (never on anomalous ones)
+    alerts = card["alerts"]
+    cal = alerts["calibration"]
+    assert alerts["rule"]["method"] == "cusum" and alerts["rule"]["threshold"] > 0
+    assert 0 < alerts["rule"]["reference"] <= 1.0
+    assert cal["target_false_alerts_per_day"] == 1.0 and cal["observed_false_alerts"] == 0
+    val_windows = card["anomaly"]["threshold_details"]["default"]["windows"]
+    assert cal["normal_hours"] * 3600 == pytest.approx(val_windows * 0.5, rel=1e-3)
+    assert cal["expected_false_alerts_per_day"] is None or cal["expected_false_alerts_per_day"] <= 1.0
+    assert alerts["known_fault"]["classes"] == [c for c in card["labels"] if c.startswith("fault_")]
+    assert alerts["known_fault"]["rule"]["reference"] == 1.0
 
 
 def test_split_is_by_file_and_reused(trained_model, synthetic_data):

@@ -24,7 +24,7 @@ import numpy as np
 from .. import audio, config
 from ..card import ModelCard
 from .blocks import Block
-from .decisions import AlertDebouncer, StateDebouncer, window_counts
+from .decisions import Decisions, anomalous_labels, rules_from_card, window_counts
 from .settings import DecisionSettings
 from .sources import check_file_channel, open_audio_file
 
@@ -67,7 +67,9 @@ class WindowResult:
     probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
     machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to; -1: pooled reference
-    embedding: np.ndarray | None = field(default=None, repr=False)  # the model's outputs the score is computed from
+    evidence: float | None = None  # anomaly evidence relative to the alert level (1.0 raises); None: n-of-m rule
+    alert_kinds: list = field(default_factory=list)  # active alerts: "unknown_anomaly", "known_fault"
+    embedding: np.ndarray | None = field(default=None, repr=False)  # the model's embedding (score, enrollment)
     band_levels: np.ndarray | None = field(default=None, repr=False)
 
     def record(self) -> dict:
@@ -76,7 +78,9 @@ class WindowResult:
                 "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
                 "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
                 "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
-                "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0}
+                "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0,
+                "evidence": None if self.evidence is None else round(self.evidence, 4),
+                "alert_kinds": list(self.alert_kinds)}
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
@@ -109,10 +113,12 @@ class Analyzer:
     ``channel``: how a [frames, channels] block is mixed ("mean" or an index). ``skip_silent_channels``: a
     live "mean" leaves out channels that are pure digital padding (see :func:`live_channels`); files are
     averaged as they are. ``hop`` defaults to the model card's (training's), else ``config.HOP_SECONDS``.
+    ``site_model``: a :class:`fanwatch.site.SiteModel` (on-site enrollment) combined with the model's ratio
+    and supplying the alert rule.
     """
 
     def __init__(self, classifier: Classifier, hop: float | None = None, channel: str | int = "mean",
-                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False):
+                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False, site_model=None):
         card = classifier.card
         if hop is None:
             hop = card.hop_seconds if isinstance(card, ModelCard) else config.HOP_SECONDS
@@ -126,8 +132,13 @@ class Analyzer:
         self.threshold_scale = decisions.threshold_scale
         self.counts = window_counts(decisions, hop)
         c = self.counts
-        self.states = StateDebouncer(c.state_k)
-        self.alerts = AlertDebouncer(c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio)
+        self.site = site_model
+        self.rule, known_rule = rules_from_card(card, decisions, site_model)
+        n_of_m = (c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio) if decisions.alert_rule == "n-of-m" else None
+        faults = anomalous_labels(card) if decisions.known_faults and n_of_m is None else []
+        self.decisions = Decisions(self.rule, hop, c.state_k, labels=classifier.labels, fault_labels=faults,
+                                   known_rule=known_rule, n_of_m=n_of_m)
+        self.states = self.decisions.states
         self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
         self.gap_restarts = 0  # segments finished early because audio was lost (feed_block with gap)
         self._resampler: audio.StreamResampler | None = None
@@ -260,21 +271,16 @@ class Analyzer:
         label = clf.labels[best]
         machine, ratio = self._anomaly.update(prediction)
         ratio = float(ratio) / self.threshold_scale
+        embedding = prediction.embedding
+        if self.site is not None:
+            ratio = self.site.adjust(embedding, ratio)
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
-        events = []
-        change = self.states.update(label)
-        if change is not None:
-            events.append({"event": "state", "t": round(t, 3), "from": change[0], "to": change[1],
-                           "confidence": round(float(probabilities[best]), 4)})
-        alert = self.alerts.update(ratio)
-        if alert is not None:
-            events.append({"event": f"alert_{alert}", "t": round(t, 3), "anomaly": round(ratio, 4),
-                           "exceeding": self.alerts.exceeding(), "of": self.alerts.m, "label": label,
-                           "state": self.states.state})
-        return WindowResult(t=t, label=label, confidence=float(probabilities[best]), anomaly=ratio,
-                            anomalous=ratio >= 1.0, state=self.states.state, alert=self.alerts.active,
+        confidence = float(probabilities[best])
+        decision = self.decisions.update(t, label, confidence, ratio, probabilities)
+        return WindowResult(t=t, label=label, confidence=confidence, anomaly=ratio,
+                            anomalous=ratio >= 1.0, state=decision.state, alert=decision.alert,
                             inference_ms=inference_ms, latency_ms=latency_ms, gap_restarts=self.gap_restarts,
-                            events=events, probabilities=probabilities, scores=scores, machine=int(machine),
-                            embedding=prediction.embedding,
+                            events=decision.events, probabilities=probabilities, scores=scores, machine=int(machine),
+                            evidence=decision.evidence, alert_kinds=decision.kinds, embedding=embedding,
                             band_levels=prediction.band_levels)

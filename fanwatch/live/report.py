@@ -92,11 +92,14 @@ class Reporter:
             clock = datetime.now().strftime("%H:%M:%S.%f")[:-3]
             flag = "HIGH" if result.anomalous else "ok  "
             alert = " ALERT" if result.alert else "      "
+            if "known_fault" in result.alert_kinds:
+                alert += " (known fault)"
+            evidence = f"evidence {result.evidence:5.2f}  " if result.evidence is not None else ""
             extra = f"  drops {result.drops}" if result.drops else ""
             extra += f"  overflows {result.overflows}" if result.overflows else ""
             extra += "  (unknown machine: pooled reference)" if result.machine < 0 else ""
             line = (f"{clock}  t={result.t:8.2f}s  {result.label:<16s} {result.confidence:4.2f}  "
-                    f"anomaly {result.anomaly:5.2f} {flag}{alert}  {result.inference_ms:6.1f} ms  "
+                    f"anomaly {result.anomaly:5.2f} {flag} {evidence}{alert}  {result.inference_ms:6.1f} ms  "
                     f"latency {result.latency_ms:5.0f} ms  queue {result.queue}{extra}")
         self._record(record, line if not self.quiet else None, log=False)
 
@@ -120,18 +123,26 @@ def _describe(r: dict) -> str:
     if e == "start":
         channel = r.get("channel")
         mix = "mean of the channels" if channel == "mean" else f"channel {channel}"
+        site = r.get("site")
+        where = (f"site calibration applied ({site.get('seconds', 0):.0f} s enrolled {site.get('created', '')}; "
+                 "--no-site ignores it)" if site else "no site calibration")
         return (f"fanwatch listening: {r.get('source')} | model {r.get('model')} ({r.get('runtime')}, "
                 f"{r.get('threads')} thread(s)) | {mix} ({r.get('channel_from')}) | hop {r.get('hop_s')} s | "
-                f"alert {r.get('alert')} | audio stays in memory, nothing is recorded or sent"
+                f"alert {r.get('alert')} | {where} | audio stays in memory, nothing is recorded or sent"
                 + (f" | UNKNOWN MACHINE {r.get('machine_id') or '(none given)'}: scored against the "
                    f"{(r.get('scoring') or {}).get('scored_as')}" if r.get("unknown_machine") else ""))
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"
+    if e == "alert_raised" and r.get("kind") == "known_fault":
+        return (f"ALERT RAISED (known fault): {r.get('class')} (fault probability {r.get('fault_probability', 0):.2f}, "
+                f"score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)")
     if e == "alert_raised":
-        return (f"ALERT RAISED: anomaly in {r['exceeding']} of the last {r['of']} windows "
-                f"(score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)")
+        evidence = f", evidence {r['evidence']:.2f} x alert level" if r.get("evidence") is not None else ""
+        return (f"ALERT RAISED (unknown anomaly): anomaly in {r['exceeding']} of the last {r['of']} windows "
+                f"(score {r['anomaly']:.2f} x threshold{evidence}, state {r['state']}, t={r['t']:.1f} s)")
     if e == "alert_cleared":
-        return f"alert cleared (score {r['anomaly']:.2f} x threshold, t={r['t']:.1f} s)"
+        what = f"known fault {r.get('class')}" if r.get("kind") == "known_fault" else "anomaly"
+        return f"alert cleared ({what}; score {r['anomaly']:.2f} x threshold, t={r['t']:.1f} s)"
     if e in ("device_opened", "device_reopened"):
         what = r.get("device") or r.get("file")
         verb = "opened" if e == "device_opened" else "reopened"

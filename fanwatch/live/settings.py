@@ -18,6 +18,7 @@ from ..card import MODEL_NAME
 from ..errors import FanwatchError
 
 DEFAULT_MODEL = Path("artifacts") / MODEL_NAME
+ALERT_RULES = ("evidence", "n-of-m")
 MAX_MEAN_CHANNELS = 8
 """channel="mean" on a live device opens every input channel it offers, up to this many (``--channels N``
 opens N). Microphones and mic arrays have 1 to 8; ALSA plugin devices (default, pulse, pipewire, plug)
@@ -58,6 +59,7 @@ class ModelSettings:
     runtime: str | None = None
     machine: str | None = None
     hop: float | None = None  # seconds between windows; None: the model card's hop (training's)
+    site: bool = True  # apply the site calibration beside the model, if there is one (--no-site: ignore it)
 
     def validate(self) -> None:
         _need(self.threads >= 1, f"--threads must be at least 1, got {self.threads}")
@@ -81,6 +83,9 @@ class DecisionSettings:
     clear_ratio: float = 1.0  # clear level as a fraction of the threshold
     threshold_scale: float = 1.0  # multiplies the model card's anomaly thresholds
     state_after: float = 1.5  # report a state after this long of agreeing windows (K)
+    alert_rule: str = "evidence"  # "evidence": the calibrated CUSUM + known faults; "n-of-m": the previous rule
+    alert_level: float | None = None  # evidence that raises an unknown-anomaly alert; None: the model card's
+    known_faults: bool = True  # known-fault alerts from the head (evidence rule only)
 
     def validate(self) -> None:
         for name in ("alert_window", "alert_after", "state_after"):
@@ -94,6 +99,10 @@ class DecisionSettings:
         _need(0 < self.clear_ratio <= 1.0, f"--clear-ratio must be in (0, 1], got {self.clear_ratio}")
         _need(self.threshold_scale > 0 and math.isfinite(self.threshold_scale),
               f"--threshold-scale must be a positive number, got {self.threshold_scale}")
+        _need(self.alert_rule in ALERT_RULES, f"--alert-rule must be one of {', '.join(ALERT_RULES)}, "
+                                              f"got {self.alert_rule!r}")
+        _need(self.alert_level is None or (self.alert_level > 0 and math.isfinite(self.alert_level)),
+              f"--alert-level must be a positive number, got {self.alert_level}")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import config, runtime
+from .. import config, runtime, site
 from ..card import ModelCard, card_path, read_card, resolve_channel
 from ..errors import FanwatchError
 from .analyzer import Analyzer, Classifier, WindowResult
@@ -143,6 +143,33 @@ def start_record(settings: LoopSettings, classifier: Classifier, source_name: st
     }
 
 
+def load_site(settings: LoopSettings, card) -> site.SiteModel | None:
+    """The site calibration beside the model (None with ``--no-site`` or when there is none); one line when it
+    is unreadable or belongs to another model."""
+    if not settings.model.site:
+        return None
+    return site.load(settings.model.path)
+
+
+def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
+    """What the start event says about the alert rules and the site calibration (fields added to the start
+    record; ``alert`` keeps its name and says the rule in words)."""
+    d = analyzer.decisions
+    out = {"alert_rule": analyzer.rule.to_dict() if d.evidence is not None else "n-of-m",
+           "known_fault_classes": [d.labels[i] for i in d.fault_index] if d.known_evidence is not None else [],
+           "site": None}
+    if d.evidence is not None:
+        out["alert"] = analyzer.rule.describe() + (" (site calibration)" if site_model is not None else "")
+    if d.known_evidence is not None:
+        out["known_fault_rule"] = d.known_rule.to_dict()
+    if site_model is not None:
+        out["site"] = {"file": site.SITE_JSON, "created": site_model.info.get("created"),
+                       "seconds": site_model.info.get("seconds"), "source": site_model.info.get("source"),
+                       "threshold": site_model.rule.threshold,
+                       "card_threshold": site_model.info.get("card_threshold")}
+    return out
+
+
 def backoff_delays(initial: float, maximum: float):
     """1, 2, 4, ... seconds, capped at ``maximum`` (an endless generator)."""
     delay = initial
@@ -228,6 +255,7 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
             except (KeyError, TypeError, IndexError) as exc:  # a card the runtime's checks let through
                 raise FanwatchError(f"{card_path(m.path)}: malformed model card "
                                     f"({type(exc).__name__}: {exc})") from None
+        site_model = load_site(settings, card)  # one line for a broken one or another model's
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
     except BaseException:
         source.close()
@@ -236,10 +264,12 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
 
     bq = BlockQueue(settings.input.queue_blocks, stats)
     # a live "mean" leaves out channels that are pure padding (see analyzer.live_channels); files are averaged as is
-    analyzer = Analyzer(classifier, hop, channel, settings.decisions, skip_silent_channels=settings.input.wav is None)
+    analyzer = Analyzer(classifier, hop, channel, settings.decisions, skip_silent_channels=settings.input.wav is None,
+                        site_model=site_model)
     worker = Worker(analyzer, bq, reporter, stop, stats, settings.supervision.simulate_slow_ms)
     drops = _DropReporter(stats, reporter, settings.supervision.drop_report_seconds)
-    reporter.event("start", **start_record(settings, classifier, source.describe(), channel_from, hop_from))
+    reporter.event("start", **{**start_record(settings, classifier, source.describe(), channel_from, hop_from),
+                               **alert_record(analyzer, site_model)})
     worker.start()
     try:
         if not stop.is_set():

@@ -1,0 +1,238 @@
+"""The alert rule (fanwatch/evidence.py): CUSUM evidence, hysteresis, per-day calibration, alert metrics;
+and on-site enrollment (fanwatch/site.py) on synthetic score streams (no model needed)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fanwatch import evidence, site
+from fanwatch.errors import FanwatchError
+from fanwatch.live import decisions
+
+HOP = 0.5
+
+
+def normal_stream(n: int, seed: int, median: float = 0.3, sigma: float = 0.5, rho: float = 0.5) -> np.ndarray:
+    """Log-normal ratios with AR(1) correlation in log space (overlapping windows are correlated)."""
+    rng = np.random.default_rng(seed)
+    z = np.empty(n)
+    z[0] = rng.normal()
+    e = rng.normal(size=n) * math.sqrt(1 - rho * rho)
+    for i in range(1, n):
+        z[i] = rho * z[i - 1] + e[i]
+    return median * np.exp(sigma * z)
+
+
+def test_cusum_alerts_after_the_evidence_a_constant_fault_brings_and_clears_with_hysteresis():
+    rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clip=1.0, clear_s=2.0, clear_fraction=0.5)
+    alerts = evidence.AlertRule(rule, HOP)
+    ratios = [0.1] * 10 + [1.0] * 20 + [0.1] * 20  # a fault at twice the reference adds ln 2 per window
+    events = [(i, alerts.update(r)) for i, r in enumerate(ratios)]
+    events = [(i, e) for i, e in events if e]
+    raised = math.ceil(3.0 / math.log(2.0))  # 5 windows of ln 2 = 3.47 >= 3
+    assert events[0] == (10 + raised - 1, "raised")
+    # after the fault: drains by 1 per window (clipped ln(0.2)), below 1.5 after 2 windows, 4 quiet windows clear
+    assert events[1][1] == "cleared" and events[1][0] > 30 and len(events) == 2
+    assert alerts.active is False
+
+
+def test_one_loud_window_cannot_raise_an_alert_alone():
+    rule = evidence.EvidenceRule(reference=0.5, threshold=2.5, clip=1.0)
+    assert evidence.count_alerts([[0.1] * 10 + [1e6] + [0.1] * 10], rule, HOP) == 0
+    assert evidence.count_alerts([[0.1] * 10 + [1e6] * 3 + [0.1] * 10], rule, HOP) == 1
+
+
+def test_the_cap_bounds_how_long_a_long_fault_takes_to_clear():
+    rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clip=1.0, cap_s=2.0, clear_s=1.0)
+    spans = evidence.alert_spans([5.0] * 2000 + [0.01] * 40, rule, HOP)
+    ((_, end),) = spans
+    assert end is not None and end - 2000 <= 4 + 2 + 2  # cap 3 + 4 windows: drains in <= 5, clears 2 later
+
+
+def test_mean_method_uses_its_horizon():
+    rule = evidence.EvidenceRule(method="mean", horizon_s=2.0, reference=1.0, clip=1.0, threshold=0.5)
+    series = evidence.evidence_series([math.e] * 4 + [1.0] * 4, rule, HOP)
+    assert series[3] == pytest.approx(1.0) and series[0] == pytest.approx(0.25) and series[-1] == pytest.approx(0.0)
+
+
+def test_bad_rule_values_are_one_line_errors():
+    with pytest.raises(FanwatchError, match="clip"):
+        evidence.EvidenceRule(clip=0).validate()
+    with pytest.raises(FanwatchError, match="method"):
+        evidence.EvidenceRule.from_dict({"method": "magic"})
+    rule = evidence.EvidenceRule.from_dict({"threshold": 4.0, "unknown_future_key": 1})
+    assert rule.threshold == 4.0 and rule.method == "cusum"
+
+
+def test_calibration_for_one_alert_a_day_holds_on_two_days_of_fresh_normal_audio():
+    """Five minutes of correlated normal ratios set the threshold; two simulated days must then raise no more
+    alerts than the target allows (the bound is cautious, so usually none)."""
+    cal = evidence.calibrate([normal_stream(600, seed=1)], hop_s=HOP, false_alerts_per_day=1.0)
+    assert cal.method == "Lundberg bound"
+    assert cal.observed_false_alerts == 0
+    assert cal.upper_false_alerts_per_day == pytest.approx(1.0, rel=1e-3)
+    assert 0 < cal.expected_false_alerts_per_day <= 1.0
+    assert cal.normal_hours == pytest.approx(600 * HOP / 3600)
+    days = 2
+    fresh = normal_stream(int(days * 86400 / HOP), seed=2)
+    assert evidence.count_alerts([fresh], cal.rule, HOP) <= 3 * days
+    # and a threshold at the tenth of it raises many: the calibration is not vacuous
+    assert evidence.count_alerts([fresh[:20000]], replace(cal.rule, threshold=cal.rule.threshold / 10), HOP) > 10
+
+
+def test_calibration_is_cautious_with_little_audio():
+    short = evidence.calibrate([normal_stream(120, seed=3)], hop_s=HOP)
+    long = evidence.calibrate([normal_stream(2400, seed=3)], hop_s=HOP)
+    assert short.rule.threshold > long.rule.threshold
+    assert short.rule.reference <= 1.0
+
+
+def test_too_little_audio_is_not_calibrated_and_says_so():
+    cal = evidence.calibrate([normal_stream(20, seed=3)], hop_s=HOP)
+    assert cal.method.startswith("not calibrated") and cal.rule.threshold == evidence.DEFAULT_THRESHOLD
+    assert cal.to_dict()["expected_false_alerts_per_day"] is None
+
+
+def test_calibration_refuses_evidence_that_grows_on_normal_audio():
+    with pytest.raises(FanwatchError, match="grows on normal audio"):
+        evidence.calibrate([np.full(200, 2.0)], hop_s=HOP, reference=1.0)
+
+
+def test_stream_metrics_count_false_alerts_delays_and_misses():
+    streams = [
+        {"seconds": 100.0, "raised": [10.0, 65.0], "faults": [(60.0, 90.0)]},  # one false, one after 5 s
+        {"seconds": 100.0, "raised": [], "faults": [(60.0, 90.0)]},  # missed
+        {"seconds": 100.0, "raised": [90.5], "faults": [(60.0, 90.0)]},  # just after the end: still fault audio
+    ]
+    m = evidence.stream_metrics(streams, horizon_s=15.0)
+    assert m["false_alerts"] == 1
+    assert m["faults_alerted"] == 2 and m["fault_streams"] == 3
+    assert m["share_alerted_within_horizon"] == pytest.approx(1 / 3, abs=1e-3)
+    assert m["median_time_to_alert_s"] == pytest.approx(30.5)
+    assert m["p95_time_to_alert_s"] is None  # a missed fault: never
+    assert m["normal_hours"] == pytest.approx(3 * 70 / 3600, abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# enrollment
+
+
+class _Classifier:
+    labels = ["high_speed", "low_speed", "fault_bearing"]
+    card = {"normal_labels": ["high_speed", "low_speed"], "anomaly": {"target_false_alarm_rate": 0.01},
+            "alerts": {"rule": {"reference": 0.5, "threshold": 4.0},
+                       "calibration": {"target_false_alerts_per_day": 1.0, "expected_false_alerts_per_day": 0.4}}}
+
+
+def _site_data(n: int, seed: int = 0, dim: int = 64):
+    rng = np.random.default_rng(seed)
+    centre = np.abs(rng.normal(size=dim))
+    emb = np.abs(centre + 0.1 * rng.normal(size=(n, dim))).astype(np.float32)
+    ratios = normal_stream(n, seed, median=0.6)
+    probs = np.tile([0.8, 0.15, 0.05], (n, 1))
+    return emb, ratios, probs, centre
+
+
+def test_enrollment_splits_blocks_without_overlap_and_holds_a_third_apart():
+    ref, held = site.split_blocks(240)
+    assert len(ref) == 8 and len(held) == 4
+    used = np.concatenate(ref + held)
+    assert len(set(used.tolist())) == len(used)
+    assert all(b[-1] + 1 not in used for b in ref + held if b[-1] < 239)  # boundary windows dropped
+
+
+def test_enrollment_adapts_to_the_site(tmp_path):
+    emb, ratios, probs, _ = _site_data(240)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"model bytes")
+    from fanwatch import config
+
+    sha = config.sha256_file(model)
+    s = site.enroll(_Classifier(), emb, ratios, probs, rms=0.05, model_sha256=sha)
+    assert s.rule.threshold >= 4.0 and s.rule.reference == 0.5
+    assert s.info["reference_windows"] + s.info["held_apart_windows"] <= 240
+    # the site's own normal sound is pulled down where the model finds it unusual (ratio 3) ...
+    fresh, _, _, _ = _site_data(50, seed=0)
+    adjusted = s.adjust_many(fresh, np.full(50, 3.0))
+    assert np.median(adjusted) < 1.5 and (adjusted < 3.0).all()
+    np.testing.assert_allclose(adjusted, np.sqrt(3.0 * s.site_ratios(fresh)))
+    # ... and a sound unlike it stays above the threshold
+    other = np.abs(np.random.default_rng(9).normal(size=(20, 64))).astype(np.float32)
+    assert np.median(s.adjust_many(other, np.full(20, 3.0))) > 1.5
+    s.save(model)
+    loaded = site.load(model)
+    assert loaded.threshold == pytest.approx(s.threshold) and loaded.rule == s.rule
+    np.testing.assert_allclose(loaded.adjust_many(fresh, np.full(50, 3.0)), adjusted, rtol=1e-6)
+    assert "enrolled" in site.describe(loaded)
+    model.write_bytes(b"another model")
+    with pytest.raises(FanwatchError, match="another model"):
+        site.load(model)
+
+
+def test_enrollment_refuses_short_silent_or_anomalous_audio_unless_forced():
+    emb, ratios, probs, _ = _site_data(240)
+    c = _Classifier()
+    with pytest.raises(FanwatchError, match="at least 120 s"):
+        site.enroll(c, emb[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x")
+    with pytest.raises(FanwatchError, match="silent"):
+        site.enroll(c, emb, ratios, probs, rms=0.0, model_sha256="x")
+    with pytest.raises(FanwatchError, match="already sounds anomalous"):
+        site.enroll(c, emb, ratios * 5, probs, rms=0.05, model_sha256="x")
+    fault = np.tile([0.05, 0.05, 0.9], (240, 1))
+    with pytest.raises(FanwatchError, match="fault_bearing"):
+        site.enroll(c, emb, ratios, fault, rms=0.05, model_sha256="x")
+    assert site.enroll(c, emb, ratios * 5, fault, rms=0.0, model_sha256="x", force=True).info["forced"]
+    assert site.enroll(c, emb[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x", force=True)
+    with pytest.raises(FanwatchError, match="at least 20 s"):
+        site.enroll(c, emb[:30], ratios[:30], probs[:30], rms=0.05, model_sha256="x", force=True)
+
+
+def test_no_site_file_is_none_and_a_broken_one_is_one_line(tmp_path):
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"x")
+    assert site.load(model) is None
+    (tmp_path / site.SITE_JSON).write_text("{not json")
+    with pytest.raises(FanwatchError, match="unreadable site calibration"):
+        site.load(model)
+
+
+# --------------------------------------------------------------------------------------------------
+# the live decisions: both alert kinds in one event stream
+
+
+def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_kind():
+    labels = ["high_speed", "fault_bearing", "fault_rubbing"]
+    rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clear_s=1.0)
+    known = evidence.EvidenceRule(reference=1.0, clip=2.0, threshold=6.0, clear_s=1.0)
+    d = decisions.Decisions(rule, HOP, labels=labels, fault_labels=["fault_bearing", "fault_rubbing"],
+                           known_rule=known)
+    normal, bearing = [0.9, 0.06, 0.04], [0.05, 0.85, 0.10]
+    seq = [(normal, 0.2)] * 10 + [(bearing, 0.2)] * 10 + [(normal, 0.2)] * 12 + [(normal, 3.0)] * 10 + \
+        [(normal, 0.1)] * 12
+    events = []
+    for i, (p, ratio) in enumerate(seq):
+        label = labels[int(np.argmax(p))]
+        out = d.update(i * HOP, label, max(p), ratio, p)
+        events += [e for e in out.events if e["event"].startswith("alert")]
+    kinds = [(e["event"], e["kind"], e.get("class")) for e in events]
+    assert kinds == [("alert_raised", "known_fault", "fault_bearing"),
+                     ("alert_cleared", "known_fault", "fault_bearing"),
+                     ("alert_raised", "unknown_anomaly", None), ("alert_cleared", "unknown_anomaly", None)]
+    # the head's fault odds 0.9 / 0.1 = 9 add ln 9 = 2.2, clipped at 2: three windows reach 6
+    assert events[0]["t"] == pytest.approx((10 + 2) * HOP)
+    assert all(k in events[2] for k in ("anomaly", "exceeding", "of", "evidence", "label", "state"))
+    assert d.active is False
+
+
+def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_known_faults():
+    d = decisions.Decisions(evidence.EvidenceRule(), HOP, labels=["a", "b"], n_of_m=(3, 4, 0, 1.0))
+    out = [d.update(i * HOP, "a", 0.9, r, [0.9, 0.1]) for i, r in enumerate([1.2, 1.3, 0.5, 1.1])]
+    assert [e["event"] for o in out for e in o.events if e["event"].startswith("alert")] == ["alert_raised"]
+    assert out[-1].evidence is None and out[-1].kinds == ["unknown_anomaly"]
+    assert decisions.anomalous_labels({"labels": ["id_00", "id_02"], "head_target": "machine",
+                                      "normal_labels": ["id_00", "id_02"]}) == []
+    assert decisions.anomalous_labels({"labels": ["on", "fault_x"], "normal_labels": ["on"]}) == ["fault_x"]
