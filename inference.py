@@ -14,7 +14,9 @@ from fanwatch import audio, cli, config, runtime, stream  # noqa: E402
 from fanwatch.errors import FanwatchError  # noqa: E402
 
 PRIVACY = ("Privacy: audio is analysed in memory, window by window, and then discarded; no audio is ever "
-           "written to disk or sent anywhere. Only the decisions (and, with --event-log, the events) are output.")
+           "written to disk or sent anywhere. Only the decisions (and, with --event-log, the events) are output; "
+           "the --http page shows decisions, scores, levels and counters, never audio. The one exception is "
+           "--record, which writes the clips it is asked for.")
 
 
 def _positive_float(text: str) -> float:
@@ -112,6 +114,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--event-log-backups", type=int, default=5, metavar="N",
                      help="rotated event logs to keep (default 5)")
 
+    rec = p.add_argument_group("recording training clips (the only time fanwatch writes audio)")
+    rec.add_argument("--record", type=Path, default=None, metavar="DIR",
+                     help="record WAV clips from --device (at its native rate, with the channels the loop would "
+                          "open) into DIR/LABEL/, the folder-per-class layout train.py reads, then exit; shows a "
+                          "level meter and a countdown; refuses a silent or clipping input")
+    rec.add_argument("--label", default=None, metavar="NAME",
+                     help="with --record: the class of what is recorded (a folder name, e.g. on_state, "
+                          "fault_bearing)")
+    rec.add_argument("--seconds", type=_positive_float, default=60.0, metavar="S",
+                     help="with --record: how long to record in all (default 60)")
+    rec.add_argument("--clip-seconds", type=_positive_float, default=10.0, metavar="S",
+                     help="with --record: length of each clip (default 10)")
+
+    web = p.add_argument_group("status page and metrics")
+    web.add_argument("--http", metavar="[ADDR:]PORT", default=None,
+                     help="serve a live status page on / (readable on a phone), /api/status (JSON), /events "
+                          "(server-sent events), /healthz and /metrics (Prometheus); bound to 127.0.0.1 unless "
+                          "ADDR is given (0.0.0.0: every interface, which needs --http-token-file). Off by default")
+    web.add_argument("--http-token-file", type=Path, default=None, metavar="FILE",
+                     help="access token (one line, 16+ characters) required on every request except /healthz: "
+                          "Authorization: Bearer TOKEN, or open /?token=TOKEN once in a browser")
+    web.add_argument("--http-stale-seconds", type=_positive_float, default=15.0, metavar="SECONDS",
+                     help="/healthz fails once no audio has been analysed for this long (default 15)")
+
     ops = p.add_argument_group("operation")
     ops.add_argument("--duration", type=_positive_float, default=None, metavar="SECONDS",
                      help="stop after this long (default: run until Ctrl-C / SIGTERM, or the end of --wav)")
@@ -137,6 +163,33 @@ def settings_from(args: argparse.Namespace) -> stream.LoopSettings:
     )
 
 
+def _record(args: argparse.Namespace) -> None:
+    from fanwatch import recording
+
+    if args.label is None:
+        raise FanwatchError("--record needs --label NAME (the class folder the clips go into, e.g. on_state)")
+    if args.wav is not None:
+        raise FanwatchError("--record captures from a device; it cannot be combined with --wav")
+    recording.record(recording.RecordSettings(
+        out=args.record, label=args.label, seconds=args.seconds, clip_seconds=args.clip_seconds,
+        device=args.device, rate=args.rate, channels=args.channels, block_seconds=args.block_ms / 1000.0))
+
+
+def _run_with_server(args: argparse.Namespace) -> None:
+    from fanwatch import status, webserver
+
+    host, port = webserver.parse_bind(args.http)
+    token = webserver.read_token(args.http_token_file) if args.http_token_file is not None else None
+    settings = settings_from(args)
+    settings.validate()  # before the server binds: a bad option still ends in one line and nothing listening
+    board = status.StatusBoard(settings.hop, args.http_stale_seconds)
+    with webserver.StatusServer(board, host, port, token) as server:
+        note = webserver.token_file_warning(args.http_token_file) if token else None
+        print(f"status page: {server.url}" + (" (token required)" if token else "") + (f"; {note}" if note else ""),
+              file=sys.stderr, flush=True)
+        stream.run(settings, on_record=board)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     status = 0
@@ -144,6 +197,10 @@ def main(argv=None) -> int:
         with cli.user_errors():  # FanwatchError -> "error: ..." and status 2; Ctrl-C -> 130
             if args.list_devices:
                 stream.list_devices()
+            elif args.record is not None:
+                _record(args)
+            elif args.http is not None:
+                _run_with_server(args)
             else:
                 stream.run(settings_from(args))
     except SystemExit as exc:
