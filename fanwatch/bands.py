@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,3 +235,55 @@ def explain(levels: np.ndarray, bands: np.ndarray, profile: BandProfile, machine
     return {"machine": name, "windows": int(len(levels)), "level_dbfs": round(level, 1),
             "normal_level_dbfs": round(normal.level_mean, 1), "level_change_db": round(level_change, 1),
             "bands": picked, "text": text}
+
+
+def fit_from_recordings(recordings, channel: str | int = "mean", progress: bool = False) -> BandProfile:
+    """Fit the normal profile on ``recordings`` (normal ones: the training split's), decoded, mixed and
+    resampled exactly as for the model (:func:`fanwatch.audio.load_audio`), grouped by machine id.
+    A file that cannot be decoded is skipped (training already reports it)."""
+    from tqdm import tqdm
+
+    from . import audio
+
+    meter = BandMeter()
+    measured: dict[str, tuple[list, list]] = {}
+    for rec in tqdm(list(recordings), desc="band profile", unit="file", disable=not progress, leave=False):
+        try:
+            signal = audio.load_audio(rec.path, channel=channel)
+        except FanwatchError:
+            continue
+        levels, bands = measured.setdefault(rec.machine, ([], []))
+        for window in audio.frame_windows(signal):
+            level, band = meter.measure(window)
+            levels.append(level)
+            bands.append(band)
+    machines = {m: MachineProfile.fit(np.array(lv), np.stack(bd)) for m, (lv, bd) in measured.items() if lv}
+    if not machines:
+        raise FanwatchError("no normal training window to fit the band profile on")
+    return BandProfile(edges=meter.edges, machines=machines)
+
+
+class AlertExplainer:
+    """The live side: measures every window (its level goes into the window record) and keeps the last
+    ``history`` measurements, from which :meth:`explain` describes an alert against the normal profile."""
+
+    def __init__(self, profile: BandProfile | None, history: int):
+        self.profile = profile
+        self.meter = BandMeter(profile.edges if profile is not None else BAND_EDGES)
+        self.recent: deque = deque(maxlen=max(1, int(history)))
+
+    def measure(self, window: np.ndarray) -> float:
+        level, bands = self.meter.measure(window)
+        self.recent.append((level, bands))
+        return level
+
+    def reset(self) -> None:
+        """Audio was lost: what follows is not compared with what came before."""
+        self.recent.clear()
+
+    def explain(self, machine: str | None = None) -> dict | None:
+        if self.profile is None or not self.recent:
+            return None
+        levels = np.array([r[0] for r in self.recent])
+        bands = np.stack([r[1] for r in self.recent])
+        return explain(levels, bands, self.profile, machine)

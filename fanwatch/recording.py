@@ -6,7 +6,8 @@ channel rule as the live loop (every input channel up to ``MAX_MEAN_CHANNELS``, 
 channels that are pure digital padding are left out), at the device's native rate, and writes 16-bit PCM
 WAV clips into ``data/<label>/``: the folder-per-class layout ``train.py`` reads. A level meter and a
 countdown show while it records; a silent or clipping input is refused with one line (checked after the
-first second and for every clip before it is written). Each session appends what it did and with which
+first second and for every clip before it is written). The first 0.3 s after the device opens are not
+kept (start-up clicks of USB microphones, stale driver buffers). Each session appends what it did and with which
 settings to ``data/<label>/recordings.jsonl``.
 
 This is the only place fanwatch ever writes audio, and only when asked to.
@@ -35,6 +36,7 @@ SILENT_DBFS = -70.0  # an input whose RMS stays below this is not a working micr
 CLIP_LEVEL = 0.999  # |sample| at or above this counts as clipped
 CLIP_FRACTION = 0.001  # more than this fraction of clipped samples: the gain is too high
 CHECK_SECONDS = 1.0
+SETTLE_SECONDS = 0.3  # audio right after the device opens is not recorded (start-up clicks, stale buffers)
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 LOG_NAME = "recordings.jsonl"
 
@@ -139,6 +141,7 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
     last_meter = 0.0
     peak_recent = 0.0
     gaps = 0
+    settle = int(round(SETTLE_SECONDS * rate_i))
     print(f"recording {s.label}: {goal / rate_i:g} s from {info['device']} at {rate_i} Hz ({info['channels']} "
           f"channel(s) opened) into {folder}/ as {len(targets)} clip(s)", file=err, flush=True)
 
@@ -163,6 +166,11 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
             except queue.Empty:
                 continue
             data = np.asarray(block.data, dtype=np.float32)
+            if settle > 0:
+                skip, settle = min(settle, len(data)), settle - min(settle, len(data))
+                data = data[skip:]
+                if not len(data):
+                    continue
             if block.gap and pending:  # audio was lost: the clip in progress would splice across the gap
                 gaps += 1
                 pending, pending_frames = [], 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime
+from . import __version__, anomaly, audio, bands, config, datasets, embeddings, evaluation, export, runtime
 from .errors import FanwatchError
 from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
 
@@ -200,6 +200,12 @@ def train(s: TrainSettings) -> dict:
             f"{thresholds[m]['windows']} windows, target false-alarm rate {s.false_alarm_rate:.1%})"
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
 
+    # --- normal band profile: what an alert's explanation compares with ----------------------------
+    profile = bands.fit_from_recordings([r for r in splits["train"] if r.normal], s.channel, s.progress)
+    profile.save(out / bands.PROFILE_NAME)
+    log(f"band profile: {len(profile.edges)} third-octave bands, "
+        + ", ".join(f"{m}: {p.windows} normal windows at {p.level_mean:.1f} dBFS" for m, p in profile.machines.items()))
+
     # --- export -----------------------------------------------------------------------------------
     from . import yamnet
 
@@ -252,6 +258,9 @@ def train(s: TrainSettings) -> dict:
             "threshold_details": thresholds,
             "validation": anomaly_info,
         },
+        "band_profile": {"file": bands.PROFILE_NAME, "bands": len(profile.edges),
+                         "machines": {m: p.windows for m, p in profile.machines.items()},
+                         "source": profile.source},
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},

@@ -37,6 +37,7 @@ class Page:
     def __init__(self, browser: Browser, session: str):
         self.browser = browser
         self.session = session
+        self.mobile, self.scale = False, 1.0
 
     def send(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
         return self.browser.send(method, params, self.session, timeout)
@@ -51,8 +52,9 @@ class Page:
     def wait_for(self, expression: str, timeout: float = 20.0, interval: float = 0.2):
         """The first truthy value of ``expression``; fails with the page's text after ``timeout``."""
         end = time.monotonic() + timeout
+        guarded = f"(() => {{ try {{ return ({expression}); }} catch (e) {{ return false; }} }})()"
         while True:
-            value = self.evaluate(expression)
+            value = self.evaluate(guarded)
             if value:
                 return value
             if time.monotonic() > end:
@@ -61,17 +63,24 @@ class Page:
             time.sleep(interval)
 
     def set_size(self, width: int, height: int, mobile: bool = False, scale: float = 1.0) -> None:
+        self.mobile, self.scale = mobile, scale
         self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
                                                          "deviceScaleFactor": scale, "mobile": mobile})
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:
-        params = {"format": "png"}
+        """A PNG of the page; ``full_page``: the viewport is stretched to the content's height for it."""
+        metrics = self.send("Page.getLayoutMetrics")
+        view = metrics.get("cssLayoutViewport") or metrics["layoutViewport"]
+        width, height = int(view["clientWidth"]), int(view["clientHeight"])
         if full_page:
-            metrics = self.send("Page.getLayoutMetrics")
-            size = metrics.get("cssContentSize") or metrics["contentSize"]
-            params.update(captureBeyondViewport=True,
-                          clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
-        data = self.send("Page.captureScreenshot", params)["data"]
+            content = metrics.get("cssContentSize") or metrics["contentSize"]
+            self.set_size(width, max(height, int(content["height"])), self.mobile, self.scale)
+            time.sleep(0.5)  # the page redraws on resize
+        try:
+            data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+        finally:
+            if full_page:
+                self.set_size(width, height, self.mobile, self.scale)
         path = Path(path)
         path.write_bytes(base64.b64decode(data))
         return path
