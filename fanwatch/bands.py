@@ -1,17 +1,20 @@
 """What changed, in terms a maintenance engineer reads: band levels in Hz ranges and dB against normal.
 
-Every window the model hears (0.975 s at 16 kHz) is also measured in **third-octave bands** (the bands
-of acoustic measurement, IEC 61260 centres 50 Hz ... 8 kHz, base 2: ``1000 * 2**(k/3)``), each band's
-level in dB relative to full scale, and the window's overall level (RMS, dBFS: a full-scale square wave
-is 0 dBFS, a full-scale sine -3 dBFS). A machine's **normal profile** is the mean and spread of those
-levels over the windows of its normal training recordings, fitted by ``train.py`` and stored beside the
-model as ``band_profile.json`` (plain JSON, no pickle). When an alert is raised, :func:`explain`
-compares the alert's windows with that profile: the bands whose level moved most (in units of the
-band's normal spread, at least :data:`MIN_CHANGE_DB`) with their change in dB, and the overall level
-change.
+Every window the model hears (0.975 s at 16 kHz) is also measured in **third-octave bands** (the bands of
+acoustic measurement, IEC 61260, base 2: centres ``1000 * 2**(k/3)`` from 20 Hz to 8 kHz, low enough for
+a fan's shaft rate of 10-50 Hz), each band's level in dB relative to full scale, and the window's overall
+level (RMS, dBFS: a full-scale square wave is 0 dBFS, a full-scale sine -3 dBFS). A machine's **normal
+profile** is the mean and spread of those levels over the windows of its normal training recordings,
+fitted by ``train.py`` and stored beside the model as ``band_profile.json`` (plain JSON, no pickle);
+where the training data has several normal operating states (off, low speed, high speed), each state
+also gets a profile of its own, since a fan at high speed is louder than at low speed without anything
+being wrong. When an alert is raised, :func:`explain` compares the alert's windows with the profile of
+the last normal state the loop reported (else with all normal recordings): the bands whose level moved
+most (in units of the band's normal spread, at least :data:`MIN_CHANGE_DB`) with their change in dB, and
+the overall level change.
 
-Levels are power sums over ~1 Hz FFT bins, so they say nothing about the waveform: no audio (or
-speech) can be rebuilt from 23 band levels per second. Runtime module: numpy and the standard library.
+Levels are power sums over ~1 Hz FFT bins, so they say nothing about the waveform: no audio (or speech)
+can be rebuilt from 27 band levels per window. Runtime module: numpy and the standard library.
 """
 
 from __future__ import annotations
@@ -35,9 +38,10 @@ FLOOR_DB = -120.0  # the level of digital silence (a band with no energy)
 MIN_STD_DB = 1.0  # a band's normal spread is taken as at least this (a very steady band is not infinitely telling)
 MIN_CHANGE_DB = 3.0  # a band must move at least this much to be named in an explanation
 TOP_BANDS = 3
+MIN_STATE_WINDOWS = 8  # a normal state gets its own reference profile from this many training windows on
 
 
-def third_octave_edges(low_hz: float = 50.0, high_hz: float = 8000.0, rate: int = config.SAMPLE_RATE) -> np.ndarray:
+def third_octave_edges(low_hz: float = 20.0, high_hz: float = 8000.0, rate: int = config.SAMPLE_RATE) -> np.ndarray:
     """[n, 2] band edges in Hz: third-octave bands with centres from ``low_hz`` to ``high_hz`` (base 2),
     the top edge cut at the Nyquist frequency."""
     k_low = round(3 * math.log2(low_hz / 1000.0))
@@ -98,6 +102,7 @@ class MachineProfile:
     level_std: float
     band_mean: np.ndarray
     band_std: np.ndarray
+    states: dict[str, MachineProfile] = field(default_factory=dict)  # per normal operating state (label)
 
     @classmethod
     def fit(cls, levels: np.ndarray, bands: np.ndarray) -> MachineProfile:
@@ -105,14 +110,26 @@ class MachineProfile:
         bands = np.asarray(bands, dtype=np.float64)
         if len(levels) == 0 or bands.shape[0] != len(levels):
             raise FanwatchError("a band profile needs at least one window")
-        return cls(windows=int(len(levels)), level_mean=float(levels.mean()), level_std=float(levels.std()),
+        return cls(windows=len(levels), level_mean=float(levels.mean()), level_std=float(levels.std()),
                    band_mean=bands.mean(axis=0), band_std=bands.std(axis=0))
 
     def as_dict(self) -> dict:
-        return {"windows": self.windows, "level_mean_dbfs": round(self.level_mean, 3),
-                "level_std_db": round(self.level_std, 3),
-                "band_mean_db": [round(float(v), 3) for v in self.band_mean],
-                "band_std_db": [round(float(v), 3) for v in self.band_std]}
+        out = {"windows": self.windows, "level_mean_dbfs": round(self.level_mean, 3),
+               "level_std_db": round(self.level_std, 3),
+               "band_mean_db": [round(float(v), 3) for v in self.band_mean],
+               "band_std_db": [round(float(v), 3) for v in self.band_std]}
+        if self.states:
+            out["states"] = {label: p.as_dict() for label, p in self.states.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, p: dict, n_bands: int, name: str) -> MachineProfile:
+        mean = np.asarray(p["band_mean_db"], dtype=np.float64)
+        std = np.asarray(p["band_std_db"], dtype=np.float64)
+        if mean.shape != (n_bands,) or std.shape != (n_bands,):
+            raise ValueError(f"{name}: {len(mean)} band levels for {n_bands} bands")
+        states = {str(k): cls.from_dict(v, n_bands, f"{name}/{k}") for k, v in (p.get("states") or {}).items()}
+        return cls(int(p["windows"]), float(p["level_mean_dbfs"]), float(p["level_std_db"]), mean, std, states)
 
 
 @dataclass
@@ -150,14 +167,8 @@ class BandProfile:
             if data.get("format") != PROFILE_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {PROFILE_FORMAT}")
             edges = np.asarray(data["bands_hz"], dtype=np.float64).reshape(-1, 2)
-            machines = {}
-            for name, p in data["machines"].items():
-                mean = np.asarray(p["band_mean_db"], dtype=np.float64)
-                std = np.asarray(p["band_std_db"], dtype=np.float64)
-                if mean.shape != (len(edges),) or std.shape != (len(edges),):
-                    raise ValueError(f"machine {name}: {len(mean)} band levels for {len(edges)} bands")
-                machines[str(name)] = MachineProfile(int(p["windows"]), float(p["level_mean_dbfs"]),
-                                                     float(p["level_std_db"]), mean, std)
+            machines = {str(name): MachineProfile.from_dict(p, len(edges), f"machine {name}")
+                        for name, p in data["machines"].items()}
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FanwatchError(f"{path}: unreadable band profile ({exc})") from None
         if not machines:
@@ -204,13 +215,18 @@ def hz_range(lo: float, hi: float) -> str:
 
 
 def explain(levels: np.ndarray, bands: np.ndarray, profile: BandProfile, machine: str | None = None,
-            top: int = TOP_BANDS) -> dict | None:
+            state: str | None = None, top: int = TOP_BANDS) -> dict | None:
     """What changed in ``levels`` ([k] dBFS) / ``bands`` ([k, n_bands] dB), the windows behind an alert,
-    against the machine's normal profile. None when the profile has no entry for the machine."""
+    against the machine's normal profile: that of normal operating state ``state`` (the last one the loop
+    reported) when the profile has it, else all its normal recordings. None when the profile has no entry
+    for the machine."""
     chosen = profile.for_machine(machine)
     if chosen is None:
         return None
     name, normal = chosen
+    compared_with = "all normal recordings"
+    if state is not None and state in normal.states:
+        normal, compared_with = normal.states[state], f"normal {state}"
     levels = np.asarray(levels, dtype=np.float64).reshape(-1)
     bands = np.asarray(bands, dtype=np.float64).reshape(len(levels), -1)
     level = float(levels.mean())
@@ -227,12 +243,12 @@ def explain(levels: np.ndarray, bands: np.ndarray, profile: BandProfile, machine
                        "level_db": round(float(now[i]), 1), "normal_db": round(float(normal.band_mean[i]), 1),
                        "normal_std_db": round(float(normal.band_std[i]), 1), "z": round(float(z[i]), 1)})
     level_change = level - normal.level_mean
-    text = f"level {level_change:+.1f} dB vs normal ({level:.1f} dBFS, normally {normal.level_mean:.1f})"
+    text = f"level {level_change:+.1f} dB vs {compared_with} ({level:.1f} dBFS, normally {normal.level_mean:.1f})"
     if picked:
         text += "; bands: " + ", ".join(f"{b['range']} {b['change_db']:+.1f} dB" for b in picked)
     else:
         text += f"; no band differs from normal by {MIN_CHANGE_DB:g} dB or more"
-    return {"machine": name, "windows": int(len(levels)), "level_dbfs": round(level, 1),
+    return {"machine": name, "compared_with": compared_with, "windows": len(levels), "level_dbfs": round(level, 1),
             "normal_level_dbfs": round(normal.level_mean, 1), "level_change_db": round(level_change, 1),
             "bands": picked, "text": text}
 
@@ -246,18 +262,27 @@ def fit_from_recordings(recordings, channel: str | int = "mean", progress: bool 
     from . import audio
 
     meter = BandMeter()
-    measured: dict[str, tuple[list, list]] = {}
+    measured: dict[str, dict[str, tuple[list, list]]] = {}  # machine -> label -> (levels, bands)
     for rec in tqdm(list(recordings), desc="band profile", unit="file", disable=not progress, leave=False):
         try:
             signal = audio.load_audio(rec.path, channel=channel)
         except FanwatchError:
             continue
-        levels, bands = measured.setdefault(rec.machine, ([], []))
+        levels, bands = measured.setdefault(rec.machine, {}).setdefault(rec.label, ([], []))
         for window in audio.frame_windows(signal):
             level, band = meter.measure(window)
             levels.append(level)
             bands.append(band)
-    machines = {m: MachineProfile.fit(np.array(lv), np.stack(bd)) for m, (lv, bd) in measured.items() if lv}
+    machines = {}
+    for machine, by_label in measured.items():
+        levels = [v for lv, _ in by_label.values() for v in lv]
+        if not levels:
+            continue
+        profile = MachineProfile.fit(np.array(levels), np.stack([b for _, bd in by_label.values() for b in bd]))
+        if len(by_label) > 1:  # several normal states (off, low speed, high speed): each its own reference too
+            profile.states = {label: MachineProfile.fit(np.array(lv), np.stack(bd))
+                              for label, (lv, bd) in sorted(by_label.items()) if len(lv) >= MIN_STATE_WINDOWS}
+        machines[machine] = profile
     if not machines:
         raise FanwatchError("no normal training window to fit the band profile on")
     return BandProfile(edges=meter.edges, machines=machines)
@@ -281,9 +306,9 @@ class AlertExplainer:
         """Audio was lost: what follows is not compared with what came before."""
         self.recent.clear()
 
-    def explain(self, machine: str | None = None) -> dict | None:
+    def explain(self, machine: str | None = None, state: str | None = None) -> dict | None:
         if self.profile is None or not self.recent:
             return None
         levels = np.array([r[0] for r in self.recent])
         bands = np.stack([r[1] for r in self.recent])
-        return explain(levels, bands, self.profile, machine)
+        return explain(levels, bands, self.profile, machine, state)

@@ -54,7 +54,7 @@ from typing import Callable
 
 import numpy as np
 
-from fanwatch import audio, config, runtime, wavfile
+from fanwatch import audio, bands, config, runtime, wavfile
 from fanwatch.errors import BadAudioError, FanwatchError
 
 try:
@@ -764,6 +764,7 @@ class WindowResult:
     drops: int
     overflows: int
     gap_restarts: int = 0  # analysis restarts after lost audio so far: windows with equal counts are continuous
+    level_dbfs: float | None = None  # RMS level of the window the model heard (16 kHz), dB re full scale
     events: list = field(default_factory=list)
 
     def record(self) -> dict:
@@ -772,7 +773,8 @@ class WindowResult:
                 "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
                 "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
                 "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
-                "gap_restarts": self.gap_restarts}
+                "gap_restarts": self.gap_restarts,
+                "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1)}
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
@@ -822,6 +824,11 @@ class Analyzer:
         self.states = StateDebouncer(settings.state_k)
         self.alerts = AlertDebouncer(settings.alert_n, settings.alert_m, settings.clear_n, settings.clear_ratio)
         self.notices: list[dict] = []  # events not tied to a window (the Worker reports them)
+        # band levels of every window (its level_dbfs), and what changed when an alert is raised
+        self.explainer = bands.AlertExplainer(bands.load_beside(settings.model), settings.alert_m)
+        card = getattr(classifier, "card", None)
+        self._normal_labels = set(card.get("normal_labels") or []) if isinstance(card, dict) else set()
+        self._normal_state: str | None = None  # the last normal operating state reported: an alert's reference
         self._resampler: audio.StreamResampler | None = None
         self._stream_id = None
         self._rate = None
@@ -846,6 +853,7 @@ class Analyzer:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = self._next_start = self._total
         self._arrivals.clear()
+        self.explainer.reset()
 
     def _append(self, samples: np.ndarray, arrival: float) -> None:
         if samples.size:
@@ -908,6 +916,7 @@ class Analyzer:
         inference_ms = (time.perf_counter() - t0) * 1000.0
         if self.settings.simulate_slow_ms > 0:
             time.sleep(self.settings.simulate_slow_ms / 1000.0)
+        level = self.explainer.measure(window)
         probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
         best = int(np.argmax(probabilities))
         label = clf.labels[best]
@@ -927,22 +936,37 @@ class Analyzer:
         change = self.states.update(label)
         if change is not None:
             stats.state_changes += 1
+            if change[1] in self._normal_labels:
+                self._normal_state = change[1]
             events.append({"event": "state", "t": round(t, 3), "from": change[0], "to": change[1],
                            "confidence": round(float(probabilities[best]), 4)})
         alert = self.alerts.update(ratio)
         if alert is not None:
             if alert == "raised":
                 stats.alerts += 1
-            events.append({"event": f"alert_{alert}", "t": round(t, 3), "anomaly": round(ratio, 4),
-                           "exceeding": self.alerts.exceeding(), "of": self.alerts.m, "label": label,
-                           "state": self.states.state})
+            event = {"event": f"alert_{alert}", "t": round(t, 3), "anomaly": round(ratio, 4),
+                     "exceeding": self.alerts.exceeding(), "of": self.alerts.m, "label": label,
+                     "state": self.states.state}
+            if alert == "raised":
+                event["explanation"] = self.explainer.explain(self._machine(prediction.anomaly_scores),
+                                                              self._normal_state)
+            events.append(event)
         depth = self.queue_depth()
         stats.max_queue_depth = max(stats.max_queue_depth, depth)
         return WindowResult(t=t, label=label, confidence=float(probabilities[best]), anomaly=ratio,
                             anomalous=ratio >= 1.0, state=self.states.state, alert=self.alerts.active,
                             inference_ms=inference_ms, latency_ms=latency_ms, queue=depth,
                             drops=stats.dropped_blocks, overflows=stats.overflows,
-                            gap_restarts=stats.gap_restarts, events=events)
+                            gap_restarts=stats.gap_restarts, level_dbfs=level, events=events)
+
+    def _machine(self, scores) -> str | None:
+        """The machine whose threshold applies (the chosen one, else the closest), for the explanation."""
+        clf = self.classifier
+        machines = list(getattr(clf, "machines", []) or [])
+        index = getattr(clf, "machine_index", None)
+        if index is None and machines and hasattr(clf, "thresholds"):
+            index = int(np.argmin(np.asarray(scores, np.float64).reshape(-1) / np.asarray(clf.thresholds)))
+        return machines[index] if index is not None and index < len(machines) else None
 
 
 class Worker(threading.Thread):
@@ -1087,8 +1111,10 @@ def _describe(r: dict) -> str:
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"
     if e == "alert_raised":
+        explanation = r.get("explanation") or {}
         return (f"ALERT RAISED: anomaly in {r['exceeding']} of the last {r['of']} windows "
-                f"(score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)")
+                f"(score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)"
+                + (f"; what changed: {explanation['text']}" if explanation.get("text") else ""))
     if e == "alert_cleared":
         return f"alert cleared (score {r['anomaly']:.2f} x threshold, t={r['t']:.1f} s)"
     if e in ("device_opened", "device_reopened"):

@@ -37,7 +37,7 @@ class Page:
     def __init__(self, browser: Browser, session: str):
         self.browser = browser
         self.session = session
-        self.mobile, self.scale = False, 1.0
+        self.width, self.height, self.mobile, self.scale = 800, 600, False, 1.0
 
     def send(self, method: str, params: dict | None = None, timeout: float = 30.0) -> dict:
         return self.browser.send(method, params, self.session, timeout)
@@ -63,16 +63,15 @@ class Page:
             time.sleep(interval)
 
     def set_size(self, width: int, height: int, mobile: bool = False, scale: float = 1.0) -> None:
-        self.mobile, self.scale = mobile, scale
+        self.width, self.height, self.mobile, self.scale = width, height, mobile, scale
         self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
                                                          "deviceScaleFactor": scale, "mobile": mobile})
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:
         """A PNG of the page; ``full_page``: the viewport is stretched to the content's height for it."""
-        metrics = self.send("Page.getLayoutMetrics")
-        view = metrics.get("cssLayoutViewport") or metrics["layoutViewport"]
-        width, height = int(view["clientWidth"]), int(view["clientHeight"])
+        width, height = self.width, self.height
         if full_page:
+            metrics = self.send("Page.getLayoutMetrics")
             content = metrics.get("cssContentSize") or metrics["contentSize"]
             self.set_size(width, max(height, int(content["height"])), self.mobile, self.scale)
             time.sleep(0.5)  # the page redraws on resize
