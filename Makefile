@@ -23,6 +23,11 @@ setup: $(VENV)/.installed
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq libportaudio2) >/dev/null; \
 	  else echo "note: install PortAudio for live capture: sudo apt-get install libportaudio2"; fi; }
+	@# the status page's browser test uses Debian's headless chromium
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "note: the status page test needs chromium: sudo apt-get install chromium"; fi; }
 
 demo: setup
 	$(PY) train.py --demo
