@@ -30,6 +30,7 @@ import os
 import platform
 import socket
 import stat
+import sys
 import threading
 import urllib.parse
 from pathlib import Path
@@ -192,6 +193,11 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        """One line on stderr instead of socketserver's traceback; the loop's console stays readable."""
+        exc = sys.exc_info()[1]
+        print(f"status page: error serving {client_address[0]}: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 class StatusServer:
@@ -363,6 +369,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Accel-Buffering", "no")
             self.end_headers()
+            if self.command == "HEAD":
+                return
             self.connection.settimeout(SEND_TIMEOUT_SECONDS)
             snapshot = board.snapshot()
             seq = snapshot["seq"]
