@@ -1,8 +1,8 @@
 """Record labelled training clips from the microphone the Pi will listen with.
 
 ``python inference.py --record data/ --label on_state --seconds 60 --clip-seconds 10`` captures from the
-same device, through the same capture code (:class:`fanwatch.stream.SoundDeviceSource`) and with the same
-channel rule as the live loop (every input channel up to ``MAX_MEAN_CHANNELS``, or ``--channels N``;
+same device, through the same capture code (:class:`fanwatch.live.sources.SoundDeviceSource`) and with the
+same channel rule as the live loop (every input channel up to ``MAX_MEAN_CHANNELS``, or ``--channels N``;
 channels that are pure digital padding are left out), at the device's native rate, and writes 16-bit PCM
 WAV clips into ``data/<label>/``: the folder-per-class layout ``train.py`` reads. A level meter and a
 countdown show while it records; a silent or clipping input is refused with one line (checked after the
@@ -12,7 +12,7 @@ settings to ``data/<label>/recordings.jsonl``.
 
 This is the only place fanwatch ever writes audio, and only when asked to.
 
-Runtime module: numpy, the standard library, and sounddevice through :mod:`fanwatch.stream`.
+Runtime module: numpy, the standard library, and sounddevice through :mod:`fanwatch.live.sources`.
 """
 
 from __future__ import annotations
@@ -108,18 +108,19 @@ def _meter(level: float, peak: float, left: float, clip: int, clips: int, width:
 
 def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
     """Record ``s.seconds`` of audio into clips under ``s.out / s.label``; returns what was done."""
-    from . import stream
+    from .live.analyzer import live_channels
+    from .live.blocks import BlockQueue
+    from .live.sources import DeviceError, SoundDeviceSource
+    from .live.stats import LoopStats
 
     out, err = out or sys.stdout, err or sys.stderr
     s.validate()
     folder = Path(s.out) / s.label
-    stats = stream.LoopStats()
-    source = source or stream.SoundDeviceSource(s.device, "mean", s.rate, s.channels, s.block_seconds,
-                                                stall_seconds=5.0, stats=stats)
-    bq = stream.BlockQueue(max(50, int(60.0 / s.block_seconds)), stats)
+    source = source or SoundDeviceSource(s.device, "mean", s.rate, s.channels, s.block_seconds, stall_seconds=5.0)
+    bq = BlockQueue(max(50, int(60.0 / s.block_seconds)), LoopStats())
     try:
         info = source.open(bq, 1)
-    except stream.DeviceError as exc:
+    except DeviceError as exc:
         raise FanwatchError(str(exc)) from None
     rate = float(info["rate"])
     if abs(rate - round(rate)) > 1e-6:
@@ -181,7 +182,7 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
             peak_recent = max(peak_recent, float(np.max(np.abs(data))) if data.size else 0.0)
             if keep is None and pending_frames >= CHECK_SECONDS * rate_i:
                 first = np.concatenate(pending)
-                alive = stream.live_channels(first)  # the same rule as the live loop's mean
+                alive = live_channels(first)  # the same rule as the live loop's mean
                 keep = alive if alive is not None else np.arange(first.shape[1])
                 check_input(first[:, keep], "first second")
             target = targets[len(written)]

@@ -105,7 +105,7 @@ class StatusBoard:
                 with self._news:
                     self.summary = dict(record)
                     self._publish({"type": "summary", "summary": self.summary})
-        except Exception:  # noqa: BLE001 - a display problem must never reach the audio loop
+        except Exception:
             pass
 
     def _publish(self, message: dict) -> None:

@@ -69,6 +69,15 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, number
 
 
+def check_bind(listen: str, token_file: str | os.PathLike | None) -> tuple[str, int]:
+    """``--http`` and ``--http-token-file`` make sense together (one line otherwise): (address, port)."""
+    host, port = parse_bind(listen)
+    if not is_loopback(host) and token_file is None:
+        raise FanwatchError(f"--http {listen} is reachable beyond this machine: give an access token with "
+                            "--http-token-file FILE (or bind to 127.0.0.1)")
+    return host, port
+
+
 def is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -189,6 +198,19 @@ class _Collector:
 # the server
 
 
+def serve(settings, hop_seconds: float, err=None) -> StatusServer:
+    """Start the server ``settings`` (:class:`fanwatch.live.settings.HttpSettings`) asks for, with a fresh
+    board (``server.board``: pass it to the loop as a record sink); says where on ``err`` (stderr)."""
+    host, port = check_bind(settings.listen, settings.token_file)
+    token = read_token(settings.token_file) if settings.token_file is not None else None
+    board = StatusBoard(hop_seconds, settings.stale_seconds)
+    server = StatusServer(board, host, port, token).start()
+    note = token_file_warning(settings.token_file) if token else None
+    print(f"status page: {server.url}" + (" (token required)" if token else "") + (f"; {note}" if note else ""),
+          file=err or sys.stderr, flush=True)
+    return server
+
+
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
@@ -294,7 +316,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = SEND_TIMEOUT_SECONDS
 
-    def log_message(self, format, *args):  # noqa: A002 - the base class's name; the console is the loop's
+    def log_message(self, format, *args):
         pass
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
@@ -313,10 +335,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, status: int, data) -> None:
         self._send(status, json.dumps(data, separators=(",", ":")).encode(), "application/json")
 
-    def do_HEAD(self):  # noqa: N802 - http.server's naming
+    def do_HEAD(self):
         self.do_GET()
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         url = urllib.parse.urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         query = urllib.parse.parse_qs(url.query)

@@ -92,7 +92,7 @@ class Browser:
             raise BrowserError("chromium not found (Debian: apt-get install chromium)")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.log = open(self.directory / "chromium.log", "wb")
+        self.log = (self.directory / "chromium.log").open("wb")  # closed in close(): lives with the browser
         args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
                 "--remote-debugging-pipe", f"--user-data-dir={self.directory / 'profile'}", "about:blank"]

@@ -27,7 +27,7 @@ import soundfile as sf
 from alsa_virtual import VirtualMic, from_pcm16, to_pcm16
 from browser import Browser, chromium_path
 from conftest import png_size
-from test_stream import (
+from live_common import (
     INFERENCE,
     REPO,
     SCENARIO_RATE,
@@ -38,9 +38,8 @@ from test_stream import (
     portaudio_available,
     run_cli,
     scenario,
-    scene,  # noqa: F401 - the fixture: the threshold scale at which the fixture model separates it
 )
-from test_stream import events as events_of
+from live_common import events as events_of
 
 from fanwatch import audio, bands, config, datasets, recording, status, synth, webserver
 from fanwatch.errors import FanwatchError
@@ -387,7 +386,7 @@ class _SSEClient(threading.Thread):
                     self.snapshots += 1
                 elif line == "event: summary":
                     return
-        except Exception as exc:  # noqa: BLE001 - reported by the test
+        except Exception as exc:
             self.error = exc
         finally:
             conn.close()
