@@ -46,6 +46,7 @@ bench: setup
 	$(PY) -m bench.latency
 	$(PY) -m bench.anomaly_methods
 	$(PY) -m bench.stream
+	$(PY) -m bench.web
 
 # ruff (configured in pyproject.toml) and hadolint. The format check is its own target for now:
 # set LINT_FORMAT=1 (or add format-check to lint's prerequisites) once the tree has been formatted.
