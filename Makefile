@@ -23,6 +23,11 @@ setup: $(VENV)/.installed
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && apt-get install -y -qq libportaudio2) >/dev/null; \
 	  else echo "note: install PortAudio for live capture: sudo apt-get install libportaudio2"; fi; }
+	@# the status page's browser test uses Debian's headless chromium
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "note: the status page test needs chromium: sudo apt-get install chromium"; fi; }
 
 demo: setup
 	$(PY) train.py --demo
@@ -41,6 +46,7 @@ bench: setup
 	$(PY) -m bench.latency
 	$(PY) -m bench.anomaly_methods
 	$(PY) -m bench.stream
+	$(PY) -m bench.web
 
 # ruff (configured in pyproject.toml) and hadolint. The format check is its own target for now:
 # set LINT_FORMAT=1 (or add format-check to lint's prerequisites) once the tree has been formatted.

@@ -9,14 +9,16 @@ import os
 import sys
 from pathlib import Path
 
-from fanwatch import cli, config, runtime, site
+from fanwatch import cli, config, recording, runtime, site
 from fanwatch.errors import FanwatchError
 from fanwatch.live import settings as defaults
 from fanwatch.live import sources
 from fanwatch.live.supervisor import run
 
 PRIVACY = ("Privacy: audio is analysed in memory, window by window, and then discarded; no audio is ever "
-           "written to disk or sent anywhere. Only the decisions (and, with --event-log, the events) are output.")
+           "written to disk or sent anywhere. Only the decisions (and, with --event-log, the events) are output; "
+           "the --http page shows decisions, scores, levels and counters, never audio. The one exception is "
+           "--record, which writes the clips it is asked for.")
 
 
 def _positive_float(text: str) -> float:
@@ -29,8 +31,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
-IN, MDL, DEC, OUT, OPS = (defaults.InputSettings(), defaults.ModelSettings(), defaults.DecisionSettings(),
-                 defaults.OutputSettings(), defaults.SupervisionSettings())
+IN, MDL, DEC, OUT, OPS, WEB = (defaults.InputSettings(), defaults.ModelSettings(), defaults.DecisionSettings(),
+                              defaults.OutputSettings(), defaults.SupervisionSettings(), defaults.HttpSettings())
+REC = recording.RecordSettings(out=Path("data"), label="")
 
 
 def _windows(seconds: float) -> int:
@@ -147,6 +150,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     out.add_argument("--event-log-backups", type=int, default=OUT.event_log_backups, metavar="N",
                      help=f"rotated event logs to keep (default {OUT.event_log_backups})")
 
+    web = p.add_argument_group("status page and metrics")
+    web.add_argument("--http", metavar="[ADDR:]PORT", default=WEB.listen,
+                     help="serve a live status page on / (readable on a phone), /api/status (JSON), /events "
+                          "(server-sent events), /healthz and /metrics (Prometheus); bound to 127.0.0.1 unless "
+                          "ADDR is given (0.0.0.0: every interface, which needs --http-token-file). Off by default")
+    web.add_argument("--http-token-file", type=Path, default=WEB.token_file, metavar="FILE",
+                     help="access token (one line, 16+ characters) required on every request except /healthz: "
+                          "Authorization: Bearer TOKEN, or open /?token=TOKEN once in a browser")
+    web.add_argument("--http-stale-seconds", type=_positive_float, default=WEB.stale_seconds, metavar="SECONDS",
+                     help="/healthz fails once no audio has been analysed for this long "
+                          f"(default {WEB.stale_seconds:g})")
+
+    rec = p.add_argument_group("recording training clips (the only time fanwatch writes audio)")
+    rec.add_argument("--record", type=Path, default=None, metavar="DIR",
+                     help="record WAV clips from --device (at its native rate, with the channels the loop would "
+                          "open) into DIR/LABEL/, the folder-per-class layout train.py reads, then exit; shows a "
+                          "level meter and a countdown; refuses a silent or clipping input")
+    rec.add_argument("--label", default=None, metavar="NAME",
+                     help="with --record: the class of what is recorded (a folder name, e.g. on_state, "
+                          "fault_bearing)")
+    rec.add_argument("--seconds", type=_positive_float, default=REC.seconds, metavar="S",
+                     help=f"with --record: how long to record in all (default {REC.seconds:g})")
+    rec.add_argument("--clip-seconds", type=_positive_float, default=REC.clip_seconds, metavar="S",
+                     help=f"with --record: length of each clip (default {REC.clip_seconds:g})")
+
     ops = p.add_argument_group("operation")
     ops.add_argument("--duration", type=_positive_float, default=OPS.duration, metavar="SECONDS",
                      help="stop after this long (default: run until Ctrl-C / SIGTERM, or the end of --wav)")
@@ -179,7 +207,19 @@ def settings_from(args: argparse.Namespace) -> defaults.LoopSettings:
         supervision=dataclasses.replace(OPS, backoff_max=max(args.backoff_max, OPS.backoff_initial),
                                         stall_seconds=args.stall_seconds, duration=args.duration,
                                         simulate_slow_ms=args.simulate_slow_ms),
+        http=defaults.HttpSettings(listen=args.http, token_file=args.http_token_file,
+                                   stale_seconds=args.http_stale_seconds),
     )
+
+
+def record_settings_from(args: argparse.Namespace) -> recording.RecordSettings:
+    if args.label is None:
+        raise FanwatchError("--record needs --label NAME (the class folder the clips go into, e.g. on_state)")
+    if args.wav is not None:
+        raise FanwatchError("--record captures from a device; it cannot be combined with --wav")
+    return recording.RecordSettings(out=args.record, label=args.label, seconds=args.seconds,
+                                    clip_seconds=args.clip_seconds, device=args.device, rate=args.rate,
+                                    channels=args.channels, block_seconds=args.block_ms / 1000.0)
 
 
 def main(argv=None) -> int:
@@ -193,6 +233,8 @@ def main(argv=None) -> int:
                 from fanwatch.live import enroll
 
                 enroll.enroll(settings_from(args), args.enroll, force=args.force)
+            elif args.record is not None:
+                recording.record(record_settings_from(args))
             else:
                 if args.force:
                     raise FanwatchError("--force only applies to --enroll")

@@ -13,6 +13,7 @@ from . import (
     __version__,
     anomaly,
     audio,
+    bands,
     config,
     datasets,
     embeddings,
@@ -254,6 +255,12 @@ def train(s: TrainSettings) -> dict:
         f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
         f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)")
 
+    # --- normal band profile: what an alert's explanation compares with ----------------------------
+    profile = bands.fit_from_recordings([r for r in splits["train"] if r.normal], s.channel, s.progress)
+    profile.save(out / bands.PROFILE_NAME)
+    log(f"band profile: {len(profile.edges)} third-octave bands, "
+        + ", ".join(f"{m}: {p.windows} normal windows at {p.level_mean:.1f} dBFS" for m, p in profile.machines.items()))
+
     # --- export -----------------------------------------------------------------------------------
     from . import yamnet
 
@@ -325,6 +332,9 @@ def train(s: TrainSettings) -> dict:
                                         "deployed decision uses the fused score above"},
         },
         "alerts": alerts_info,
+        "band_profile": {"file": bands.PROFILE_NAME, "bands": len(profile.edges),
+                         "machines": {m: p.windows for m, p in profile.machines.items()},
+                         "source": profile.source},
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},

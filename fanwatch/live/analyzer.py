@@ -21,7 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .. import audio, config
+from .. import audio, bands, config
 from ..card import ModelCard
 from .blocks import Block
 from .decisions import Decisions, anomalous_labels, rules_from_card, window_counts
@@ -64,6 +64,7 @@ class WindowResult:
     overflows: int = 0
     gap_restarts: int = 0  # analysis restarts after lost audio so far: windows with equal counts are continuous
     events: list = field(default_factory=list)
+    level_dbfs: float | None = None  # RMS level of the window the model heard (16 kHz), dB re full scale
     probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
     machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to; -1: pooled reference
@@ -80,7 +81,8 @@ class WindowResult:
                 "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
                 "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0,
                 "evidence": None if self.evidence is None else round(self.evidence, 4),
-                "alert_kinds": list(self.alert_kinds)}
+                "alert_kinds": list(self.alert_kinds),
+                "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1)}
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
@@ -114,11 +116,14 @@ class Analyzer:
     live "mean" leaves out channels that are pure digital padding (see :func:`live_channels`); files are
     averaged as they are. ``hop`` defaults to the model card's (training's), else ``config.HOP_SECONDS``.
     ``site_model``: a :class:`fanwatch.site.SiteModel` (on-site enrollment) combined with the model's ratio
-    and supplying the alert rule.
+    and supplying the alert rule. ``band_profile`` (:func:`fanwatch.bands.load_beside`, the model's normal
+    band levels): every window's level is measured anyway (``level_dbfs``); with a profile, a raised alert
+    says what changed against it.
     """
 
     def __init__(self, classifier: Classifier, hop: float | None = None, channel: str | int = "mean",
-                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False, site_model=None):
+                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False, site_model=None,
+                 band_profile: bands.BandProfile | None = None):
         card = classifier.card
         if hop is None:
             hop = card.hop_seconds if isinstance(card, ModelCard) else config.HOP_SECONDS
@@ -140,6 +145,10 @@ class Analyzer:
                                    known_rule=known_rule, n_of_m=n_of_m)
         self.states = self.decisions.states
         self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
+        self.explainer = bands.AlertExplainer(band_profile, c.alert_m)  # the windows an alert looks at
+        self._machines = card.machines if isinstance(card, ModelCard) else ()
+        self._normal_labels = set(card.normal_labels) if isinstance(card, ModelCard) else set()
+        self._normal_state: str | None = None  # the last normal operating state reported: an alert's reference
         self.gap_restarts = 0  # segments finished early because audio was lost (feed_block with gap)
         self._resampler: audio.StreamResampler | None = None
         self._stream_id = None
@@ -173,6 +182,7 @@ class Analyzer:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = self._next_start = self._total
         self._arrivals.clear()
+        self.explainer.reset()
 
     def finish(self) -> list[WindowResult]:
         """End of a file (or of a continuous segment): flush the resampler's delay and analyse the last full
@@ -265,6 +275,7 @@ class Analyzer:
         t0 = time.perf_counter()
         prediction = clf.predict(window)
         inference_ms = (time.perf_counter() - t0) * 1000.0
+        level = self.explainer.measure(window)
         probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
         scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
         best = int(np.argmax(probabilities))
@@ -278,9 +289,15 @@ class Analyzer:
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])
         decision = self.decisions.update(t, label, confidence, ratio, probabilities)
+        for event in decision.events:
+            if event["event"] == "state" and event["to"] in self._normal_labels:
+                self._normal_state = event["to"]
+            elif event["event"] == "alert_raised":  # what changed, against the normal band profile (None without)
+                name = self._machines[machine] if 0 <= machine < len(self._machines) else None
+                event["explanation"] = self.explainer.explain(name, self._normal_state)
         return WindowResult(t=t, label=label, confidence=confidence, anomaly=ratio,
                             anomalous=ratio >= 1.0, state=decision.state, alert=decision.alert,
                             inference_ms=inference_ms, latency_ms=latency_ms, gap_restarts=self.gap_restarts,
                             events=decision.events, probabilities=probabilities, scores=scores, machine=int(machine),
                             evidence=decision.evidence, alert_kinds=decision.kinds, embedding=embedding,
-                            band_levels=prediction.band_levels)
+                            band_levels=prediction.band_levels, level_dbfs=level)

@@ -135,6 +135,23 @@ class SupervisionSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The status page, API and metrics (:mod:`fanwatch.webserver`); off unless ``listen`` is set."""
+
+    listen: str | None = None  # "[ADDR:]PORT"; the address defaults to 127.0.0.1
+    token_file: Path | None = None  # required when ADDR is beyond loopback
+    stale_seconds: float = 15.0  # /healthz fails once no audio has been analysed for this long
+
+    def validate(self) -> None:
+        _need(self.stale_seconds > 0 and math.isfinite(self.stale_seconds),
+              f"--http-stale-seconds must be a positive number, got {self.stale_seconds}")
+        if self.listen is not None:
+            from ..webserver import check_bind
+
+            check_bind(self.listen, self.token_file)
+
+
+@dataclass(frozen=True)
 class LoopSettings:
     """Everything the loop needs, one group per concern; ``inference.py`` fills it from the command line."""
 
@@ -143,9 +160,10 @@ class LoopSettings:
     decisions: DecisionSettings = field(default_factory=DecisionSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
 
     def validate(self) -> None:
-        for group in (self.input, self.model, self.decisions, self.output, self.supervision):
+        for group in (self.input, self.model, self.decisions, self.output, self.supervision, self.http):
             group.validate()
 
 

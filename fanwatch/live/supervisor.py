@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import config, runtime, site
+from .. import bands, config, runtime, site
 from ..card import ModelCard, card_path, read_card, resolve_channel
 from ..errors import FanwatchError
 from .analyzer import Analyzer, Classifier, WindowResult
@@ -232,6 +232,7 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
         reason["why"] = reason["why"] or "output closed"
         stop.set()
 
+    server = None  # the status page (settings.http), started once the model card is read
     try:
         if source is None:
             source = make_source(settings)  # a bad --wav file fails here, before the model loads
@@ -249,6 +250,11 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
                                        model=dataclasses.replace(m, hop=hop))
         window_counts(settings.decisions, hop)  # seconds that give no sensible window counts: one line now
         source.prepare(channel)  # no such device / channel: one line, before the model loads
+        if settings.http.listen is not None:  # up while the model loads: /healthz says "starting"
+            from ..webserver import serve
+
+            server = serve(settings.http, hop)
+            sinks = [*sinks, server.board]
         if classifier is None:
             try:
                 classifier = runtime.SoundClassifier(m.path, m.threads, m.runtime, m.machine)
@@ -256,16 +262,19 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
                 raise FanwatchError(f"{card_path(m.path)}: malformed model card "
                                     f"({type(exc).__name__}: {exc})") from None
         site_model = load_site(settings, card)  # one line for a broken one or another model's
+        profile = bands.load_beside(m.path)  # normal band levels: what an alert's explanation compares with
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
     except BaseException:
         source.close()
+        if server is not None:
+            server.stop()
         restore_signals()
         raise
 
     bq = BlockQueue(settings.input.queue_blocks, stats)
     # a live "mean" leaves out channels that are pure padding (see analyzer.live_channels); files are averaged as is
     analyzer = Analyzer(classifier, hop, channel, settings.decisions, skip_silent_channels=settings.input.wav is None,
-                        site_model=site_model)
+                        site_model=site_model, band_profile=profile)
     worker = Worker(analyzer, bq, reporter, stop, stats, settings.supervision.simulate_slow_ms)
     drops = _DropReporter(stats, reporter, settings.supervision.drop_report_seconds)
     reporter.event("start", **{**start_record(settings, classifier, source.describe(), channel_from, hop_from),
@@ -292,6 +301,8 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
         summary = stats.summary(reason["why"] or "stopped")
         reporter.summary(summary)
         reporter.close()
+        if server is not None:
+            server.stop()
         restore_signals()
     return summary
 
