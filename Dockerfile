@@ -67,6 +67,15 @@ COPY *.py ./
 RUN python3 -m compileall -q fanwatch
 COPY build/model/ artifacts/
 
+# Liveness without a web server: the loop rewrites $FANWATCH_HEARTBEAT every few seconds while it analyses
+# audio (the variable is also the default of its --heartbeat); the check fails when the last analysed
+# window is over 60 s old: a dead or unplugged microphone, or a stuck loop, turns the container unhealthy.
+# Start period: a Raspberry Pi 3B+ needs about half a minute to import numpy and load the model, and a
+# microphone that is not there yet costs a restart or two.
+ENV FANWATCH_HEARTBEAT=/tmp/fanwatch-heartbeat
+HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
+    CMD ["python3", "-m", "fanwatch.health", "--max-age", "60"]
+
 USER 10001
 # Exec form, no shell and no init: python3 is PID 1 and gets the signals itself. The loop
 # (fanwatch.stream) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that

@@ -28,6 +28,12 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _no_password(_text: str) -> str:
+    """--mqtt-password exists only to refuse it (argparse would take it for --mqtt-password-file)."""
+    raise argparse.ArgumentTypeError(f"never on the command line (every user of the machine can read it): set "
+                                     f"{mqtt_sink.PASSWORD_ENV} or use --mqtt-password-file")
+
+
 def _channel(text: str) -> str | int:
     try:
         return audio.parse_channel(text)
@@ -124,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     mq.add_argument("--mqtt-user", metavar="NAME", default=None,
                     help=f"broker user name; the password comes from ${mqtt_sink.PASSWORD_ENV} or "
                          "--mqtt-password-file, never from the command line")
+    mq.add_argument("--mqtt-password", type=_no_password, default=None, help=argparse.SUPPRESS)
     mq.add_argument("--mqtt-password-file", type=Path, default=None, metavar="FILE",
                     help="file whose first line is the broker password (e.g. a Docker secret)")
     mq.add_argument("--mqtt-ca", type=Path, default=None, metavar="PEM",

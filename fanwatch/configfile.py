@@ -35,7 +35,7 @@ def _settings(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     out = {}
     for action in parser._actions:  # argparse has no public accessor for its actions
         longs = [o for o in action.option_strings if o.startswith("--")]
-        if not longs or action.dest in NOT_SETTINGS:
+        if not longs or action.dest in NOT_SETTINGS or action.help == argparse.SUPPRESS:
             continue
         out[longs[0][2:]] = action
     return out
@@ -96,6 +96,9 @@ def defaults(parser: argparse.ArgumentParser, config: str | os.PathLike | None, 
         for key, value in read_file(config).items():
             option = key.replace("_", "-")
             action = actions.get(option)
+            if action is None and option == "mqtt-password":
+                raise FanwatchError(f"config file {config}: no passwords in the config file; set "
+                                    "FANWATCH_MQTT_PASSWORD or use mqtt-password-file")
             if action is None:
                 raise FanwatchError(f"config file {config}: unknown key {key!r} (keys are the long option names "
                                     f"of --help, e.g. mqtt-user)")

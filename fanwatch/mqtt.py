@@ -141,7 +141,7 @@ def read_password(password_file: str | os.PathLike | None, environ=None) -> str 
         except UnicodeDecodeError:
             raise FanwatchError(f"--mqtt-password-file {path}: not a text file") from None
         lines = text.splitlines()
-        return lines[0] if lines else ""
+        return (lines[0] if lines else "") or None  # an empty file: no password (compose's placeholder)
     return environ.get(PASSWORD_ENV) or None
 
 
@@ -299,6 +299,7 @@ class MqttPublisher:
         self._start: dict | None = None
         self._state: dict = {}
         self._state_key = None
+        self._state_dirty = False  # the latest window's state is newer than the last one queued
         self._state_at = -math.inf
         self._device_losses = 0
         self._alert_kind = None
@@ -390,6 +391,7 @@ class MqttPublisher:
             "dropped_blocks": r.get("drops"), "overflows": r.get("overflows"),
             "device_losses": self._device_losses, "mqtt_dropped": sum(self.dropped.values()),
         }
+        self._state_dirty = True
         key = (self._state["state"], alert, kind)
         now = time.monotonic()
         if key != self._state_key or now - self._state_at >= self.settings.state_interval:
@@ -397,9 +399,14 @@ class MqttPublisher:
             self._put_state()
 
     def _put_state(self) -> None:
+        self._state_dirty = False
         self._put(Message(f"{self.settings.base}/state", _dumps(self._state), True, "state"))
 
     def _put(self, message: Message) -> None:
+        self._make_room()
+        self._outbox.append(message)
+
+    def _make_room(self) -> None:
         box = self._outbox
         if len(box) >= self.settings.queue_max:
             for victim_kind in ("state", "event", "alert"):
@@ -408,7 +415,6 @@ class MqttPublisher:
                     del box[index]
                     self.dropped[victim_kind] += 1
                     break
-        box.append(message)
 
     def pending(self) -> int:
         with self._cond:
@@ -471,6 +477,8 @@ class MqttPublisher:
             if discovery:
                 self._discovery_due = False
                 start = self._start
+            if sum(self.dropped.values()) > self._dropped_reported:
+                self._make_room()  # first, so that the report counts what its own place cost
             dropped = sum(self.dropped.values())
             if dropped > self._dropped_reported:
                 new = dropped - self._dropped_reported
@@ -478,7 +486,7 @@ class MqttPublisher:
                 self._log(f"mqtt: the outbox was full (broker unreachable too long): {new} message(s) dropped, "
                           f"{self.dropped['state']} state update(s), {self.dropped['event']} event(s), "
                           f"{self.dropped['alert']} alert(s) in all")
-                self._put(Message(f"{s.base}/events", _dumps({
+                self._outbox.append(Message(f"{s.base}/events", _dumps({
                     "type": "event", "event": "mqtt_dropped", "time": _utc_now(), "dropped": new,
                     "total_dropped_state": self.dropped["state"], "total_dropped_events": self.dropped["event"],
                     "total_dropped_alerts": self.dropped["alert"]}), False, "event"))
@@ -568,12 +576,14 @@ class MqttPublisher:
             self.undelivered = len(self._outbox) + len(self._inflight)
             alerts = sum(m.kind == "alert" for m in self._outbox)
         if self.undelivered:
-            self._log(f"mqtt: {self.undelivered} message(s) not delivered at exit ({alerts} alert(s) among "
-                      f"those waiting): the broker {self.settings.address} was not reachable")
+            self._log(f"mqtt: {self.undelivered} message(s) not delivered at exit ({alerts} alert(s) among those "
+                      f"waiting) to {self.settings.address}: {self._last_problem or 'not connected'}")
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what waits (up to ``timeout`` s while connected), say ``offline``, disconnect."""
         with self._cond:
+            if self._state_dirty:
+                self._put_state()  # the retained state ends as the last window left it
             if self._stop_at is None:
                 self._stop_at = time.monotonic() + timeout
             self._cond.notify_all()
