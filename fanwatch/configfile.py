@@ -62,8 +62,11 @@ def _convert(action: argparse.Action, option: str, value, where: str):
     text = str(value)
     try:
         converted = action.type(text) if action.type is not None else text
-    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+    except argparse.ArgumentTypeError as exc:
         raise FanwatchError(f"{where}: {option}: {exc}") from None
+    except (TypeError, ValueError):  # what argparse says for type=int, float ...
+        name = getattr(action.type, "__name__", "")
+        raise FanwatchError(f"{where}: {option}: invalid {name} value: {text!r}") from None
     if action.choices is not None and converted not in action.choices:
         raise FanwatchError(f"{where}: {option} must be one of {', '.join(map(str, action.choices))}, "
                             f"got {value!r}")

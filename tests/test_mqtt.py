@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from mqtt_broker import Broker, Watcher, make_ca
 
 import inference
 from fanwatch import config, health, mqtt, runtime, synth
 from fanwatch.errors import FanwatchError
-from mqtt_broker import Broker, Watcher, make_ca
 
 REPO = Path(__file__).resolve().parents[1]
 ENTITIES = {"binary_sensor/{d}/alert", "sensor/{d}/state", "sensor/{d}/anomaly", "sensor/{d}/inference_ms",
@@ -149,8 +149,8 @@ def test_discovery_state_and_events_end_to_end(broker, trained_model, clips, tmp
         assert live.on("fanwatch/Test_Pi_1/status")[-1] == "offline"  # a clean stop says offline itself
         states = live.json("fanwatch/Test_Pi_1/state")
         assert 1 <= len(states) < len([r for r in out if r["type"] == "window"])  # on change / every 0.5 s
-    assert mqtt_lines(proc.stderr) == [f"mqtt: connected to {broker.url} as fanwatch-Test_Pi_1, publishing under "
-                                       "fanwatch/Test_Pi_1/"]
+    connected = f"mqtt: connected to {broker.url} as fanwatch-Test_Pi_1, publishing under fanwatch/Test_Pi_1/"
+    assert mqtt_lines(proc.stderr) == [connected]
 
     # what a subscriber that comes later (Home Assistant after a restart) gets: the retained messages
     with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as later:
