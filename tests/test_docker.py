@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from mqtt_broker import Broker, Watcher
 
 from fanwatch.audio import load_audio, n_windows
 
@@ -326,6 +327,36 @@ def test_image_entrypoint_stops_cleanly_on_sigterm(image, model_dir, clips):
     assert summary.get("type") == "summary" and "TERM" in str(summary.get("reason")), summary
 
 
+def check_mqtt_run(result: subprocess.CompletedProcess, watcher: Watcher, device: str) -> None:
+    """The run published its status, Home Assistant discovery and exactly the events it printed."""
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    expected = [r for r in printed if r["type"] in ("event", "summary")]
+    events = f"fanwatch/{device}/events"
+    watcher.wait(lambda m: len([1 for t, _, _ in m if t == events]) >= len(expected), what="the events")
+    assert watcher.json(events) == expected
+    assert watcher.on(f"fanwatch/{device}/status") == ["online", "offline"]
+    configs = [t for t, _, _ in watcher.messages if t.startswith("homeassistant/") and f"/{device}/" in t]
+    assert len(configs) >= 3 and watcher.json(f"fanwatch/{device}/state")
+    assert "mqtt: connected to" in result.stderr
+
+
+@pytest.mark.slow
+def test_image_entrypoint_publishes_to_mqtt(image, model_dir, clips, tmp_path):
+    """The image's entry point with --mqtt, against a Mosquitto on the host's loopback (host network)."""
+    _need_inference_py()
+    clip = clips["synthetic"]
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as watcher:
+            result = run_in_image(image, "--network", "host", "-v", f"{clip.parent}:/clips:ro", "-v",
+                                  f"{model_dir}:/app/artifacts:ro", image["tag"], "--wav", f"/clips/{clip.name}",
+                                  "--fast", "--json", "--mqtt", broker.url, "--device-name", "image")
+            check_mqtt_run(result, watcher, "image")
+    finally:
+        broker.stop()
+
+
 @pytest.mark.slow
 def test_arm64_image_under_qemu(model_dir, clips):
     """Opt-in (FANWATCH_TEST_ARM64=1, about 13 min the first time): the Raspberry Pi image, built for
@@ -407,6 +438,22 @@ def test_runtime_venv_inference_help(runtime_venv):
                             text=True, env=_clean_env(), timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
+
+
+@pytest.mark.slow
+def test_runtime_venv_entrypoint_publishes_to_mqtt(runtime_venv, model_dir, clips, tmp_path):
+    """inference.py --mqtt with nothing but requirements-runtime.txt (paho-mqtt is pinned there)."""
+    clip = clips["synthetic"]
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as watcher:
+            result = subprocess.run(
+                [str(runtime_venv), "inference.py", "--wav", str(clip), "--fast", "--json", "--model",
+                 str(model_dir / "sound_classifier.tflite"), "--mqtt", broker.url, "--device-name", "venv"],
+                cwd=ROOT, capture_output=True, text=True, env=_clean_env(), timeout=300)
+            check_mqtt_run(result, watcher, "venv")
+    finally:
+        broker.stop()
 
 
 def test_missing_model_is_one_line_error(clips):
