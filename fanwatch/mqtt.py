@@ -472,7 +472,8 @@ class MqttPublisher:
             with self._cond:
                 if self._state and not any(m.kind == "state" for m in self._outbox):
                     self._put_state()  # the broker may have lost the retained one (restarted without persistence)
-        with self._cond:
+        report = None
+        with self._cond:  # held for list operations only: the loop's thread waits on it in __call__
             discovery = s.discovery and self._discovery_due and self._start is not None
             if discovery:
                 self._discovery_due = False
@@ -483,13 +484,15 @@ class MqttPublisher:
             if dropped > self._dropped_reported:
                 new = dropped - self._dropped_reported
                 self._dropped_reported = dropped
-                self._log(f"mqtt: the outbox was full (broker unreachable too long): {new} message(s) dropped, "
+                report = (f"mqtt: the outbox was full (broker unreachable too long): {new} message(s) dropped, "
                           f"{self.dropped['state']} state update(s), {self.dropped['event']} event(s), "
                           f"{self.dropped['alert']} alert(s) in all")
                 self._outbox.append(Message(f"{s.base}/events", _dumps({
                     "type": "event", "event": "mqtt_dropped", "time": _utc_now(), "dropped": new,
                     "total_dropped_state": self.dropped["state"], "total_dropped_events": self.dropped["event"],
                     "total_dropped_alerts": self.dropped["alert"]}), False, "event"))
+        if report:
+            self._log(report)
         if discovery:
             for topic, config in discovery_messages(s, start):
                 self._publish(topic, _dumps(config), True)

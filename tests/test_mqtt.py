@@ -375,6 +375,16 @@ def test_tls_with_a_throwaway_ca(tmp_path):
         broker.stop()
 
 
+def test_help_names_every_service_option():
+    text = " ".join(inference.build_parser().format_help().split())
+    for option in ("--mqtt URL", "--mqtt-user", "--mqtt-password-file", "--mqtt-ca", "--mqtt-cert", "--mqtt-key",
+                   "--mqtt-insecure", "--mqtt-topic", "--device-name", "--no-discovery", "--discovery-prefix",
+                   "--mqtt-state-interval", "--mqtt-queue", "--mqtt-retry-max", "--config", "--heartbeat",
+                   mqtt.PASSWORD_ENV):
+        assert option in text, option
+    assert "--mqtt-password " not in text  # the option exists only to refuse a password on the command line
+
+
 def test_inference_cli_builds_the_sinks_from_options(tmp_path, monkeypatch):
     monkeypatch.setenv(mqtt.PASSWORD_ENV, "pw")
     args = inference.parse_args(["--mqtt", "mqtts://127.0.0.1:1", "--mqtt-user", "pi", "--device-name", "x",
