@@ -12,8 +12,13 @@
 # The user is in group audio (gid 29, as on Debian and Raspberry Pi OS); if /dev/snd on the host
 # belongs to another gid, add --group-add <that gid>.
 
+# The base of both stages. docker/build.sh on a machine without a Docker engine passes a local stand-in
+# (docker/standin-base.sh) with --build-arg BASE=...; everywhere else it is the public image.
+ARG BASE=debian:bookworm-slim
+
 # ---- builder: a venv with the pinned wheels, trimmed ------------------------------------------------
-FROM debian:bookworm-slim AS builder
+FROM ${BASE} AS builder
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv binutils \
@@ -55,7 +60,7 @@ RUN sp=/opt/venv/lib/python3.11/site-packages \
 # ---- system: Debian's Python 3.11 (as on Raspberry Pi OS Bookworm), PortAudio, the venv and the app -------
 # debian:bookworm-slim + Debian's python3 rather than python:3.11-slim-bookworm: the same Python 3.11 and
 # Debian base as Raspberry Pi OS Bookworm, security updates through apt (rebuild the image to get them).
-FROM debian:bookworm-slim AS system
+FROM ${BASE} AS system
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libportaudio2 ca-certificates \
@@ -96,7 +101,7 @@ HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
 
 USER 10001
 # Exec form, no shell and no init: python3 is PID 1 and gets the signals itself. The loop
-# (fanwatch.stream) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
+# (fanwatch.live) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
 # comes before those handlers are set (while the model loads), but it always turns SIGINT into
 # KeyboardInterrupt, so `docker stop` sends SIGINT: a clean stop at any moment, as with Ctrl-C.
 STOPSIGNAL SIGINT

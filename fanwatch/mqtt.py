@@ -347,7 +347,7 @@ class MqttPublisher:
             with self._cond:
                 self._take(record)
                 self._cond.notify()
-        except Exception as exc:  # noqa: BLE001 - a sink must never stop the audio loop
+        except Exception as exc:
             if not self._broken:
                 self._broken = True
                 self._log(f"mqtt: could not publish a record ({type(exc).__name__}: {exc}); carrying on")
@@ -533,14 +533,14 @@ class MqttPublisher:
                     self._refused = False
                     self._client.connect(s.host, s.port, s.keepalive)
                     socket_up = True
-                except Exception as exc:  # noqa: BLE001 - any failure to connect: one line, retry
+                except Exception as exc:
                     self._problem(f"cannot connect: {describe_error(exc)}")
                     self._wait(delay)
                     delay = min(delay * 2.0, s.retry_max)
                     continue
             try:
                 rc = self._client.loop(timeout=0.1)
-            except Exception as exc:  # noqa: BLE001 - e.g. a TLS error in the middle of a session
+            except Exception as exc:
                 rc, error = None, exc
             else:
                 error = None

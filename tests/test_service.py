@@ -38,25 +38,25 @@ def parse(argv, environ=None, config_text=None, tmp_path=None):
 
 
 def test_command_line_wins_over_environment_over_file(tmp_path):
-    text = 'mqtt = "mqtt://from-file"\nmqtt-user = "file-user"\nalert-n = 2\nquiet = true\nhop = 0.25\n' \
+    text = 'mqtt = "mqtt://from-file"\nmqtt-user = "file-user"\nalert-after = 1.0\nquiet = true\nhop = 0.25\n' \
            'mqtt_topic = "plant"\nno-discovery = true\n'
     args = parse([], {}, text, tmp_path)
-    assert (args.mqtt, args.mqtt_user, args.alert_n, args.quiet, args.hop, args.mqtt_topic, args.discovery) == \
-        ("mqtt://from-file", "file-user", 2, True, 0.25, "plant", False)
-    env = {"FANWATCH_MQTT_USER": "env-user", "FANWATCH_ALERT_N": "1", "FANWATCH_JSON": "yes"}
+    assert (args.mqtt, args.mqtt_user, args.alert_after, args.quiet, args.hop, args.mqtt_topic, args.discovery) == \
+        ("mqtt://from-file", "file-user", 1.0, True, 0.25, "plant", False)
+    env = {"FANWATCH_MQTT_USER": "env-user", "FANWATCH_ALERT_AFTER": "0.5", "FANWATCH_JSON": "yes"}
     args = parse([], env, text, tmp_path)
-    assert (args.mqtt, args.mqtt_user, args.alert_n, args.json) == ("mqtt://from-file", "env-user", 1, True)
-    args = parse(["--mqtt-user", "cli-user", "--alert-n", "3", "--config", str(tmp_path / "fanwatch.toml")], env,
+    assert (args.mqtt, args.mqtt_user, args.alert_after, args.json) == ("mqtt://from-file", "env-user", 0.5, True)
+    args = parse(["--mqtt-user", "cli-user", "--alert-after", "1.5", "--config", str(tmp_path / "fanwatch.toml")], env,
                  text, tmp_path)
-    assert (args.mqtt_user, args.alert_n) == ("cli-user", 3)
+    assert (args.mqtt_user, args.alert_after) == ("cli-user", 1.5)
     # nothing set anywhere: the built-in defaults
     args = parse([], {})
-    assert (args.mqtt, args.alert_n, args.quiet, args.discovery, args.config) == (None, 3, False, True, None)
+    assert (args.mqtt, args.alert_after, args.quiet, args.discovery, args.config) == (None, 1.5, False, True, None)
 
 
 def test_bad_settings_are_one_line_naming_where_they_came_from(tmp_path):
     cases = [
-        ('alert-n = "three"\n', {}, "config file .*fanwatch.toml: alert-n: invalid int value"),
+        ('event-log-backups = "three"\n', {}, "config file .*fanwatch.toml: event-log-backups: invalid int value"),
         ('hop = -1\n', {}, "config file .*hop: must be positive"),
         ('mqtt-usr = "pi"\n', {}, "unknown key 'mqtt-usr'"),
         ('mqtt-password = "x"\n', {}, "no passwords in the config file"),
@@ -64,7 +64,7 @@ def test_bad_settings_are_one_line_naming_where_they_came_from(tmp_path):
         ('runtime = "cuda"\n', {}, "runtime must be one of"),
         ('mqtt = [1, 2]\n', {}, "takes one value"),
         ('model = \n', {}, "not valid TOML"),
-        ('', {"FANWATCH_STATE_K": "x"}, "environment FANWATCH_STATE_K: state-k: invalid int value"),
+        ('', {"FANWATCH_QUEUE_BLOCKS": "x"}, "environment FANWATCH_QUEUE_BLOCKS: queue-blocks: invalid int value"),
         ('', {"FANWATCH_QUIET": "perhaps"}, "environment FANWATCH_QUIET: quiet is a flag"),
     ]
     for text, env, message in cases:
@@ -73,10 +73,10 @@ def test_bad_settings_are_one_line_naming_where_they_came_from(tmp_path):
     with pytest.raises(FanwatchError, match="no such file"):
         configfile.defaults(inference.build_parser(), tmp_path / "missing.toml", {})
     # through the real command line: status 2 and one line, no traceback
-    bad = _write(tmp_path, 'alert-n = "three"\n')
+    bad = _write(tmp_path, 'event-log-backups = "three"\n')
     proc = subprocess.run([sys.executable, "inference.py", "--config", str(bad)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "alert-n" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "event-log-backups" in proc.stderr
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -110,13 +110,13 @@ def test_a_config_file_drives_a_real_run(trained_model, tmp_path):
     sf.write(wav, np.zeros(16000 * 2, dtype=np.float32), 16000)
     config = _write(tmp_path, f'model = "{trained_model / "sound_classifier.tflite"}"\nwav = "{wav}"\nfast = true\n'
                               f'json = true\nhop = 0.25\nheartbeat = "{tmp_path / "hb"}"\n')
-    env = dict(os.environ, FANWATCH_CONFIG=str(config), FANWATCH_STATE_K="2")
+    env = dict(os.environ, FANWATCH_CONFIG=str(config), FANWATCH_STATE_AFTER="1.0")
     proc = subprocess.run([sys.executable, "inference.py", "--quiet"], cwd=REPO, capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     start = next(r for r in records if r.get("event") == "start")
-    assert start["settings"]["hop"] == 0.25 and start["settings"]["state_k"] == 2  # file and environment
+    assert start["settings"]["hop"] == 0.25 and start["settings"]["state_after"] == 1.0  # file and environment
     assert start["settings"]["quiet"] is True and not [r for r in records if r["type"] == "window"]  # CLI
     assert health.check(tmp_path / "hb", 60)[0]
 
