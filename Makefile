@@ -18,11 +18,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed
-	@# sounddevice needs PortAudio (Debian: libportaudio2); installed here when we may.
-	@$(PY) -c "import sounddevice" 2>/dev/null || { \
+	@# sounddevice needs PortAudio (Debian: libportaudio2), the MQTT tests a real broker (mosquitto) and
+	@# openssl; installed here when we may.
+	@{ $(PY) -c "import sounddevice" 2>/dev/null && test -x /usr/sbin/mosquitto && command -v openssl >/dev/null; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get update -qq && apt-get install -y -qq libportaudio2) >/dev/null; \
-	  else echo "note: install PortAudio for live capture: sudo apt-get install libportaudio2"; fi; }
+	    (apt-get update -qq && apt-get install -y -qq libportaudio2 mosquitto openssl) >/dev/null; \
+	  else echo "note: sudo apt-get install libportaudio2 (live capture) mosquitto openssl (MQTT tests)"; fi; }
 	@# the status page's browser test uses Debian's headless chromium
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

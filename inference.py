@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from fanwatch import cli, config, recording, runtime, site
+from fanwatch import cli, config, configfile, health, recording, runtime, site
+from fanwatch import mqtt as mqtt_sink
 from fanwatch.errors import FanwatchError
 from fanwatch.live import settings as defaults
 from fanwatch.live import sources
@@ -36,11 +37,17 @@ IN, MDL, DEC, OUT, OPS, WEB = (defaults.InputSettings(), defaults.ModelSettings(
 REC = recording.RecordSettings(out=Path("data"), label="")
 
 
+def _no_password(_text: str) -> str:
+    """--mqtt-password exists only to refuse it (argparse would take it for --mqtt-password-file)."""
+    raise argparse.ArgumentTypeError(f"never on the command line (every user of the machine can read it): set "
+                                     f"{mqtt_sink.PASSWORD_ENV} or use --mqtt-password-file")
+
+
 def _windows(seconds: float) -> int:
     return round(seconds / config.HOP_SECONDS)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Listen to a fan or other rotating machine and report, every hop, its operating state and "
                     "whether it sounds anomalous. Captures from a microphone at the device's native rate, "
@@ -48,7 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "the decisions and prints one line (or JSON record) per window plus events (state changes, "
                     "alerts raised/cleared, device lost/reopened, dropped audio). Stop with Ctrl-C or SIGTERM: "
                     "a summary line follows. An unplugged microphone is reopened with backoff.",
-        epilog=PRIVACY)
+        epilog=PRIVACY + " Settings also come from a TOML file (--config, keys = the long option names) and "
+                         "FANWATCH_<OPTION> environment variables; the command line wins, then the environment.")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help=f"TOML file of settings, keys are the long option names (default ${configfile.CONFIG_ENV}; "
+                        "example: deploy/fanwatch.toml)")
     src = p.add_argument_group("input")
     src.add_argument("--device", metavar="NAME|INDEX", default=None,
                      help="capture device: index or (part of the) name from --list-devices; default: the system's "
@@ -175,6 +186,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     rec.add_argument("--clip-seconds", type=_positive_float, default=REC.clip_seconds, metavar="S",
                      help=f"with --record: length of each clip (default {REC.clip_seconds:g})")
 
+    mq = p.add_argument_group("MQTT (Home Assistant, Grafana, a fleet's broker)")
+    mq.add_argument("--mqtt", metavar="URL", default=None,
+                    help="publish status, state and events to this broker: mqtt://host[:port] (default port 1883) "
+                         "or mqtts://host[:port] (TLS, 8883); the loop never waits for it")
+    mq.add_argument("--mqtt-user", metavar="NAME", default=None,
+                    help=f"broker user name; the password comes from ${mqtt_sink.PASSWORD_ENV} or "
+                         "--mqtt-password-file, never from the command line")
+    mq.add_argument("--mqtt-password", type=_no_password, default=None, help=argparse.SUPPRESS)
+    mq.add_argument("--mqtt-password-file", type=Path, default=None, metavar="FILE",
+                    help="file whose first line is the broker password (e.g. a Docker secret)")
+    mq.add_argument("--mqtt-ca", type=Path, default=None, metavar="PEM",
+                    help="CA certificate(s) that sign the broker's certificate (default: the system's)")
+    mq.add_argument("--mqtt-cert", type=Path, default=None, metavar="PEM", help="client certificate (with --mqtt-key)")
+    mq.add_argument("--mqtt-key", type=Path, default=None, metavar="PEM", help="client certificate's private key")
+    mq.add_argument("--mqtt-insecure", action="store_true",
+                    help="TLS without verifying the broker's certificate (encrypted, not authenticated)")
+    mq.add_argument("--mqtt-topic", default=mqtt_sink.DEFAULT_TOPIC, metavar="PREFIX",
+                    help=f"topic prefix: PREFIX/DEVICE/status|state|events (default {mqtt_sink.DEFAULT_TOPIC})")
+    mq.add_argument("--device-name", default=None, metavar="NAME",
+                    help="this monitor's name; the MQTT client id, topics and Home Assistant ids derive from it "
+                         "(default: the host name)")
+    mq.add_argument("--no-discovery", dest="discovery", action="store_false",
+                    help="no Home Assistant MQTT discovery configs")
+    mq.add_argument("--discovery-prefix", default=mqtt_sink.DISCOVERY_PREFIX, metavar="PREFIX",
+                    help=f"Home Assistant's discovery prefix (default {mqtt_sink.DISCOVERY_PREFIX})")
+    mq.add_argument("--mqtt-state-interval", type=_positive_float, default=5.0, metavar="SECONDS",
+                    help="publish the state at most this often unless it changes (default 5)")
+    mq.add_argument("--mqtt-queue", type=int, default=1000, metavar="N",
+                    help="messages kept while the broker is unreachable (default 1000); when full, the oldest "
+                         "state updates go first, alerts last")
+    mq.add_argument("--mqtt-retry-max", type=_positive_float, default=30.0, metavar="SECONDS",
+                    help="reconnect after 1, 2, 4 ... s, at most this long apart (default 30)")
+
     ops = p.add_argument_group("operation")
     ops.add_argument("--duration", type=_positive_float, default=OPS.duration, metavar="SECONDS",
                      help="stop after this long (default: run until Ctrl-C / SIGTERM, or the end of --wav)")
@@ -184,9 +228,35 @@ def parse_args(argv=None) -> argparse.Namespace:
     ops.add_argument("--stall-seconds", type=_positive_float, default=OPS.stall_seconds, metavar="SECONDS",
                      help="treat the device as lost when no audio arrives for this long "
                           f"(default {OPS.stall_seconds:g})")
+    ops.add_argument("--heartbeat", type=Path, default=None, metavar="FILE",
+                     help="rewrite FILE with the time of the last analysed window (every few seconds), for "
+                          "`python -m fanwatch.health` (the Docker HEALTHCHECK); under systemd with WatchdogSec= "
+                          "the same beat pings the watchdog")
     ops.add_argument("--simulate-slow-ms", type=float, default=OPS.simulate_slow_ms, metavar="MS",
                      help="testing aid: sleep this long after each inference, to see drops being counted")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line over $FANWATCH_* over the --config file over the defaults."""
+    with cli.user_errors():
+        return configfile.parse_args(build_parser(), argv)
+
+
+def make_sinks(args: argparse.Namespace) -> list:
+    """Record sinks beside the console: the heartbeat (with --heartbeat or under a systemd watchdog) and the
+    MQTT publisher (with --mqtt)."""
+    sinks = []
+    if args.heartbeat is not None or os.environ.get("WATCHDOG_USEC"):
+        sinks.append(health.Heartbeat(args.heartbeat))
+    if args.mqtt:
+        settings = mqtt_sink.settings_from(
+            args.mqtt, user=args.mqtt_user, password_file=args.mqtt_password_file, ca=args.mqtt_ca,
+            cert=args.mqtt_cert, key=args.mqtt_key, insecure=args.mqtt_insecure, topic=args.mqtt_topic,
+            device_name=args.device_name, discovery=args.discovery, discovery_prefix=args.discovery_prefix,
+            state_interval=args.mqtt_state_interval, queue_max=args.mqtt_queue, retry_max=args.mqtt_retry_max)
+        sinks.append(mqtt_sink.MqttPublisher(settings))
+    return sinks
 
 
 def settings_from(args: argparse.Namespace) -> defaults.LoopSettings:
@@ -238,7 +308,14 @@ def main(argv=None) -> int:
             else:
                 if args.force:
                     raise FanwatchError("--force only applies to --enroll")
-                run(settings_from(args))
+                settings = settings_from(args)
+                settings.validate()  # a bad option: one line before anything connects
+                sinks = make_sinks(args)
+                try:
+                    run(settings, sinks=sinks)
+                finally:
+                    for sink in reversed(sinks):
+                        sink.close()
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     if sources.STUCK_STREAMS:  # a hung capture driver would also hang PortAudio's exit handler

@@ -82,11 +82,15 @@ mkdir -p "$BUILD/model"
 if [ -f "$MODEL_DIR/sound_classifier.tflite" ]; then
     [ -f "$MODEL_DIR/model_card.json" ] || die "$MODEL_DIR/model_card.json missing beside the model"
     cp "$MODEL_DIR/sound_classifier.tflite" "$MODEL_DIR/model_card.json" "$BUILD/model/"
+    # what the runtime reads beside the model: the anomaly score's state, the band profile, a site calibration
+    for extra in anomaly_scorer.npz band_profile.json site_calibration.json site_calibration.npz; do
+        if [ -f "$MODEL_DIR/$extra" ]; then cp "$MODEL_DIR/$extra" "$BUILD/model/"; fi
+    done
     log "model: $MODEL_DIR/sound_classifier.tflite baked in as /app/artifacts/"
 else
     log "no model in $MODEL_DIR/: the image has none (mount one: -v \"\$PWD/artifacts:/app/artifacts:ro\")"
 fi
-printf 'Model folder of the fanwatch image: sound_classifier.tflite + model_card.json (or mount one here).\n' \
+printf 'Model folder of the fanwatch image: sound_classifier.tflite + model_card.json + anomaly_scorer.npz (or mount one here).\n' \
     >"$BUILD/model/README.txt"
 
 # ---------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 # e.g. docker/run.sh -it --device /dev/snd -v "$PWD/artifacts:/app/artifacts:ro" fanwatch
 #      docker/run.sh -v "$PWD/clips:/clips:ro" --entrypoint python3 fanwatch test_docker_inference.py /clips/a.wav
 # With a Docker engine: `docker run --rm ...`. Without one: podman on the vfs storage buildah wrote,
-# with the flags this kind of machine needs (runc, cgroupfs, no network, no default ulimits).
+# with the flags this kind of machine needs (runc, cgroupfs, no network unless --network is given,
+# no default ulimits).
 #
 # --pi4: run a linux/arm64 image on an x86_64 host under qemu-user (binfmt, set up by
 #   `docker/build.sh --platform arm64`) as a Raspberry Pi 4 would see it: QEMU_CPU=cortex-a72 (qemu's
@@ -37,5 +38,10 @@ fi
 CONF="${FANWATCH_CONTAINERS_CONF:-$ROOT/build/containers/containers.conf}"
 [ -f "$CONF" ] || { echo "[run.sh] error: $CONF missing: build the image first (docker/build.sh)" >&2; exit 1; }
 export CONTAINERS_CONF="$CONF"
+# no network unless asked for (--network host: e.g. a broker on the host's loopback)
+net=(--network none)
+for arg in "$@"; do
+    case "$arg" in --network | --network=* | --net | --net=*) net=() ;; esac
+done
 exec podman --storage-driver vfs --runtime runc --cgroup-manager cgroupfs \
-    run --rm --network none "${extra[@]}" "$@"
+    run --rm "${net[@]}" "${extra[@]}" "$@"
