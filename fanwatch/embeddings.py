@@ -133,6 +133,7 @@ class Extractor:
         return emb
 
     def _entry(self, path: Path) -> Path:
+        audio.check_file(path)  # before hashing: a named pipe or /dev/zero would never end
         try:
             key = self._key(path)
         except OSError as exc:
@@ -154,6 +155,8 @@ class Extractor:
         emb = self._load_cached(entry) if entry.exists() else None
         if emb is None:
             emb = self.embed_signal(audio.load_audio(path, channel=self.channel))
+            if not np.isfinite(emb).all():
+                raise BadAudioError(path, "the front end gives NaN or infinite embeddings for it")
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".npz")
             with os.fdopen(fd, "wb") as handle:

@@ -1,0 +1,163 @@
+"""Hostile input (issue 13): every bad file, folder and option ends in one clear line or a counted skip.
+
+The hostile files come from ``tests/hostile.py`` and are written at test time.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hostile import tone, write_hostile_files
+
+from fanwatch import audio, datasets, embeddings, wavfile
+from fanwatch.errors import BadAudioError, FanwatchError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("hostile")
+    return folder, write_hostile_files(folder)
+
+
+def test_every_hostile_file_is_refused_in_one_line(hostile):
+    folder, cases = hostile
+    assert len(cases) >= 20
+    for name, words in cases.items():
+        with pytest.raises(BadAudioError) as info:
+            audio.load_audio(folder / name)
+        message = str(info.value)
+        assert message.startswith(str(folder / name)) and "\n" not in message, message
+        for word in words:
+            assert word in message, message
+
+
+def test_header_facts_are_refused_before_decoding(hostile):
+    """A 1 Hz header on a 1.5 s file would be resampled to 16000 times its length: refused up front."""
+    folder, _ = hostile
+    for name, words in (("rate_1hz.wav", "1 Hz"), ("rate_0hz.wav", "0 Hz"), ("channels_65535.wav", "65535")):
+        for read in (audio.audio_info, wavfile.read_info):
+            with pytest.raises(BadAudioError, match=words):
+                read(folder / name)
+
+
+def test_plausible_extremes_are_still_accepted(tmp_path):
+    low = tmp_path / "rate_8k.wav"
+    sf.write(low, tone(2.0, 8000), 8000, subtype="PCM_16")
+    assert len(audio.load_audio(low)) == 32000
+    loud = tmp_path / "overs.wav"
+    sf.write(loud, tone(2.0, amp=1.5), 16000, subtype="FLOAT")  # 3.5 dB over full scale: a float file may
+    assert np.max(np.abs(audio.load_audio(loud))) > 1.4
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX users")
+def test_permission_denied_is_said_as_such(tmp_path):
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(), 16000, subtype="PCM_16")
+    path.chmod(0o000)
+    os.chmod(tmp_path, 0o755)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: as an unprivileged user when root (root reads everything)
+        try:
+            if os.geteuid() == 0:
+                os.setuid(65534)
+            audio.load_audio(path)
+            message = "read it"
+        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+            message = str(exc)
+        os.write(write, message.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    message = os.read(read, 4096).decode()
+    os.close(read)
+    assert message.startswith(f"{path}: permission denied (this user may not ") and "\n" not in message
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+def test_symlinked_class_folders_are_followed_and_loops_visited_once(tmp_path):
+    elsewhere = tmp_path / "other_disk" / "fan_on"
+    elsewhere.mkdir(parents=True)
+    for i in range(2):
+        sf.write(elsewhere / f"{i}.wav", tone(), 16000)
+    data = tmp_path / "data"
+    (data / "fan_off").mkdir(parents=True)
+    sf.write(data / "fan_off" / "a.wav", tone(), 16000)
+    (data / "fan_on").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "again").symlink_to(elsewhere, target_is_directory=True)  # a loop
+    recs = datasets.scan(data)
+    assert sorted(r.label for r in recs) == ["fan_off", "fan_on", "fan_on"]
+    assert datasets.has_audio_files(data)
+
+
+def test_a_dcase_test_folder_itself_is_understood(tmp_path):
+    test = tmp_path / "dev_data" / "fan" / "test"
+    test.mkdir(parents=True)
+    for name in ("normal_id_00_00000000.wav", "anomaly_id_00_00000001.wav", "normal_id_02_00000000.wav"):
+        sf.write(test / name, tone(), 16000)
+    recs, layout = datasets.scan_dataset(test)
+    assert layout == "dcase"
+    assert [(r.label, r.machine, r.subset, r.normal) for r in recs] == [
+        ("fan_anomaly", "fan/id_00", "test", False), ("fan_normal", "fan/id_00", "test", True),
+        ("fan_normal", "fan/id_02", "test", True)]
+
+
+@pytest.mark.parametrize("kind", ["dcase", "mimii"])
+def test_machine_folders_beside_other_folders_are_not_taken_as_classes(tmp_path, kind):
+    data = tmp_path / "data"
+    if kind == "dcase":
+        for sub, name in (("train", "normal_id_00_00000000.wav"), ("test", "anomaly_id_00_00000000.wav")):
+            (data / "propeller" / sub).mkdir(parents=True)
+            sf.write(data / "propeller" / sub / name, tone(), 16000)
+    else:
+        for state in ("normal", "abnormal"):
+            (data / "propeller" / "id_00" / state).mkdir(parents=True)
+            sf.write(data / "propeller" / "id_00" / state / "00000000.wav", tone(), 16000)
+    (data / "states" / "on").mkdir(parents=True)
+    sf.write(data / "states" / "on" / "a.wav", tone(), 16000)
+    with pytest.raises(FanwatchError) as info:
+        datasets.scan_dataset(data)
+    message = str(info.value)
+    assert "propeller/ is a" in message and ("DCASE" in message if kind == "dcase" else "MIMII" in message)
+    assert "states/" in message and "\n" not in message
+    recs, layout = datasets.scan_dataset(data, layout="folders")  # said explicitly: allowed
+    assert layout == "folders" and {r.label for r in recs} == {"propeller", "states"}
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "nonexistent"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "folder not found" in lines[0], proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- embeddings (the cache key)
+
+
+def test_embedding_skips_every_hostile_file_without_hanging(hostile, yamnet_path, cache_dir):
+    """The cache key hashed a named pipe (blocks forever) or /dev/zero (never ends) before any check."""
+    folder, cases = hostile
+    ex, _ = embeddings.make_extractor(yamnet_path, cache_dir=cache_dir, workers=1)
+    good = folder.parent / "good.wav"
+    sf.write(good, tone(2.0), 16000, subtype="PCM_16")
+    recs = [datasets.Recording(folder / name, "x", "default", True) for name in sorted(cases)]
+    recs.append(datasets.Recording(good, "x", "default", True))
+    es = ex.embed_recordings(recs, progress=False)
+    assert [r.path for r in es.recordings] == [good]
+    assert np.isfinite(es.embeddings).all() and len(es.embeddings) == audio.n_windows(32000)
+    reasons = dict(es.skipped)
+    assert sorted(reasons) == sorted(str(folder / n) for n in cases)
+    for name, words in cases.items():
+        assert all(w in reasons[str(folder / name)] for w in words), reasons[str(folder / name)]
