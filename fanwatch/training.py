@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, anomaly, audio, config, datasets, embeddings, evaluation, export, runtime
+from . import __version__, anomaly, config, datasets, embeddings, evaluation, export, runtime
 from .errors import FanwatchError
 from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
 
@@ -102,7 +102,8 @@ def _library_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "fanwatch": __version__}
-    for name in ("tensorflow", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile", "scikit-learn"):
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile",
+                 "scikit-learn"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -115,7 +116,10 @@ def train(s: TrainSettings) -> dict:
     started = time.time()
     s.validate()
     data = Path(s.data)
-    if not data.is_dir() or not any(p.is_file() and audio.is_audio_file(p) for p in data.rglob("*")):
+    if not data.exists():
+        raise FanwatchError(f"{data}: folder not found, so no recordings found (give --data the folder that "
+                            "holds them, or try the synthetic fan demo: python train.py --demo)")
+    if not datasets.has_audio_files(data):  # also follows symlinked folders; "not a folder" comes from there
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
