@@ -184,15 +184,14 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
 
 
 def roc_curve(normal_scores, anomalous_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) with every distinct score as a threshold; starts at (0, 0)."""
+    """(fpr, tpr, thresholds) with every distinct score as a threshold; starts at (0, 0) (scikit-learn)."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     n = np.asarray(normal_scores, np.float64)
     a = np.asarray(anomalous_scores, np.float64)
-    thresholds = np.unique(np.concatenate([n, a]))[::-1]
-    n_sorted, a_sorted = np.sort(n), np.sort(a)
-    fpr = (len(n) - np.searchsorted(n_sorted, thresholds, side="left")) / max(len(n), 1)
-    tpr = (len(a) - np.searchsorted(a_sorted, thresholds, side="left")) / max(len(a), 1)
-    return (np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr]),
-            np.concatenate([[np.inf], thresholds]))
+    labels = np.concatenate([np.zeros(len(n)), np.ones(len(a))])
+    fpr, tpr, thresholds = sk_roc_curve(labels, np.concatenate([n, a]), drop_intermediate=False)
+    return fpr, tpr, thresholds
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
