@@ -125,6 +125,8 @@ def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
         pred = model.predict(window)
         probs[i] = pred.probabilities
         scores[i] = pred.anomaly_scores
+    if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
+        return None, None, "the model outputs NaN or infinite values for it"
     return probs, scores, None
 
 

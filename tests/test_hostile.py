@@ -161,3 +161,33 @@ def test_embedding_skips_every_hostile_file_without_hanging(hostile, yamnet_path
     assert sorted(reasons) == sorted(str(folder / n) for n in cases)
     for name, words in cases.items():
         assert all(w in reasons[str(folder / name)] for w in words), reasons[str(folder / name)]
+
+
+# ---------------------------------------------------------------------------- model outputs and log noise
+
+
+def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
+    from fanwatch import evaluation, runtime
+
+    class NaNModel:  # stands in for a damaged model: the real runtimes cannot be made to output NaN on demand
+        labels, machines = ["a", "b"], ["default"]
+
+        def predict(self, window):
+            return runtime.Prediction(np.array([np.nan, 0.5], np.float32), np.array([0.1], np.float32))
+
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, tone(2.0), 16000, subtype="PCM_16")
+    probs, scores, reason = evaluation._file_outputs(NaNModel(), str(wav), "mean")
+    assert probs is None and scores is None and reason == "the model outputs NaN or infinite values for it"
+
+
+def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
+    frontend, _ = embeddings.ensure_frontend(yamnet_path, cache_dir=cache_dir)
+    code = ("import sys; from fanwatch import runtime\n"
+            "m = runtime.TFLiteModel(sys.argv[1]); print('loaded', m.runtime)\n"
+            "print('kept', file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr
+    assert "XNNPACK" not in proc.stderr and "cuInit" not in proc.stderr
+    assert proc.stderr.strip() == "kept"
