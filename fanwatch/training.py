@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +114,17 @@ def _library_versions() -> dict:
     return out
 
 
+OUTPUT_NAMES = (SPLIT_NAME, HEAD_NAME, ANOMALY_NAME, FLOAT_NAME, runtime.MODEL_NAME, runtime.CARD_NAME)
+"""What a run writes into --out; the model card moves into place last (it names the others)."""
+
+
 def train(s: TrainSettings) -> dict:
-    """The whole run; returns the model card (also written to ``s.out``)."""
-    started = time.time()
+    """The whole run; returns the model card (also written to ``s.out``).
+
+    Everything is written into a temporary folder inside ``s.out`` and moved into place only when the run
+    has succeeded, so a failed or interrupted run leaves the previous model, its split and its card as
+    they were (and no half-written new ones).
+    """
     s.validate()
     data = Path(s.data)
     if not data.exists():
@@ -121,8 +132,28 @@ def train(s: TrainSettings) -> dict:
                             "holds them, or try the synthetic fan demo: python train.py --demo)")
     if not datasets.has_audio_files(data):  # also follows symlinked folders; "not a folder" comes from there
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(s.out).expanduser()
+    config.ensure_writable_folder(out, "--out")
+    config.ensure_writable_folder(config.resolve_cache_dir(s.cache), "--cache")
+    work = Path(tempfile.mkdtemp(prefix=".train-partial-", dir=out))  # same file system: os.replace is atomic
+    try:
+        card = _train(s, work, out)
+        produced = [name for name in OUTPUT_NAMES if (work / name).is_file()]
+        for name in OUTPUT_NAMES:  # a file of an older run that this run does not write would not match
+            if name not in produced and (out / name).is_file():
+                (out / name).unlink()
+        for name in produced:
+            os.replace(work / name, out / name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
+    return card
+
+
+def _train(s: TrainSettings, out: Path, final: Path) -> dict:
+    """The run itself, writing into ``out`` (a temporary folder); ``final`` is where it will end up."""
+    started = time.time()
+    data = Path(s.data)
     recs, layout = datasets.scan_dataset(data, s.layout, s.normal_classes, s.anomalous_classes)
     splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction,
                                        test_fraction=s.test_fraction)
@@ -194,6 +225,10 @@ def train(s: TrainSettings) -> dict:
         val_scores[val_normal] if len(val_scores) else val_scores,
         val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate)
     anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
+    bad = [m for m, t in anom.thresholds.items() if not (np.isfinite(t) and t > 0)]
+    if bad:
+        raise FanwatchError(f"the anomaly threshold of {', '.join(bad)} is not a positive number "
+                            f"({anom.thresholds[bad[0]]}); nothing written")
     anomaly_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
     anomaly_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
     for m in anom.machines:
@@ -228,7 +263,7 @@ def train(s: TrainSettings) -> dict:
         deployed.unlink()
         raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
                             f"not deployed (limits {PARITY_LIMITS})")
-    log(f"export: {deployed} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
+    log(f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
         f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
         f"{parity['min_embedding_cosine']:.6f}")
@@ -276,7 +311,6 @@ def train(s: TrainSettings) -> dict:
         log(f"skipped {len(skipped)} file(s):")
         for f, r in skipped:
             log(f"  {f}: {r}")
-    log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
     return card
 
 

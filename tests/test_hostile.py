@@ -191,3 +191,43 @@ def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
     assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr
     assert "XNNPACK" not in proc.stderr and "cuInit" not in proc.stderr
     assert proc.stderr.strip() == "kept"
+
+
+# ---------------------------------------------------------------------------- train.py outputs
+
+
+def test_a_failed_run_leaves_the_previous_model_untouched(trained_model, hostile, tmp_path, yamnet_path,
+                                                          cache_dir):
+    import shutil
+
+    from fanwatch import training
+
+    out = tmp_path / "artifacts"
+    shutil.copytree(trained_model, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    folder, cases = hostile
+    bad_data = tmp_path / "bad_data"
+    for cls in ("on", "off"):  # every file unusable
+        write_hostile_files(bad_data / cls, special=False)
+    with pytest.raises(FanwatchError, match="no usable recordings for training"):
+        training.train(training.TrainSettings(data=bad_data, out=out, yamnet=str(yamnet_path),
+                                              cache=str(cache_dir), progress=False, workers=1))
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # split.json included: it still matches the model
+    assert not [p for p in out.iterdir() if p.name.startswith(".train-partial")]
+
+
+def test_unusable_out_and_cache_folders_fail_before_any_work(tmp_path, synthetic_data):
+    from fanwatch import training
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for kwargs, words in ((dict(out=a_file), "--out"), (dict(out=a_file / "sub"), "--out"),
+                          (dict(out=tmp_path / "o", cache=str(a_file)), "--cache")):
+        kwargs.setdefault("cache", str(tmp_path / "cache"))
+        with pytest.raises(FanwatchError) as info:
+            training.train(training.TrainSettings(data=synthetic_data, progress=False, **kwargs))
+        assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(synthetic_data), "--out",
+                           str(a_file)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: --out {a_file}: is a file, not a folder"
