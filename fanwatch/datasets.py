@@ -525,11 +525,12 @@ def write_json(path, data, indent: int = 2) -> Path:
     return path
 
 
-def load_split(path, root=None) -> Splits:
+def load_split(path, root=None, must_exist=SPLITS) -> Splits:
     """Read a split written by :func:`save_split`; Recordings get absolute paths.
 
     Relative paths are resolved against ``root`` when given (the dataset moved), else against the root
-    stored in the file. FanwatchError when the file is missing or malformed, or a listed file has vanished.
+    stored in the file. FanwatchError when the file is missing or malformed, or a file listed in one of the
+    ``must_exist`` splits has vanished (files of the other splits are returned as listed).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -550,7 +551,7 @@ def load_split(path, root=None) -> Splits:
             for entry in entries:
                 stored = Path(entry["path"])
                 file_path = stored if stored.is_absolute() else base / stored
-                if not file_path.is_file():
+                if name in must_exist and not file_path.is_file():
                     missing.append(file_path)
                 recs.append(Recording(
                     path=file_path,

@@ -5,6 +5,7 @@ The hostile files come from ``tests/hostile.py`` and are written at test time.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_machine_folders_beside_other_folders_are_not_taken_as_classes(tmp_path,
 
 def test_missing_data_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "nonexistent"),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)
+                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "folder not found" in lines[0], proc.stderr
@@ -186,7 +187,7 @@ def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
     code = ("import sys; from fanwatch import runtime\n"
             "m = runtime.TFLiteModel(sys.argv[1]); print('loaded', m.runtime)\n"
             "print('kept', file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], capture_output=True, text=True, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], check=False, capture_output=True, text=True, cwd=REPO,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr
     assert "XNNPACK" not in proc.stderr and "cuInit" not in proc.stderr
@@ -196,8 +197,7 @@ def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
 # ---------------------------------------------------------------------------- train.py outputs
 
 
-def test_a_failed_run_leaves_the_previous_model_untouched(trained_model, hostile, tmp_path, yamnet_path,
-                                                          cache_dir):
+def test_a_failed_run_leaves_the_previous_model_untouched(trained_model, tmp_path, yamnet_path, cache_dir):
     import shutil
 
     from fanwatch import training
@@ -205,7 +205,6 @@ def test_a_failed_run_leaves_the_previous_model_untouched(trained_model, hostile
     out = tmp_path / "artifacts"
     shutil.copytree(trained_model, out)
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    folder, cases = hostile
     bad_data = tmp_path / "bad_data"
     for cls in ("on", "off"):  # every file unusable
         write_hostile_files(bad_data / cls, special=False)
@@ -222,12 +221,85 @@ def test_unusable_out_and_cache_folders_fail_before_any_work(tmp_path, synthetic
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    for kwargs, words in ((dict(out=a_file), "--out"), (dict(out=a_file / "sub"), "--out"),
-                          (dict(out=tmp_path / "o", cache=str(a_file)), "--cache")):
+    for kwargs, words in (({"out": a_file}, "--out"), ({"out": a_file / "sub"}, "--out"),
+                          ({"out": tmp_path / "o", "cache": str(a_file)}, "--cache")):
         kwargs.setdefault("cache", str(tmp_path / "cache"))
         with pytest.raises(FanwatchError) as info:
             training.train(training.TrainSettings(data=synthetic_data, progress=False, **kwargs))
         assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(synthetic_data), "--out",
-                           str(a_file)], capture_output=True, text=True, cwd=REPO, timeout=120)
+                           str(a_file)], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: --out {a_file}: is a file, not a folder"
+
+
+# ---------------------------------------------------------------------------- evaluate_model.py side files
+
+
+def _model_copy(trained_model: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(trained_model, dest, ignore=shutil.ignore_patterns("evaluation", ".*"))
+    return dest / "sound_classifier.tflite"
+
+
+def _two_files(synthetic_data: Path, dest: Path) -> Path:
+    import shutil
+
+    for cls in ("off", "fault_bearing"):
+        (dest / cls).mkdir(parents=True)
+        for f in sorted((synthetic_data / cls).glob("*.wav"))[:1]:
+            shutil.copy(f, dest / cls / f.name)
+    return dest
+
+
+@pytest.mark.parametrize("damage", ["npz_random_bytes", "npz_pickle", "keras_corrupt", "npz_wrong_shape"])
+def test_damaged_side_files_are_a_note_before_the_work(trained_model, synthetic_data, tmp_path, capsys, damage):
+    import pickle
+
+    from fanwatch import evaluation
+
+    model = _model_copy(trained_model, tmp_path / "model")
+    if damage == "npz_random_bytes":
+        (model.parent / "anomaly_model.npz").write_bytes(np.random.default_rng(0).bytes(5000))
+    elif damage == "npz_pickle":
+        (model.parent / "anomaly_model.npz").write_bytes(pickle.dumps({"bank": [1, 2, 3]}))
+    elif damage == "npz_wrong_shape":
+        np.savez(model.parent / "anomaly_model.npz", method="knn", machines=np.asarray(["default"]),
+                 bank=np.zeros((1, 4, 7), np.float32))
+    else:
+        keras_file = model.parent / "sound_classifier_head.keras"
+        keras_file.write_bytes(keras_file.read_bytes()[:300])
+    out = tmp_path / "eval"
+    m = evaluation.evaluate(evaluation.EvalSettings(model=model, data=_two_files(synthetic_data, tmp_path / "d"),
+                                                    out=out, progress=False, workers=1))
+    console = capsys.readouterr().out
+    name = "sound_classifier_head.keras" if damage.startswith("keras") else "anomaly_model.npz"
+    note = next(n for n in m["notes"] if n.startswith("parity check skipped"))
+    assert name in note and "\n" not in note
+    assert console.index(note) < console.index("evaluating ")  # said before the work, not after it
+    assert m["parity"] is None and m["files"] == 2
+    assert json.loads((out / "metrics.json").read_text())["notes"] == m["notes"]
+
+
+def test_a_vanished_training_file_does_not_block_the_test_split(trained_model, tmp_path):
+    from fanwatch import evaluation
+
+    model = _model_copy(trained_model, tmp_path / "model")
+    split_path = model.parent / "split.json"
+    split = json.loads(split_path.read_text())
+    split["splits"]["train"].append({**split["splits"]["train"][0], "path": "/nonexistent/vanished.wav"})
+    split_path.write_text(json.dumps(split))
+    m = evaluation.evaluate(evaluation.EvalSettings(model=model, out=tmp_path / "eval", progress=False,
+                                                    parity=False, workers=1))
+    assert m["files"] == len(split["splits"]["test"]) and not m["skipped"]
+
+
+def test_unusable_evaluation_out_is_one_line(trained_model, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for option in ("--out", "--cache"):
+        proc = subprocess.run([sys.executable, str(REPO / "evaluate_model.py"), "--model",
+                               str(trained_model / "sound_classifier.tflite"), option, str(a_file)],
+                              check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == f"error: {option} {a_file}: is a file, not a folder"
