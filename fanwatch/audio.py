@@ -152,24 +152,42 @@ def signal_problem(samples: np.ndarray) -> str | None:
     return None
 
 
-def _failure_reason(path: Path, exc: Exception) -> str:
-    """Why libsndfile refused a file. Its words for a damaged WAV header ("Internal error : SF_INFO struct
-    incomplete" for a 0 Hz rate) are replaced by what the header actually says is wrong."""
-    from fanwatch import wavfile
+def _wav_format(path: Path) -> tuple[int, int] | None:
+    """(sample rate, channels) from a RIFF/WAVE file's fmt chunk, or None if there is none to read."""
+    import struct
 
-    reason = _decode_reason(exc)
     try:
         with open(path, "rb") as handle:
-            if handle.read(4) != b"RIFF":
-                return reason
-        wavfile.read_info(path)
-    except BadAudioError as header:
-        vague = any(word in reason for word in ("Internal error", "SF_INFO", "System error"))
-        if vague or header.reason.startswith("implausible"):
-            return header.reason
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):  # a few chunks (LIST, bext, ...) may come before fmt
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                chunk_id, size = struct.unpack("<4sI", chunk)
+                if chunk_id == b"fmt ":
+                    body = handle.read(8)
+                    if len(body) < 8:
+                        return None
+                    _tag, channels, rate = struct.unpack("<HHI", body)
+                    return rate, channels
+                handle.seek(size + (size & 1), os.SEEK_CUR)
     except OSError:
-        pass
-    return reason
+        return None
+    return None
+
+
+def _failure_reason(path: Path, exc: Exception) -> str:
+    """Why libsndfile refused a file. For a WAV header with an impossible rate or channel count (its words
+    for a 0 Hz rate are "Internal error : SF_INFO struct incomplete") the header's own fault is named."""
+    header = _wav_format(path)
+    if header is not None:
+        try:
+            check_format(path, *header)
+        except BadAudioError as bad:
+            return bad.reason
+    return _decode_reason(exc)
 
 
 def audio_info(path: str | os.PathLike) -> dict:
