@@ -12,8 +12,12 @@
 # The user is in group audio (gid 29, as on Debian and Raspberry Pi OS); if /dev/snd on the host
 # belongs to another gid, add --group-add <that gid>.
 
+# The base of both stages. docker/build.sh on a machine without a Docker engine passes a local stand-in
+# (docker/standin-base.sh) with --build-arg BASE=...; everywhere else it is the public image.
+ARG BASE=debian:bookworm-slim
+
 # ---- builder: a venv with the pinned wheels, trimmed ------------------------------------------------
-FROM debian:bookworm-slim AS builder
+FROM ${BASE} AS builder
 
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -42,7 +46,7 @@ RUN sp=/opt/venv/lib/python3.11/site-packages \
 # Debian base as Raspberry Pi OS Bookworm, security updates through apt, and smaller: Debian's Python
 # stack adds about 44 MB to the 78 MB base, while python:3.11-slim carries its own /usr/local build with
 # pip and setuptools on the same base (not measured here: no registry to pull it from).
-FROM debian:bookworm-slim
+FROM ${BASE}
 
 LABEL org.opencontainers.image.title="fanwatch" \
       org.opencontainers.image.description="Real-time fan state and anomaly detection (YAMNet + TFLite)"
@@ -69,7 +73,7 @@ COPY build/model/ artifacts/
 
 USER 10001
 # Exec form, no shell and no init: python3 is PID 1 and gets the signals itself. The loop
-# (fanwatch.stream) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
+# (fanwatch.live) ends cleanly on SIGINT and SIGTERM. As PID 1, Python would ignore a SIGTERM that
 # comes before those handlers are set (while the model loads), but it always turns SIGINT into
 # KeyboardInterrupt, so `docker stop` sends SIGINT: a clean stop at any moment, as with Ctrl-C.
 STOPSIGNAL SIGINT

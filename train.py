@@ -7,6 +7,9 @@ import argparse
 from pathlib import Path
 
 from fanwatch import anomaly, cli, datasets, export
+from fanwatch.training import TrainSettings
+
+D = TrainSettings(data=Path("data"), out=Path("artifacts"))  # every default lives in TrainSettings
 
 DEMO_DATA = Path("data/demo")
 
@@ -18,35 +21,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=None,
                    help="recordings folder (folder per class, MIMII or DCASE 2020 layout); default data/, "
                         "or data/demo with --demo")
-    p.add_argument("--out", type=Path, default=Path("artifacts"), help="output folder (default artifacts/)")
+    p.add_argument("--out", type=Path, default=D.out, help=f"output folder (default {D.out}/)")
     p.add_argument("--demo", action="store_true",
                    help="generate the synthetic fan dataset (if not there yet) and train on it")
-    p.add_argument("--seed", type=int, default=0, help="seed for split, head training and demo data (default 0)")
-    p.add_argument("--layout", default="auto", choices=["auto", *datasets.LAYOUTS],
+    p.add_argument("--seed", type=int, default=D.seed,
+                   help=f"seed for split, head training and demo data (default {D.seed})")
+    p.add_argument("--layout", default=D.layout, choices=["auto", *datasets.LAYOUTS],
                    help="dataset layout (default: detected)")
-    p.add_argument("--normal-classes", default=None, metavar="A,B",
+    p.add_argument("--normal-classes", default=D.normal_classes, metavar="A,B",
                    help="folders layout: the classes that are normal states (all others anomalous)")
-    p.add_argument("--anomalous-classes", default=None, metavar="A,B",
+    p.add_argument("--anomalous-classes", default=D.anomalous_classes, metavar="A,B",
                    help="folders layout: the classes that are anomalous (all others normal); default: a class "
                         "is anomalous if a word of its name starts with fault, anomal, abnormal, broken, "
                         "defect, damage or fail (e.g. fault_bearing; not no_fault)")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="share of files for validation (0.15)")
-    p.add_argument("--test-fraction", type=float, default=0.15, help="share of files held out for "
-                   "evaluate_model.py (0.15; DCASE uses its own test folder)")
-    p.add_argument("--quantization", default=export.DEFAULT_QUANTIZATION, choices=export.QUANTIZATIONS,
+    p.add_argument("--val-fraction", type=float, default=D.val_fraction,
+                   help=f"share of files for validation ({D.val_fraction:g})")
+    p.add_argument("--test-fraction", type=float, default=D.test_fraction, help="share of files held out for "
+                   f"evaluate_model.py ({D.test_fraction:g}; DCASE uses its own test folder)")
+    p.add_argument("--quantization", default=D.quantization, choices=export.QUANTIZATIONS,
                    help="deployed model: int8 pointwise/dense weights (default) or float32; "
                         "the float32 variant is always written too")
-    p.add_argument("--anomaly-method", default=anomaly.DEFAULT_METHOD, choices=anomaly.METHODS,
+    p.add_argument("--anomaly-method", default=D.anomaly_method, choices=anomaly.METHODS,
                    help="embedding distance: mean cosine distance to the 5 nearest normal embeddings "
                         "(knn, default) or Mahalanobis with Ledoit-Wolf shrinkage")
-    p.add_argument("--false-alarm-rate", type=float, default=anomaly.DEFAULT_FALSE_ALARM_RATE,
+    p.add_argument("--false-alarm-rate", type=float, default=D.false_alarm_rate,
                    help="target false alarms per window on normal validation data, sets the "
-                        "thresholds (default 0.01)")
-    p.add_argument("--epochs", type=int, default=200, help="maximum head training epochs (early stopping)")
-    p.add_argument("--patience", type=int, default=15, help="early-stopping patience in epochs")
-    p.add_argument("--hidden", type=int, default=0,
-                   help="units of a hidden layer in the head (default 0: a linear softmax head)")
+                        f"thresholds (default {D.false_alarm_rate:g})")
+    p.add_argument("--epochs", type=int, default=D.epochs,
+                   help=f"maximum head training epochs (early stopping; default {D.epochs})")
+    p.add_argument("--patience", type=int, default=D.patience,
+                   help=f"early-stopping patience in epochs (default {D.patience})")
+    p.add_argument("--hidden", type=int, default=D.hidden,
+                   help=f"units of a hidden layer in the head (default {D.hidden}: a linear softmax head)")
     cli.add_common(p)
+    p.set_defaults(channel=D.channel)
     return p.parse_args(argv)
 
 

@@ -1,17 +1,18 @@
-"""Helpers shared by the benchmark scripts: results JSON and machine facts."""
+"""Helpers shared by the benchmark scripts: results JSON and machine facts.
+
+Run the benchmarks as modules from the repository root (``python -m bench.latency``), so that ``fanwatch``
+and ``bench`` import without touching ``sys.path``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 RESULTS = REPO / "bench" / "results"
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-import _common  # noqa: F401
-from _common import write_results
+from bench._common import write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

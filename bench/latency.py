@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-import _common  # noqa: F401
-from _common import REPO, write_results
+from bench._common import REPO, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

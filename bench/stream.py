@@ -13,7 +13,7 @@ Two runs of ``inference.py --wav`` in a subprocess, on a synthetic fan recording
    it never waits for audio (the headroom over the 2 windows/s real time needs), and its peak memory.
 
 Prints the figures and writes them, with the settings and the machine, as JSON (``bench/results/stream.json``
-or ``--out``). Usage: ``python bench/stream.py [MODEL] [--threads N] [--rate HZ] [--seconds S]``.
+or ``--out``). Usage: ``python -m bench.stream [MODEL] [--threads N] [--rate HZ] [--seconds S]``.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, write_results  # noqa: E402
-
-from fanwatch import config, synth  # noqa: E402
-from fanwatch.runtime import CARD_NAME  # noqa: E402
+from bench._common import REPO, RESULTS, write_results
+from fanwatch import config, synth
+from fanwatch.runtime import CARD_NAME
 
 DEFAULT_MODEL = REPO / "artifacts" / "sound_classifier.tflite"
 DEFAULT_OUT = RESULTS / "stream.json"

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import tempfile
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -71,7 +71,7 @@ class EmbeddingSet:
     def normal(self) -> np.ndarray:
         return np.asarray([self.recordings[i].normal for i in self.file_index], dtype=bool)
 
-    def subset(self, keep: np.ndarray) -> "EmbeddingSet":
+    def subset(self, keep: np.ndarray) -> EmbeddingSet:
         """Windows of the recordings whose mask entry is True (mask over recordings)."""
         keep = np.asarray(keep, dtype=bool)
         new_index = np.cumsum(keep) - 1

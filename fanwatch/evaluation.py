@@ -47,8 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, audio, config, datasets, runtime
+from .card import ModelCard, resolve_channel
 from .errors import FanwatchError
 from .export import DEFAULT_QUANTIZATION
+from .live.analyzer import Analyzer
 from .runtime import ANOMALY_NAME, HEAD_NAME, SPLIT_NAME  # written by training beside the model
 
 EVAL_FORMAT = "fanwatch-evaluation/1"
@@ -115,16 +117,16 @@ class ModelOutputs:
 
 
 def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
+    """Every window of one file through the live loop's analysis (:class:`fanwatch.live.Analyzer`, the
+    model card's hop), decoded by training's loader (its checks, its resampling)."""
     try:
-        windows = audio.frame_windows(audio.load_audio(path, channel=channel))
+        signal = audio.load_audio(path, channel=channel)
     except FanwatchError as exc:
         return None, None, getattr(exc, "reason", str(exc))
-    probs = np.empty((len(windows), len(model.labels)), np.float32)
-    scores = np.empty((len(windows), len(model.machines)), np.float32)
-    for i, window in enumerate(windows):
-        pred = model.predict(window)
-        probs[i] = pred.probabilities
-        scores[i] = pred.anomaly_scores
+    analyzer = Analyzer(model, channel="mean")  # already mono
+    results = analyzer.feed(signal, config.SAMPLE_RATE) + analyzer.finish()
+    probs = np.asarray([r.probabilities for r in results], np.float32).reshape(len(results), len(model.labels))
+    scores = np.asarray([r.scores for r in results], np.float32).reshape(len(results), len(model.machines))
     if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
         return None, None, "the model outputs NaN or infinite values for it"
     return probs, scores, None
@@ -431,7 +433,7 @@ def _anomaly_params(path: Path):
         return AnomalyModel(method, machines, bank=d["bank"])
 
 
-def load_reference(model_dir: Path, card: dict) -> tuple[tuple | None, str | None]:
+def load_reference(model_dir: Path, card: ModelCard) -> tuple[tuple | None, str | None]:
     """The Keras head and the numpy anomaly score saved beside the model, for the parity check.
 
     Loaded before the evaluation starts, so that a missing or damaged file (random bytes, a pickle, a
@@ -456,7 +458,7 @@ def load_reference(model_dir: Path, card: dict) -> tuple[tuple | None, str | Non
         shapes_ok = params.mean.shape == (n, dim) and params.transform.shape == (n, dim, dim)
     if not shapes_ok:
         return None, f"parity check skipped: {anomaly_path.name} holds no usable {params.method} parameters"
-    if params.machines != list(card["anomaly"]["machines"]):
+    if params.machines != list(card.machines):
         return None, f"parity check skipped: {anomaly_path.name} and the model card list different machines"
     import keras
 
@@ -468,7 +470,7 @@ def load_reference(model_dir: Path, card: dict) -> tuple[tuple | None, str | Non
     return (head, params), None
 
 
-def parity_check(s: EvalSettings, card: dict, reference: tuple, outputs: ModelOutputs, channel,
+def parity_check(s: EvalSettings, card: ModelCard, reference: tuple, outputs: ModelOutputs, channel,
                  thresholds: np.ndarray) -> tuple[dict | None, str | None]:
     """Largest differences between the deployed model's outputs and the Keras head + numpy score.
 
@@ -479,17 +481,17 @@ def parity_check(s: EvalSettings, card: dict, reference: tuple, outputs: ModelOu
     from . import embeddings
 
     head, params = reference
-    yamnet_path = s.yamnet or card.get("yamnet", {}).get("path")
+    yamnet_path = s.yamnet or card.yamnet_path
     if not s.yamnet and (not yamnet_path or not Path(yamnet_path).is_file()):
         yamnet_path = str(config.resolve_yamnet_path(None))
     try:
-        extractor, sha = embeddings.make_extractor(yamnet_path, card.get("quantization", DEFAULT_QUANTIZATION),
+        extractor, sha = embeddings.make_extractor(yamnet_path, card.quantization or DEFAULT_QUANTIZATION,
                                                    s.cache, channel, s.workers)
     except FanwatchError as exc:
         return None, f"parity check skipped: {exc}"
-    if card.get("yamnet", {}).get("sha256") not in (None, sha):
+    if card.yamnet_sha256 not in (None, sha):
         return None, ("parity check skipped: the YAMNet weights found differ from the ones the model was "
-                      f"built with (sha256 {sha[:12]} vs {card['yamnet']['sha256'][:12]}); pass --yamnet")
+                      f"built with (sha256 {sha[:12]} vs {card.yamnet_sha256[:12]}); pass --yamnet")
     counts = np.bincount(outputs.file_index, minlength=len(outputs.recordings))
     cached = [i for i, r in enumerate(outputs.recordings) if extractor.cached(r.path) is not None]
     if not cached:
@@ -523,7 +525,7 @@ def parity_check(s: EvalSettings, card: dict, reference: tuple, outputs: ModelOu
         "windows": int(len(sel)),
         "files": int(len(set(outputs.file_index[sel].tolist()))),
         "compared": "deployed TFLite end to end vs Keras head + numpy anomaly score on the cached "
-                    f"{card.get('quantization')} front-end embeddings of the same windows",
+                    f"{card.quantization} front-end embeddings of the same windows",
         "max_probability_diff": float(np.abs(p - ref_p).max()),
         "max_score_diff": float(np.abs(sc - ref_s).max()),
         "max_relative_score_diff": float((np.abs(sc - ref_s) / np.maximum(np.abs(ref_s), 1e-6)).max()),
@@ -537,11 +539,7 @@ def parity_check(s: EvalSettings, card: dict, reference: tuple, outputs: ModelOu
 # the whole run
 
 
-def _check_card(card: dict, model_path: Path) -> None:
-    runtime.check_card(card, model_path.with_name(runtime.CARD_NAME))
-
-
-def _recordings(s: EvalSettings, card: dict, model_dir: Path) -> tuple[list[datasets.Recording], dict]:
+def _recordings(s: EvalSettings, card: ModelCard, model_dir: Path) -> tuple[list[datasets.Recording], dict]:
     """The recordings to evaluate and a description of where they come from."""
     if s.data is None:
         split = model_dir / SPLIT_NAME
@@ -557,9 +555,9 @@ def _recordings(s: EvalSettings, card: dict, model_dir: Path) -> tuple[list[data
     data = Path(s.data).expanduser()
     recs, layout = datasets.scan_dataset(data, s.layout)
     info = {"source": "folder", "root": str(data.resolve()), "layout": layout}
-    if layout == "folders" and card.get("head_target") == "label":
+    if layout == "folders" and card.head_target == "label":
         # the card knows which of its labels are normal (training may have used --normal-classes)
-        labels, normal = set(card["labels"]), set(card.get("normal_labels", []))
+        labels, normal = set(card.labels), set(card.normal_labels)
         recs = [datasets.Recording(r.path, r.label, r.machine, r.label in normal, r.subset, r.snr)
                 if r.label in labels else r for r in recs]
         info["normal_from"] = "model card normal_labels for the model's labels, folder-name rule for others"
@@ -582,18 +580,12 @@ def evaluate(s: EvalSettings) -> dict:
     """The whole evaluation; returns the metrics (also written to ``<out>/metrics.json``)."""
     started = time.time()
     model_path = Path(s.model).expanduser()
-    if not model_path.is_file():
-        raise FanwatchError(f"model not found: {model_path} (train one with: python train.py)")
-    card = runtime.read_card(model_path)
-    _check_card(card, model_path)
-    model = runtime.SoundClassifier(model_path)
-    labels: list[str] = list(card["labels"])
-    machines: list[str] = list(card["anomaly"]["machines"])
-    thresholds = np.asarray([float(card["anomaly"]["thresholds"][m]) for m in machines], np.float64)
-    if s.machine is not None and s.machine not in machines:
-        raise FanwatchError(f"unknown machine '{s.machine}': this model knows {', '.join(machines)}")
-    channel = audio.parse_channel(s.channel if s.channel is not None
-                                  else card.get("settings", {}).get("channel", "mean"))
+    model = runtime.SoundClassifier(model_path, machine=s.machine)  # model, card and --machine checked there
+    card = model.card
+    labels: list[str] = list(card.labels)
+    machines: list[str] = list(card.machines)
+    thresholds = np.asarray(card.thresholds, np.float64)
+    channel, _ = resolve_channel(s.channel, card)
     model_dir = model_path.resolve().parent
     out = Path(s.out).expanduser() if s.out is not None else model_dir / "evaluation"
     recs, source = _recordings(s, card, model_dir)
@@ -609,7 +601,7 @@ def evaluate(s: EvalSettings) -> dict:
     if overlap:
         notes.append(f"{overlap} of the evaluated files were used in training or validation: "
                      "the figures are optimistic")
-    log(f"evaluating {model_path} ({card.get('quantization')}, runtime {model.runtime}) on {len(recs)} files "
+    log(f"evaluating {model_path} ({card.quantization}, runtime {model.runtime}) on {len(recs)} files "
         f"({source['source']}: {source.get('root') or source.get('split')})")
 
     outputs = run_model(model, recs, channel, s.workers, s.progress)
@@ -620,7 +612,7 @@ def evaluate(s: EvalSettings) -> dict:
         raise FanwatchError(f"{model_path}: outputs do not match its model card (labels or machines)")
 
     # --- classification ----------------------------------------------------------------------------
-    key = (lambda r: r.machine) if card.get("head_target") == "machine" else (lambda r: r.label)
+    key = (lambda r: r.machine) if card.head_target == "machine" else (lambda r: r.label)
     index = {label: i for i, label in enumerate(labels)}
     y_file = np.array([index.get(key(r), -1) for r in outputs.recordings])
     y_win = y_file[outputs.file_index]
@@ -755,7 +747,6 @@ def evaluate(s: EvalSettings) -> dict:
                         int(file_ratio[i] >= 1.0)])
     written.append(FILES_NAME)
 
-    yamnet_card = card.get("yamnet", {})
     metrics = {
         "format": EVAL_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -770,7 +761,7 @@ def evaluate(s: EvalSettings) -> dict:
         "skipped": [{"file": f, "reason": r} for f, r in outputs.skipped],
         "notes": notes,
         "definitions": DEFINITIONS,
-        "classification": {"head_target": card.get("head_target", "label"), "labels": labels,
+        "classification": {"head_target": card.head_target, "labels": labels,
                            "window_level": cls_window, "file_level": cls_file,
                            "labels_not_in_model": not_labelled},
         "anomaly": overall,
@@ -778,11 +769,11 @@ def evaluate(s: EvalSettings) -> dict:
         "unknown_machines": unknown,
         "parity": parity,
         "model": {"path": str(model_path.resolve()), "sha256": config.sha256_file(model_path),
-                  "quantization": card.get("quantization"), "runtime": model.runtime,
-                  "yamnet_sha256": yamnet_card.get("sha256"), "card_created": card.get("created"),
+                  "quantization": card.quantization, "runtime": model.runtime,
+                  "yamnet_sha256": card.yamnet_sha256, "card_created": card.created,
                   "labels": labels, "machines": machines,
                   "thresholds": {m: float(t) for m, t in zip(machines, thresholds)},
-                  "anomaly_method": card.get("anomaly", {}).get("method")},
+                  "anomaly_method": card.threshold_method},
         "data": {**source, "summary": datasets.summarize(outputs.recordings)},
         "settings": {**s.as_dict(), "channel_used": channel, "out": str(out), "window_samples": config.WINDOW_SAMPLES,
                      "hop_samples": config.HOP_SAMPLES, "pauc_max_fpr": PAUC_MAX_FPR, "fanwatch": __version__},

@@ -9,8 +9,8 @@ log-mel front end (the mel matrix loses its small weights, and the magnitude spe
 quantized per tensor, so quiet bands fall to the floor). So only the weights where int8 is harmless
 are quantized, per output channel, symmetric: the 1x1 pointwise convolutions (95 % of YAMNet's
 weights and multiplies), and any other large fully connected layer. The front end, the first 3x3
-convolution, the depthwise convolutions, the classifier head and the anomaly score stay float. TFLite then runs those layers with its
-hybrid kernels (int8 weights, activations quantized on the fly), exactly as in the published
+convolution, the depthwise convolutions, the classifier head and the anomaly score stay float. TFLite then
+runs those layers with its hybrid kernels (int8 weights, activations quantized on the fly), exactly as in the published
 yamnet.tflite.
 """
 

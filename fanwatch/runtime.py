@@ -10,7 +10,6 @@ machine ids, window settings). Input: one window of ``WINDOW_SAMPLES`` float32 s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -21,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from .card import CARD_NAME, MODEL_NAME, ModelCard, read_card, require_model
 from .errors import FanwatchError
 
-# What train.py writes into its output folder (see artifacts/README.md).
-MODEL_NAME = "sound_classifier.tflite"
-CARD_NAME = "model_card.json"
+# What train.py writes into its output folder (see artifacts/README.md); MODEL_NAME and CARD_NAME: fanwatch.card.
+__all__ = ["CARD_NAME", "MODEL_NAME", "ModelCard", "Prediction", "SoundClassifier", "TFLiteModel", "read_card"]
 FLOAT_NAME = "sound_classifier_float32.tflite"
 HEAD_NAME = "sound_classifier_head.keras"
 ANOMALY_NAME = "anomaly_model.npz"
@@ -46,6 +45,8 @@ def interpreter_class(prefer: str | None = None):
             elif name == "tensorflow":
                 import warnings
 
+                os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's first import
+
                 import tensorflow as tf
 
                 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
@@ -55,7 +56,8 @@ def interpreter_class(prefer: str | None = None):
             return Interpreter, name
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
-    raise FanwatchError("no TFLite runtime found; install ai-edge-litert (pip install ai-edge-litert)")
+    raise FanwatchError(f"no TFLite runtime found ({'; '.join(errors)}); install ai-edge-litert "
+                        "(pip install ai-edge-litert)")
 
 
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
@@ -88,9 +90,7 @@ def _native_stderr_without_noise():
 
 
 def load_interpreter(path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None):
-    path = Path(path)
-    if not path.is_file():
-        raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
+    path = require_model(path)
     Interpreter, name = interpreter_class(runtime)
     try:
         with _native_stderr_without_noise():
@@ -137,44 +137,17 @@ class TFLiteModel:
         return {name: self.interpreter.get_tensor(index)[0] for name, index in self._outputs.items()}
 
 
-def read_card(model_path: str | os.PathLike) -> dict:
-    card_path = Path(model_path).with_name(CARD_NAME)
-    if not card_path.is_file():
-        raise FanwatchError(f"{card_path} not found: the model card must sit beside the model")
-    try:
-        card = json.loads(card_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FanwatchError(f"{card_path}: unreadable model card ({exc})") from None
-    check_card(card, card_path)
-    return card
-
-
-def check_card(card, card_path) -> None:
-    """The fields the runtime relies on exist and make sense; else one line naming the file."""
-    try:
-        labels, machines = list(card["labels"]), list(card["anomaly"]["machines"])
-        thresholds = [float(card["anomaly"]["thresholds"][m]) for m in machines]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FanwatchError(f"{card_path}: not a fanwatch model card (missing or bad {exc})") from None
-    if not labels or not machines:
-        raise FanwatchError(f"{card_path}: model card lists no labels or no machines")
-    if not all(np.isfinite(t) and t > 0 for t in thresholds):
-        raise FanwatchError(f"{card_path}: model card has a threshold that is not a positive number")
-
-
 class SoundClassifier:
     """The deployed end-to-end model plus its card: window in, label and anomaly decision out."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
                  machine: str | None = None):
-        if not Path(path).is_file():
-            raise FanwatchError(f"model not found: {path} (train one with: python train.py)")
-        self.card = read_card(path)
+        self.card: ModelCard = read_card(path)
         self.model = TFLiteModel(path, num_threads, runtime)
-        self.labels: list[str] = list(self.card["labels"])
-        self.machines: list[str] = list(self.card["anomaly"]["machines"])
-        self.thresholds = np.asarray([self.card["anomaly"]["thresholds"][m] for m in self.machines], np.float32)
-        if int(self.card.get("window_samples", config.WINDOW_SAMPLES)) != config.WINDOW_SAMPLES:
+        self.labels: list[str] = list(self.card.labels)
+        self.machines: list[str] = list(self.card.machines)
+        self.thresholds = np.asarray(self.card.thresholds, np.float32)
+        if self.card.window_samples != config.WINDOW_SAMPLES:
             raise FanwatchError(f"{path}: model was built for another window length")
         outputs = {name: self.model.output_shapes[name][-1] for name in ("probabilities", "anomaly_score")
                    if name in self.model.output_shapes}
@@ -201,9 +174,13 @@ class SoundClassifier:
             embedding=out.get("embedding"),
         )
 
+    def anomaly(self, scores: np.ndarray) -> tuple[int, float]:
+        """(machine whose threshold applies, score over that threshold): the chosen machine; with several and
+        none chosen, the closest one (the smallest ratio)."""
+        ratios = np.asarray(scores, np.float32) / self.thresholds
+        index = int(np.argmin(ratios)) if self.machine_index is None else self.machine_index
+        return index, float(ratios[index])
+
     def anomaly_ratio(self, scores: np.ndarray) -> float:
         """Score over threshold for the chosen machine; with several and none chosen, the closest one."""
-        ratios = np.asarray(scores, np.float32) / self.thresholds
-        if self.machine_index is not None:
-            return float(ratios[self.machine_index])
-        return float(ratios.min())
+        return self.anomaly(scores)[1]

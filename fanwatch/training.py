@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, anomaly, config, datasets, embeddings, evaluation, export, runtime
+from .card import FORMAT as CARD_FORMAT
+from .card import write_card
 from .errors import FanwatchError
 from .runtime import ANOMALY_NAME, FLOAT_NAME, HEAD_NAME, SPLIT_NAME
 
@@ -269,7 +271,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         f"{parity['min_embedding_cosine']:.6f}")
 
     card = {
-        "format": "fanwatch-model-card/1",
+        "format": CARD_FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": train_labels,
         "head_target": target,
@@ -306,7 +308,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         "versions": _library_versions(),
         "train_seconds": round(time.time() - started, 1),
     }
-    datasets.write_json(out / runtime.CARD_NAME, card)
+    write_card(out / runtime.CARD_NAME, card)
     if skipped:
         log(f"skipped {len(skipped)} file(s):")
         for f, r in skipped:
@@ -403,6 +405,6 @@ def _verify_runtimes(model_path: Path) -> list[str]:
                     ok.append(f"{name} {md.version(pkg)}")
                 except md.PackageNotFoundError:
                     ok.append(name)
-        except Exception:  # noqa: BLE001 - a runtime that fails is simply not listed
+        except Exception:  # a runtime that fails is simply not listed
             continue
     return ok

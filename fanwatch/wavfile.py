@@ -154,7 +154,7 @@ class WavReader:
         self.rate = self.info.rate
         self.channels = self.info.channels
         self.frames = self.info.frames
-        self._handle = open(self.path, "rb")
+        self._handle = open(self.path, "rb")  # noqa: SIM115 - a reader object; close() / __exit__ close it
         self._handle.seek(self.info.data_offset)
         self._left = self.info.frames
 
@@ -171,7 +171,7 @@ class WavReader:
     def close(self) -> None:
         self._handle.close()
 
-    def __enter__(self) -> "WavReader":
+    def __enter__(self) -> WavReader:
         return self
 
     def __exit__(self, *exc) -> None:

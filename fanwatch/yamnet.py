@@ -226,16 +226,3 @@ def build_log_mel_model():
     waveform = keras.Input(shape=(config.WINDOW_SAMPLES,), dtype="float32", name="waveform")
     patch = _log_mel_layer()(name="log_mel")(waveform)
     return keras.Model(waveform, keras.layers.Reshape((config.PATCH_FRAMES, config.MEL_BANDS))(patch))
-
-
-def class_names(path: str | os.PathLike | None = None) -> list[str]:
-    """AudioSet display names from yamnet_class_map.csv next to the weights, if present."""
-    import csv
-
-    weights = config.resolve_yamnet_path(path)
-    csv_path = weights.with_name("yamnet_class_map.csv")
-    if not csv_path.is_file():
-        return [str(i) for i in range(NUM_CLASSES)]
-    with open(csv_path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    return [row[2] for row in rows[1:]]

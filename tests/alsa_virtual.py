@@ -148,7 +148,7 @@ class VirtualMic:
         """What the device delivers, as float32 [n, channels]."""
         return from_pcm16(self.pcm)
 
-    def __enter__(self) -> "VirtualMic":
+    def __enter__(self) -> VirtualMic:
         self._thread.start()
         return self
 

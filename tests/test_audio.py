@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REALDATA, needs_realdata
 
 from fanwatch import audio
 from fanwatch.audio import (
@@ -24,7 +25,6 @@ from fanwatch.audio import (
 from fanwatch.config import HOP_SAMPLES, SAMPLE_RATE, WINDOW_SAMPLES
 from fanwatch.errors import BadAudioError, FanwatchError
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 MIMII_FAN = REALDATA / "mimii_8ch" / "fan.00.normal.00000000.wav"
 DCASE_CLIP = REALDATA / "dcase2020_id00" / "train" / "normal_id_00_00000000.wav"
 
@@ -118,6 +118,7 @@ def test_flac_and_ogg(tmp_path):
         assert abs(peak_hz(load_audio(ogg)) - 500.0) <= 1.0
 
 
+@needs_realdata
 def test_real_mimii_wave_format_extensible():
     info = audio_info(MIMII_FAN)
     assert info == {
@@ -134,6 +135,7 @@ def test_real_mimii_wave_format_extensible():
     assert frame_windows(mean).shape == (1 + (160000 - WINDOW_SAMPLES) // HOP_SAMPLES, WINDOW_SAMPLES)
 
 
+@needs_realdata
 def test_real_dcase_clip():
     x = load_audio(DCASE_CLIP)
     assert x.shape == (160000,) and x.dtype == np.float32

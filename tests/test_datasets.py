@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import REALDATA, needs_realdata
 
 from fanwatch.datasets import (
     LAYOUTS,
@@ -23,7 +24,6 @@ from fanwatch.datasets import (
 )
 from fanwatch.errors import FanwatchError
 
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 DCASE_REAL = REALDATA / "dcase2020_id00"
 
 
@@ -205,6 +205,7 @@ def test_dcase_layout_parent_of_machines(tmp_path):
         scan(root, normal_classes=["fan_normal"])
 
 
+@needs_realdata
 def test_dcase_real_machine_folder():
     assert detect_layout(DCASE_REAL) == "dcase"
     recs = scan(DCASE_REAL)
@@ -369,6 +370,7 @@ def test_load_split_with_moved_root(tmp_path):
 # ---------------------------------------------------------------------------- summary
 
 
+@needs_realdata
 def test_summarize(tmp_path, folders_root):
     s = summarize(scan(folders_root))
     assert s["files"] == 16 and s["normal"] == 15 and s["anomalous"] == 1

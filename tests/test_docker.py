@@ -136,7 +136,7 @@ def test_dockerignore_keeps_context_small():
         assert not any(a == never or a.startswith(never + "/") for a in allowed), never
     assert {"inference.py", "test_docker_inference.py", "requirements-runtime.txt", "build/wheels"} <= allowed
     entry_points = [ROOT / "test_docker_inference.py"] + [p for p in [ROOT / "inference.py"] if p.is_file()]
-    needed = {f"fanwatch/{name}.py" for name in _fanwatch_imports(entry_points)}
+    needed = _fanwatch_imports(entry_points)
     assert needed <= allowed, f"the image lacks modules the entry points import: {sorted(needed - allowed)}"
     for module in sorted(allowed):
         if module.startswith("fanwatch/") and (ROOT / module).is_file():
@@ -145,8 +145,12 @@ def test_dockerignore_keeps_context_small():
 
 
 def _imports(path: Path, module_level_only: bool = False):
-    """(name, level) of every import in the file; with module_level_only, not those inside functions."""
+    """(absolute name, level) of every import in the file, relative ones resolved against the file's package
+    (``from .. import audio`` in fanwatch/live/x.py is fanwatch.audio); ``from p import x`` also yields ``p.x``
+    (x may be a module). With module_level_only, not the imports inside functions."""
     import ast
+
+    package = list(path.resolve().relative_to(ROOT).with_suffix("").parts[:-1]) if path.is_relative_to(ROOT) else []
 
     def walk(node):
         yield node
@@ -160,11 +164,12 @@ def _imports(path: Path, module_level_only: bool = False):
             for alias in node.names:
                 yield alias.name, 0
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level or base == "fanwatch":  # from . import x / from fanwatch import x
-                for alias in node.names:
-                    yield (f"fanwatch.{base}." if base and base != "fanwatch" else "fanwatch.") + alias.name, 0
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join(parts + (node.module.split(".") if node.module else []))
             yield base, node.level
+            if base.split(".")[0] == "fanwatch":
+                for alias in node.names:
+                    yield f"{base}.{alias.name}", node.level
 
 
 def _top_level_imports(path: Path) -> set[str]:
@@ -172,20 +177,21 @@ def _top_level_imports(path: Path) -> set[str]:
 
 
 def _fanwatch_imports(entry_points: list[Path]) -> set[str]:
-    """Names of the fanwatch modules the files import, directly or through each other (plus __init__)."""
-    found, todo = {"__init__"}, list(entry_points)
+    """Files of the fanwatch modules the files import, directly or through each other (with the __init__.py of
+    every package on the way), as paths relative to the repository ("fanwatch/live/analyzer.py")."""
+    found, todo = {"fanwatch/__init__.py"}, list(entry_points)
     while todo:
         path = todo.pop()
-        for name, level in _imports(path):
-            if level:  # relative import inside the package
-                name = f"fanwatch.{name}" if name else "fanwatch"
+        for name, _level in _imports(path):
             parts = name.split(".")
-            if parts[0] != "fanwatch" or len(parts) < 2:
+            if parts[0] != "fanwatch":
                 continue
-            module = parts[1]
-            if module not in found and (ROOT / "fanwatch" / f"{module}.py").is_file():
-                found.add(module)
-                todo.append(ROOT / "fanwatch" / f"{module}.py")
+            for k in range(1, len(parts) + 1):
+                stem = "/".join(parts[:k])
+                for candidate in (f"{stem}.py", f"{stem}/__init__.py"):
+                    if candidate not in found and (ROOT / candidate).is_file():
+                        found.add(candidate)
+                        todo.append(ROOT / candidate)
     return found
 
 
@@ -253,9 +259,11 @@ def test_image_is_lean_and_unprivileged(image):
     probe = (
         "import grp, importlib.util as u, os, shutil, sys; "
         "print('uid', os.getuid()); print('groups', ' '.join(grp.getgrgid(g).gr_name for g in os.getgroups())); "
-        "print('missing', *[m for m in ('tensorflow', 'scipy', 'sklearn', 'pip', 'soundfile') if u.find_spec(m) is None]); "
+        "print('missing', *[m for m in ('tensorflow', 'scipy', 'sklearn', 'pip', 'soundfile') "
+        "if u.find_spec(m) is None]); "
         "print('tools', *[t for t in ('gcc', 'cc', 'pip', 'pip3', 'apt-get') if shutil.which(t)]); "
-        "print('apt_lists', len([f for f in os.listdir('/var/lib/apt/lists') if f not in ('lock', 'partial', 'auxfiles')])); "
+        "print('apt_lists', len([f for f in os.listdir('/var/lib/apt/lists') "
+        "if f not in ('lock', 'partial', 'auxfiles')])); "
         "print('unbuffered', os.environ.get('PYTHONUNBUFFERED')); "
         "import numpy, soxr, sounddevice; from ai_edge_litert.interpreter import Interpreter; "
         "print('python', sys.version.split()[0], 'portaudio', sounddevice.get_portaudio_version()[1])"

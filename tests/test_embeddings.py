@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import REALDATA, needs_realdata
 
-from conftest import REALDATA
 from fanwatch import audio, config, datasets, embeddings, runtime
 
 
@@ -23,6 +23,7 @@ def test_frontend_is_built_once_and_named_by_weights(yamnet_path, cache_dir):
     assert sha[:16] in first.name and "int8-pointwise" in first.name
 
 
+@needs_realdata
 def test_embeddings_equal_the_deployed_model_numerics(extractor, trained_model):
     path = REALDATA / "dcase2020_id00/train/normal_id_00_00000007.wav"
     emb = extractor.embed_file(path)
@@ -33,6 +34,7 @@ def test_embeddings_equal_the_deployed_model_numerics(extractor, trained_model):
         np.testing.assert_allclose(deployed(windows[i])["embedding"], emb[i], rtol=1e-5, atol=1e-5)
 
 
+@needs_realdata
 def test_cache_hit_and_corrupt_entry_recomputed(extractor, tmp_path):
     src = REALDATA / "dcase2020_id00/train/normal_id_00_00000011.wav"
     first = extractor.embed_file(src)
@@ -47,6 +49,7 @@ def test_cache_hit_and_corrupt_entry_recomputed(extractor, tmp_path):
     np.testing.assert_array_equal(extractor.embed_file(src), first)
 
 
+@needs_realdata
 def test_cache_key_follows_content_not_name(extractor, tmp_path):
     a = tmp_path / "a.wav"
     a.write_bytes((REALDATA / "dcase2020_id00/train/normal_id_00_00000012.wav").read_bytes())
@@ -55,6 +58,7 @@ def test_cache_key_follows_content_not_name(extractor, tmp_path):
     assert extractor._entry(a) == extractor._entry(b)
 
 
+@needs_realdata
 def test_bad_files_are_reported_and_the_rest_embedded(yamnet_path, cache_dir, tmp_path):
     ex, _ = embeddings.make_extractor(yamnet_path, cache_dir=cache_dir, workers=2)
     good = sorted((REALDATA / "dcase2020_id00/train").glob("*.wav"))[:8]

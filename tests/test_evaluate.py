@@ -10,13 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REALDATA, needs_realdata, png_size
 
 from fanwatch import evaluation
 
-from conftest import png_size
-
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 
 def in_unit(value) -> bool:
@@ -94,6 +92,7 @@ def test_normal_only_folder_gives_classification_and_clear_auc_note(trained_mode
     json.loads((tmp_path / "eval" / "metrics.json").read_text())
 
 
+@needs_realdata
 def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     from fanwatch import synth
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from fanwatch import anomaly, audio, datasets, runtime, synth, training
 
 

@@ -8,20 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import png_size
 
 from fanwatch import visualize
-
-from conftest import png_size
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cli_on_synthetic_data_with_subsample(synthetic_data, yamnet_path, cache_dir, tmp_path, capsys):
-    sys.path.insert(0, str(REPO))
-    try:
-        import visualize_data
-    finally:
-        sys.path.remove(str(REPO))
+    import visualize_data  # the repository root is on pytest's pythonpath (pyproject.toml)
+
     out = tmp_path / "vis"
     visualize_data.main(["--data", str(synthetic_data), "--out", str(out), "--tsne-max", "120", "--seed", "1",
                          "--no-progress"])

@@ -1,0 +1,269 @@
+"""The streaming analysis, the public API of the live loop: samples in, one :class:`WindowResult` per hop out.
+
+:class:`Analyzer` has no threads, no queue and no loop statistics. Feed it samples at any rate
+(:meth:`Analyzer.feed`), in pieces of any size; it mixes them to mono the way the model was trained,
+resamples them to 16 kHz with :class:`fanwatch.audio.StreamResampler` (the soxr path of training), keeps a
+rolling window of ``config.WINDOW_SAMPLES`` samples, runs the classifier every hop and debounces the
+decisions. :meth:`Analyzer.reset` starts a new continuous segment (lost audio, a reopened device);
+:meth:`Analyzer.finish` flushes the resampler at the end; :meth:`Analyzer.run_file` analyses a whole file
+through the same path. The live loop's worker (:mod:`fanwatch.live.supervisor`) is a thin driver of it.
+
+Runtime module: numpy, soxr (through ``audio``), the standard library.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .. import audio, config
+from ..card import ModelCard
+from .blocks import Block
+from .decisions import AlertDebouncer, StateDebouncer, window_counts
+from .settings import DecisionSettings
+from .sources import check_file_channel, open_audio_file
+
+
+class Classifier(Protocol):
+    """What the Analyzer needs from a model (:class:`fanwatch.runtime.SoundClassifier` has it)."""
+
+    labels: list[str]
+    card: ModelCard | None  # the hop default; the live loop's start record and channel setting
+    runtime: str  # the TFLite runtime's name, for the start record
+
+    def predict(self, window: np.ndarray):
+        """An object with ``probabilities`` [n_labels] and ``anomaly_scores`` [n_machines]."""
+
+    def anomaly(self, scores: np.ndarray) -> tuple[int, float]:
+        """(machine whose threshold applies, score / threshold)."""
+
+
+@dataclass
+class WindowResult:
+    t: float  # seconds of (16 kHz) audio analysed so far, at this window's end
+    label: str
+    confidence: float
+    anomaly: float  # score / threshold
+    anomalous: bool
+    state: str | None
+    alert: bool
+    inference_ms: float
+    latency_ms: float  # from the arrival of the audio that completed this window to its decision
+    queue: int = 0  # the live loop fills in its queue depth and loss counters
+    drops: int = 0
+    overflows: int = 0
+    gap_restarts: int = 0  # analysis restarts after lost audio so far: windows with equal counts are continuous
+    events: list = field(default_factory=list)
+    probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
+    scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
+    machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to
+
+    def record(self) -> dict:
+        return {"type": "window", "t": round(self.t, 3), "label": self.label,
+                "confidence": round(self.confidence, 4), "anomaly": round(self.anomaly, 4),
+                "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
+                "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
+                "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
+                "gap_restarts": self.gap_restarts}
+
+
+def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
+    """Mix a [frames, channels] block to mono like :func:`fanwatch.audio.load_audio`: ``"mean"`` averages
+    every channel, an int picks that channel."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 1:
+        return data
+    if channel == "mean":
+        return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+    return data[:, channel]
+
+
+def live_channels(data: np.ndarray) -> np.ndarray | None:
+    """For a live ``"mean"``: the columns of a [frames, channels] block that carry signal, or None when all
+    do (or none does). A capture channel that is exact digital zero for a whole block is not a microphone:
+    ALSA's plug layer fills the channels a device does not have with silence (a stereo microphone opened
+    with 8 channels gives 2 + 6 silent ones), and averaging them in would scale the signal down."""
+    if data.ndim != 2 or data.shape[1] < 2:
+        return None
+    alive = np.flatnonzero(np.any(data != 0.0, axis=0))
+    if len(alive) in (0, data.shape[1]):
+        return None
+    return alive
+
+
+class Analyzer:
+    """Samples in, one :class:`WindowResult` per hop out (see the module docstring).
+
+    ``channel``: how a [frames, channels] block is mixed ("mean" or an index). ``skip_silent_channels``: a
+    live "mean" leaves out channels that are pure digital padding (see :func:`live_channels`); files are
+    averaged as they are. ``hop`` defaults to the model card's (training's), else ``config.HOP_SECONDS``.
+    """
+
+    def __init__(self, classifier: Classifier, hop: float | None = None, channel: str | int = "mean",
+                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False):
+        card = classifier.card
+        if hop is None:
+            hop = card.hop_seconds if isinstance(card, ModelCard) else config.HOP_SECONDS
+        decisions = decisions or DecisionSettings()
+        self.classifier = classifier
+        self.channel = channel
+        self.skip_silent = skip_silent_channels
+        self.hop_seconds = hop
+        self.hop = max(1, int(round(hop * config.SAMPLE_RATE)))
+        self.window = config.WINDOW_SAMPLES
+        self.threshold_scale = decisions.threshold_scale
+        self.counts = window_counts(decisions, hop)
+        c = self.counts
+        self.states = StateDebouncer(c.state_k)
+        self.alerts = AlertDebouncer(c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio)
+        self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
+        self.gap_restarts = 0  # segments finished early because audio was lost (feed_block with gap)
+        self._resampler: audio.StreamResampler | None = None
+        self._stream_id = None
+        self._rate = None
+        self._silent_reported: tuple | None = None
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0  # absolute 16 kHz sample index of _buf[0]
+        self._next_start = 0  # absolute index where the next window starts
+        self._total = 0  # 16 kHz samples produced so far (over all segments)
+        self._arrivals: deque = deque()  # (absolute end index of a block's output, its arrival time)
+
+    # -- the public streaming API
+
+    def feed(self, samples: np.ndarray, rate: float, arrival: float | None = None) -> list[WindowResult]:
+        """Analyse the next piece of audio: [frames] or [frames, channels] at ``rate`` Hz (a new rate starts a
+        new segment). ``arrival``: when it was captured (``time.monotonic()``), for the latency figure."""
+        rate = float(rate)
+        if self._resampler is None or rate != self._rate:
+            self._start(rate)
+        arrival = time.monotonic() if arrival is None else arrival
+        self._append(self._resampler.process(self._mono(np.asarray(samples))), arrival)
+        return self._windows()
+
+    def reset(self) -> None:
+        """Start a new continuous segment: forget the partial window and the resampler's state (the decisions
+        carry on). Call it when audio was lost; :meth:`finish` first keeps the segment's last windows."""
+        if self._resampler is not None:
+            self._resampler.reset()
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = self._next_start = self._total
+        self._arrivals.clear()
+
+    def finish(self) -> list[WindowResult]:
+        """End of a file (or of a continuous segment): flush the resampler's delay and analyse the last full
+        windows."""
+        if self._resampler is None:
+            return []
+        arrival = self._arrivals[-1][1] if self._arrivals else time.monotonic()
+        self._append(self._resampler.process(np.zeros(0, dtype=np.float32), last=True), arrival)
+        return self._windows()
+
+    def run_file(self, path: str | Path, block_seconds: float = 1.0) -> list[WindowResult]:
+        """Every window of an audio file, through the same path as a live stream (blocks of the file's native
+        rate, fed in order, then :meth:`finish`). BadAudioError (one line) for a file that cannot be used."""
+        reader = open_audio_file(Path(path))
+        try:
+            check_file_channel(path, self.channel, reader.channels)
+            size = max(1, int(round(reader.rate * block_seconds)))
+            results = []
+            while True:
+                data = reader.read(size)
+                if len(data) == 0:
+                    break
+                if not np.isfinite(data).all():
+                    data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
+                results += self.feed(data, reader.rate)
+            return results + self.finish()
+        finally:
+            reader.close()
+
+    # -- the live loop's entry: blocks with stream ids and gap flags
+
+    def feed_block(self, block: Block) -> list[WindowResult]:
+        """A block from the live loop's queue. A new ``stream_id`` (device reopened) or rate starts a new
+        segment; ``gap`` (audio lost before this block) first finishes the segment before it like the end of
+        a file, then starts a new one (counted in :attr:`gap_restarts`)."""
+        results = []
+        if block.stream_id != self._stream_id:
+            if self._stream_id is not None:
+                self.reset()
+            self._stream_id = block.stream_id
+            self._silent_reported = None
+        elif block.gap and block.rate == self._rate:
+            results = self.finish()
+            self.gap_restarts += 1
+            self.reset()
+        return results + self.feed(block.data, block.rate, block.arrival)
+
+    # -- internals
+
+    def _start(self, rate: float) -> None:
+        self._resampler = audio.StreamResampler(rate, config.SAMPLE_RATE)
+        self._rate = rate
+        self.reset()
+
+    def _append(self, samples: np.ndarray, arrival: float) -> None:
+        if samples.size:
+            self._buf = np.concatenate((self._buf, samples)) if self._buf.size else samples.astype(np.float32)
+            self._total += samples.size
+            self._arrivals.append((self._total, arrival))
+
+    def _mono(self, data: np.ndarray) -> np.ndarray:
+        if self.channel == "mean" and self.skip_silent:
+            alive = live_channels(data)
+            if alive is not None:
+                silent = tuple(sorted(set(range(data.shape[1])) - set(alive.tolist())))
+                if silent != self._silent_reported:
+                    self._silent_reported = silent
+                    self.notices.append({"event": "silent_channels", "channels": list(silent),
+                                         "averaging": alive.tolist(), "of": int(data.shape[1])})
+                data = data[:, alive]
+        return to_mono(data, self.channel)
+
+    def _windows(self) -> list[WindowResult]:
+        results = []
+        while self._next_start + self.window <= self._total:
+            offset = self._next_start - self._buf_start
+            end = self._next_start + self.window
+            while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
+                self._arrivals.popleft()
+            results.append(self._analyse(self._buf[offset:offset + self.window], end, self._arrivals[0][1]))
+            self._next_start += self.hop
+        cut = min(self._next_start, self._total) - self._buf_start
+        if cut > 0:
+            self._buf = self._buf[cut:]
+            self._buf_start += cut
+        return results
+
+    def _analyse(self, window: np.ndarray, end: int, arrival: float) -> WindowResult:
+        clf = self.classifier
+        t0 = time.perf_counter()
+        prediction = clf.predict(window)
+        inference_ms = (time.perf_counter() - t0) * 1000.0
+        probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
+        scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
+        best = int(np.argmax(probabilities))
+        label = clf.labels[best]
+        machine, ratio = clf.anomaly(scores)
+        ratio = float(ratio) / self.threshold_scale
+        latency_ms = (time.monotonic() - arrival) * 1000.0
+        t = end / config.SAMPLE_RATE
+        events = []
+        change = self.states.update(label)
+        if change is not None:
+            events.append({"event": "state", "t": round(t, 3), "from": change[0], "to": change[1],
+                           "confidence": round(float(probabilities[best]), 4)})
+        alert = self.alerts.update(ratio)
+        if alert is not None:
+            events.append({"event": f"alert_{alert}", "t": round(t, 3), "anomaly": round(ratio, 4),
+                           "exceeding": self.alerts.exceeding(), "of": self.alerts.m, "label": label,
+                           "state": self.states.state})
+        return WindowResult(t=t, label=label, confidence=float(probabilities[best]), anomaly=ratio,
+                            anomalous=ratio >= 1.0, state=self.states.state, alert=self.alerts.active,
+                            inference_ms=inference_ms, latency_ms=latency_ms, gap_restarts=self.gap_restarts,
+                            events=events, probabilities=probabilities, scores=scores, machine=int(machine))
