@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """tensorflow vs tensorflow-cpu: same exported models and outputs? How big is each?
 
-    python bench/tensorflow_variants.py --python /path/to/venv-tensorflow/bin/python \\
+    python -m bench.tensorflow_variants --python /path/to/venv-tensorflow/bin/python \\
                                         --python /path/to/venv-tensorflow-cpu/bin/python
 
 Each interpreter (a venv with requirements.txt, one with ``tensorflow``, one with ``tensorflow-cpu``)
@@ -22,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, write_results
 
+from bench._common import REPO, write_results
 from fanwatch import config
 
 CHILD = r"""

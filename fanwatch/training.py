@@ -265,8 +265,8 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         deployed.unlink()
         raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
                             f"not deployed (limits {PARITY_LIMITS})")
-    log(f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
-        f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
+    log(f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); "
+        f"parity with Keras head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
         f"{parity['min_embedding_cosine']:.6f}")
 

@@ -72,7 +72,7 @@ def test_permission_denied_is_said_as_such(tmp_path):
                 os.setuid(65534)
             audio.load_audio(path)
             message = "read it"
-        except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        except BaseException as exc:
             message = str(exc)
         os.write(write, message.encode())
         os._exit(0)
@@ -137,7 +137,8 @@ def test_machine_folders_beside_other_folders_are_not_taken_as_classes(tmp_path,
 
 def test_missing_data_folder_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "nonexistent"),
-                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "folder not found" in lines[0], proc.stderr
@@ -187,8 +188,8 @@ def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
     code = ("import sys; from fanwatch import runtime\n"
             "m = runtime.TFLiteModel(sys.argv[1]); print('loaded', m.runtime)\n"
             "print('kept', file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], check=False, capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], check=False, capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr
     assert "XNNPACK" not in proc.stderr and "cuInit" not in proc.stderr
     assert proc.stderr.strip() == "kept"
