@@ -125,10 +125,10 @@ def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
         return None, None, getattr(exc, "reason", str(exc))
     analyzer = Analyzer(model, channel="mean")  # already mono
     results = analyzer.feed(signal, config.SAMPLE_RATE) + analyzer.finish()
+    if not results:  # every window refused (the model's outputs not numbers, ...): a counted skip
+        return None, None, analyzer.first_fault or audio.too_short_reason(analyzer.samples_seen)
     probs = np.asarray([r.probabilities for r in results], np.float32).reshape(len(results), len(model.labels))
     scores = np.asarray([r.scores for r in results], np.float32).reshape(len(results), len(model.machines))
-    if not (np.isfinite(probs).all() and np.isfinite(scores).all()):
-        return None, None, "the model outputs NaN or infinite values for it"
     return probs, scores, None
 
 

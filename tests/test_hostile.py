@@ -172,15 +172,18 @@ def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
     from fanwatch import evaluation, runtime
 
     class NaNModel:  # stands in for a damaged model: the real runtimes cannot be made to output NaN on demand
-        labels, machines = ["a", "b"], ["default"]
+        labels, machines, card, runtime = ["a", "b"], ["default"], None, "stub"
 
         def predict(self, window):
             return runtime.Prediction(np.array([np.nan, 0.5], np.float32), np.array([0.1], np.float32))
 
+        def anomaly(self, scores):
+            return 0, float(scores[0])
+
     wav = tmp_path / "ok.wav"
     sf.write(wav, tone(2.0), 16000, subtype="PCM_16")
     probs, scores, reason = evaluation._file_outputs(NaNModel(), str(wav), "mean")
-    assert probs is None and scores is None and reason == "the model outputs NaN or infinite values for it"
+    assert probs is None and scores is None and reason == "the model's outputs are NaN or infinite for this audio"
 
 
 def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
@@ -304,3 +307,106 @@ def test_unusable_evaluation_out_is_one_line(trained_model, tmp_path):
                               check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == f"error: {option} {a_file}: is a file, not a folder"
+
+
+# ---------------------------------------------------------------------------- the live loop
+
+
+def _inference(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "inference.py"), *map(str, args)], check=False,
+                          capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+
+
+def _records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("name, words", [
+    ("all_nan.wav", "NaN or infinite"), ("all_zero.wav", "digital silence"), ("cancelling.wav", "cancel out"),
+    ("constant.wav", "constant"), ("huge_1e18.wav", "far outside"), ("too_short.wav", "too short"),
+])
+def test_wav_replay_of_unusable_audio_is_reported_never_a_state_or_alert(trained_model, tmp_path, name, words):
+    """Replayed files are not checked like training's loader (the live loop listens to what comes): what
+    cannot be judged is an input fault, and a file that gave no window at all ends in one line."""
+    write_hostile_files(tmp_path, special=False)
+    proc = _inference("--model", trained_model / "sound_classifier.tflite", "--wav", tmp_path / name, "--fast",
+                      "--json")
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert errors[0].startswith(f"error: {tmp_path / name}: no window could be analysed: ") and words in errors[0]
+    records = _records(proc.stdout)
+    assert not [r for r in records if r["type"] == "window"]
+    assert not [r for r in records if r.get("event", "").startswith(("alert", "state"))]
+    summary = records[-1]
+    assert summary["type"] == "summary" and summary["windows"] == 0 and summary["alerts"] == 0
+    if name != "too_short.wav":
+        faults = [r for r in records if r.get("event") == "input_fault"]
+        assert faults and words in faults[0]["reason"] and summary["input_faults"] == 1
+
+
+def test_a_silent_stretch_inside_a_recording_is_a_fault_then_ok(trained_model, tmp_path):
+    from fanwatch import synth
+
+    x = synth.render("high_speed", 3.0, 7, sample_rate=16000)
+    wav = tmp_path / "dropout.wav"
+    sf.write(wav, np.concatenate([x, np.zeros(3 * 16000, np.float32), x]), 16000, subtype="FLOAT")
+    proc = _inference("--model", trained_model / "sound_classifier.tflite", "--wav", wav, "--fast", "--json")
+    assert proc.returncode == 0, proc.stderr
+    records = _records(proc.stdout)
+    windows = [r for r in records if r["type"] == "window"]
+    fault = next(r for r in records if r.get("event") == "input_fault")
+    ok = next(r for r in records if r.get("event") == "input_ok")
+    assert "digital silence" in fault["reason"] and fault["t"] < ok["t"]
+    assert not [w for w in windows if fault["t"] <= w["t"] < ok["t"]]  # nothing decided on silence
+    assert [w for w in windows if w["t"] < fault["t"]] and [w for w in windows if w["t"] >= ok["t"]]
+    summary = records[-1]
+    assert summary["input_faults"] == 1 and 2.0 <= summary["input_fault_seconds"] <= 4.5
+    assert all(np.isfinite(w["anomaly"]) for w in windows)
+    text = _inference("--model", trained_model / "sound_classifier.tflite", "--wav", wav, "--fast", "--quiet")
+    assert "INPUT FAULT" in text.stdout and "not a machine state" in text.stdout, text.stdout
+
+
+def test_a_hop_beyond_ten_seconds_is_refused(trained_model, tmp_path):
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, tone(2.0), 16000)
+    proc = _inference("--model", trained_model / "sound_classifier.tflite", "--wav", wav, "--hop", "1e9")
+    assert proc.returncode == 2 and "--hop 1e+09 s is longer than 10 s" in proc.stderr, proc.stderr
+
+
+def test_a_live_microphone_delivering_silence_or_a_constant_is_a_monitor_fault(trained_model, tmp_path):
+    """Through PortAudio from the virtual ALSA microphone: sound, then a constant, then (after the signal) the
+    digital silence a dead microphone gives. Faults are events, no window is decided on them, no alert."""
+    import signal
+    import time
+
+    from live_common import portaudio_available
+
+    if not portaudio_available():
+        pytest.skip("needs sounddevice and libportaudio2")
+    from alsa_virtual import VirtualMic
+
+    rate = 48000
+    from fanwatch import synth
+
+    sound = synth.render("high_speed", 2.5, 11, sample_rate=rate)
+    signal_in = np.concatenate([sound, np.full(int(2.5 * rate), 0.25, np.float32)])
+    with VirtualMic(tmp_path, signal_in, rate) as mic:
+        proc = subprocess.Popen([sys.executable, str(REPO / "inference.py"), "--model",
+                                 str(trained_model / "sound_classifier.tflite"), "--device", mic.device, "--json"],
+                                cwd=REPO, env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert mic.played.wait(timeout=40), "the device never played its signal"
+            time.sleep(2.5)  # silence after the signal
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    records = _records(out)
+    faults = [r for r in records if r.get("event") == "input_fault"]
+    reasons = [f["reason"] for f in faults]
+    assert any("constant" in r for r in reasons) and any("digital silence" in r for r in reasons), reasons
+    windows = [r for r in records if r["type"] == "window"]
+    assert windows and all(w["t"] < faults[0]["t"] + 1.0 for w in windows)  # none decided after the fault began
+    assert records[-1]["type"] == "summary" and records[-1]["input_faults"] >= 1
