@@ -172,25 +172,16 @@ def _gamma_quantile(scores: np.ndarray, q: float) -> float | None:
 
 
 def roc_auc(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> float | None:
-    """Area under the ROC curve (probability an anomalous score beats a normal one), ties half."""
+    """Area under the ROC curve (probability an anomalous score beats a normal one, ties half), by
+    scikit-learn; None when either group is empty."""
+    from sklearn.metrics import roc_auc_score
+
     a = np.asarray(anomalous_scores, np.float64)
     n = np.asarray(normal_scores, np.float64)
     if len(a) == 0 or len(n) == 0:
         return None
-    allv = np.concatenate([n, a])
-    order = allv.argsort(kind="mergesort")
-    ranks = np.empty(len(allv))
-    sorted_v = allv[order]
-    # average ranks for ties
-    i = 0
-    while i < len(sorted_v):
-        j = i
-        while j + 1 < len(sorted_v) and sorted_v[j + 1] == sorted_v[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = ranks[len(n):].sum()
-    return float((rank_sum - len(a) * (len(a) + 1) / 2) / (len(a) * len(n)))
+    labels = np.concatenate([np.zeros(len(n)), np.ones(len(a))])
+    return float(roc_auc_score(labels, np.concatenate([n, a])))
 
 
 def best_threshold_info(normal_scores: np.ndarray, anomalous_scores: np.ndarray) -> dict | None:

@@ -16,7 +16,9 @@ Runtime-safe: imports numpy and soxr only; ``soundfile`` is imported when a file
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,17 @@ CHANNEL_HELP = '"mean" (average all channels) or a 0-based channel index'
 
 _READ_BLOCK = 1 << 16  # frames per read: long multichannel files are mixed down block by block
 _SOXR_QUALITY = "HQ"
+
+MIN_RATE = 4000
+"""Hz: lower sample rates are refused. Below 4 kHz the sound ends under 2 kHz, most of YAMNet's 125-7500 Hz
+mel bands are empty, and a damaged header (a "1 Hz" file) would be resampled to 16000 times its length."""
+MAX_RATE = 768000
+"""Hz: the highest rate audio interfaces offer; anything above is a damaged header."""
+MAX_CHANNELS = 64
+"""Microphone arrays have up to 64 channels (MIMII's has 8); more is a damaged header."""
+MAX_ABS_SAMPLE = 16.0
+"""Samples are scaled to +-1. Samples beyond +-16 (24 dB over full scale) are refused: huge values (1e18)
+overflow the log-mel front end into NaN, and a float WAV written in integer scale (+-32768) is a mistake."""
 
 
 def is_audio_file(path: str | os.PathLike) -> bool:
@@ -73,13 +86,108 @@ def _decode_reason(exc: Exception) -> str:
     return f"not a readable audio file ({text.rstrip('.')})"
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise BadAudioError(path, "file not found")
-    if not path.is_file():
-        raise BadAudioError(path, "not a regular file")
-    if path.stat().st_size == 0:
+def check_file(path) -> int:
+    """The size of ``path`` if it is a readable, non-empty regular file (symbolic links followed).
+
+    Checked before anything opens or hashes the file: a named pipe or a device (``/dev/zero``) would block
+    or never end. BadAudioError with one reason otherwise: file not found, broken symbolic link, symbolic
+    link loop, not a regular file (a folder, a named pipe, a device), empty, permission denied.
+    """
+    path = Path(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise BadAudioError(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)") \
+                from None
+        raise BadAudioError(path, "file not found") from None
+    except PermissionError:
+        raise BadAudioError(path, "permission denied (this user may not open a folder on its path)") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BadAudioError(path, "symbolic link loop (the link leads back to itself)") from None
+        raise BadAudioError(path, f"cannot read file ({exc.strerror or exc})") from None
+    mode = info.st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        raise BadAudioError(path, f"not a regular file ({kind})")
+    if info.st_size == 0:
         raise BadAudioError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise BadAudioError(path, "permission denied (this user may not read the file)") from None
+    except OSError as exc:
+        raise BadAudioError(path, f"cannot read file ({exc.strerror or exc})") from None
+    return int(info.st_size)
+
+
+_check_file = check_file  # the live loop's name for it
+
+
+def check_format(path, rate, channels) -> None:
+    """BadAudioError for a sample rate or channel count no real recording has (a damaged header)."""
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise BadAudioError(path, f"implausible sample rate {rate} Hz in the header "
+                                  f"(accepted: {MIN_RATE} to {MAX_RATE} Hz)")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise BadAudioError(path, f"implausible channel count {channels} in the header "
+                                  f"(accepted: 1 to {MAX_CHANNELS})")
+
+
+def signal_problem(samples: np.ndarray) -> str | None:
+    """Why a block of samples (any shape) cannot be analysed, or None: NaN/inf, or samples far outside +-1."""
+    samples = np.asarray(samples)
+    if samples.size == 0:
+        return None
+    if not np.isfinite(samples).all():
+        return "contains NaN or infinite samples"
+    peak = float(np.max(np.abs(samples)))
+    if peak > MAX_ABS_SAMPLE:
+        return (f"samples far outside +-1 (peak {peak:.3g}; audio is expected scaled to +-1, "
+                f"at most +-{MAX_ABS_SAMPLE:g} is accepted)")
+    return None
+
+
+def _wav_format(path: Path) -> tuple[int, int] | None:
+    """(sample rate, channels) from a RIFF/WAVE file's fmt chunk, or None if there is none to read."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            for _ in range(64):  # a few chunks (LIST, bext, ...) may come before fmt
+                chunk = handle.read(8)
+                if len(chunk) < 8:
+                    return None
+                chunk_id, size = struct.unpack("<4sI", chunk)
+                if chunk_id == b"fmt ":
+                    body = handle.read(8)
+                    if len(body) < 8:
+                        return None
+                    _tag, channels, rate = struct.unpack("<HHI", body)
+                    return rate, channels
+                handle.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+    return None
+
+
+def _failure_reason(path: Path, exc: Exception) -> str:
+    """Why libsndfile refused a file. For a WAV header with an impossible rate or channel count (its words
+    for a 0 Hz rate are "Internal error : SF_INFO struct incomplete") the header's own fault is named."""
+    header = _wav_format(path)
+    if header is not None:
+        try:
+            check_format(path, *header)
+        except BadAudioError as bad:
+            return bad.reason
+    return _decode_reason(exc)
 
 
 def audio_info(path: str | os.PathLike) -> dict:
@@ -90,13 +198,14 @@ def audio_info(path: str | os.PathLike) -> dict:
     :func:`load_audio` -- NaN, silence, length after resampling -- need decoding and are not done here).
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     sf = _soundfile()
     try:
         info = sf.info(str(path))
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
-        raise BadAudioError(path, _decode_reason(exc)) from None
-    if info.frames <= 0 or info.samplerate <= 0 or info.channels <= 0:
+        raise BadAudioError(path, _failure_reason(path, exc)) from None
+    check_format(path, info.samplerate, info.channels)
+    if info.frames <= 0:
         raise BadAudioError(path, "contains no audio samples")
     return {
         "rate": int(info.samplerate),
@@ -121,12 +230,13 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mean") -> np.ndarr
     """
     path = Path(path)
     channel = parse_channel(channel)
-    _check_file(path)
+    check_file(path)
     sf = _soundfile()
     try:
         with sf.SoundFile(str(path)) as handle:
             rate = int(handle.samplerate)
             n_channels = int(handle.channels)
+            check_format(path, rate, n_channels)
             if isinstance(channel, int) and channel >= n_channels:
                 raise BadAudioError(
                     path,
@@ -139,8 +249,9 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mean") -> np.ndarr
                 block = handle.read(_READ_BLOCK, dtype="float32", always_2d=True)
                 if block.shape[0] == 0:
                     break
-                if not np.isfinite(block).all():
-                    raise BadAudioError(path, "contains NaN or infinite samples")
+                problem = signal_problem(block)
+                if problem is not None:
+                    raise BadAudioError(path, problem)
                 if channel == "mean":
                     if not nonzero_channels and n_channels > 1:
                         nonzero_channels = bool(np.any(block))
@@ -151,7 +262,7 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mean") -> np.ndarr
     except BadAudioError:
         raise
     except (RuntimeError, ValueError, TypeError, OSError, EOFError) as exc:
-        raise BadAudioError(path, _decode_reason(exc)) from None
+        raise BadAudioError(path, _failure_reason(path, exc)) from None
 
     if not pieces:
         raise BadAudioError(path, "contains no audio samples")
@@ -161,13 +272,22 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mean") -> np.ndarr
             raise BadAudioError(path, 'channels cancel out when averaged; pick one channel instead of "mean"')
         where = "" if channel == "mean" or n_channels == 1 else f" in channel {channel}"
         raise BadAudioError(path, f"all samples are zero{where} (digital silence)")
+    if np.ptp(signal) == 0:
+        raise BadAudioError(path, f"every sample has the same value ({float(signal[0]):.3g}): a constant, no sound")
     signal = resample(signal, rate, SAMPLE_RATE)
     if signal.shape[0] < WINDOW_SAMPLES:
-        seconds = signal.shape[0] / SAMPLE_RATE
-        raise BadAudioError(
-            path, f"too short: {seconds:.3f} s, need at least {WINDOW_SECONDS:.3f} s (one analysis window)"
-        )
+        raise BadAudioError(path, too_short_reason(signal.shape[0]))
     return np.ascontiguousarray(signal, dtype=np.float32)
+
+
+def too_short_reason(n_samples: int) -> str:
+    """'too short: ...' for a signal of ``n_samples`` at 16 kHz, with enough digits to show the difference."""
+    seconds = n_samples / SAMPLE_RATE
+    text = f"{seconds:.3f}"
+    if text == f"{WINDOW_SECONDS:.3f}":
+        text = f"{seconds:.5f}"
+    return (f"too short: {text} s ({n_samples} samples at {SAMPLE_RATE // 1000} kHz), need at least "
+            f"{WINDOW_SECONDS:.3f} s ({WINDOW_SAMPLES} samples, one analysis window)")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -63,6 +63,27 @@ def resolve_cache_dir(cli_value: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_CACHE
 
 
+def ensure_writable_folder(path: str | os.PathLike, option: str) -> Path:
+    """Create ``path`` (and its parents) if needed and check that files can be written in it.
+
+    FanwatchError in one line when it is a file, cannot be created, or is not writable, so a run fails before
+    its work rather than after it.
+    """
+    from .errors import FanwatchError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FanwatchError(f"{option} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".fanwatch-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise FanwatchError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    return path
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

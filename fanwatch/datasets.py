@@ -117,6 +117,12 @@ def _audio_files(root: Path) -> list[tuple[str, ...]]:
     return found
 
 
+def has_audio_files(root) -> bool:
+    """True if some non-hidden audio file lies below ``root`` (symlinked folders followed); FanwatchError
+    if ``root`` is not an existing folder."""
+    return bool(_audio_files(_resolve_root(root)))
+
+
 def _resolve_root(root) -> Path:
     path = Path(root).expanduser()
     if not path.exists():
@@ -188,12 +194,15 @@ def _parse_mimii(root: Path, parts: tuple[str, ...]) -> dict | None:
 
 def _parse_dcase(root: Path, parts: tuple[str, ...]) -> dict | None:
     match = _DCASE_FILE_RE.match(parts[-1])
-    if match is None or len(parts) not in (2, 3):
+    if match is None or len(parts) not in (1, 2, 3):
         return None
-    subset = parts[-2].lower()
-    if subset not in ("train", "test"):
+    if len(parts) == 1:  # root is a <machine>/train or <machine>/test folder itself
+        subset, machine = root.name.lower(), root.parent.name
+    else:
+        subset = parts[-2].lower()
+        machine = root.name if len(parts) == 2 else parts[0]
+    if subset not in ("train", "test") or not machine:
         return None
-    machine = root.name if len(parts) == 2 else parts[0]
     state, ident = match.group(1).lower(), match.group(2).lower()
     return {
         "label": f"{machine}_{state}",
@@ -225,10 +234,30 @@ def _detect(root: Path, files) -> str:
     for layout in _DETECT_ORDER:
         misfit = _first_misfit(root, files, layout)
         if misfit is None:
+            if layout == "folders":
+                _refuse_machine_folders_as_classes(root, files)
             return layout
     raise FanwatchError(
         f"{root}: cannot tell the dataset layout ({'/'.join(misfit)} fits none); {LAYOUT_HELP}"
     )
+
+
+def _refuse_machine_folders_as_classes(root: Path, files) -> None:
+    """A folder-per-class root whose class folders are DCASE or MIMII machine folders is a mistake: the
+    machine's normal and anomalous clips would become one "class". Say so instead of training on it."""
+    by_class: dict[str, list[tuple[str, ...]]] = defaultdict(list)
+    for parts in files:
+        by_class[parts[0]].append(parts[1:])
+    for name, inner in sorted(by_class.items()):
+        for layout, title in (("dcase", "DCASE 2020 Task 2"), ("mimii", "MIMII")):
+            if all(_PARSERS[layout](root / name, parts) is not None for parts in inner):
+                others = sorted(set(by_class) - {name})
+                raise FanwatchError(
+                    f"{root}: {name}/ is a {title} machine folder, but it sits beside "
+                    f"{', '.join(o + '/' for o in others[:3])}{' ...' if len(others) > 3 else ''} which "
+                    f"{'is' if len(others) == 1 else 'are'} not, so the folder-per-class reading would take "
+                    f"each folder as one class; point --data at {root / name} (or at a folder holding only "
+                    "machine folders), or pass --layout folders if every folder really is one class")
 
 
 def detect_layout(root) -> str:
@@ -496,11 +525,12 @@ def write_json(path, data, indent: int = 2) -> Path:
     return path
 
 
-def load_split(path, root=None) -> Splits:
+def load_split(path, root=None, must_exist=SPLITS) -> Splits:
     """Read a split written by :func:`save_split`; Recordings get absolute paths.
 
     Relative paths are resolved against ``root`` when given (the dataset moved), else against the root
-    stored in the file. FanwatchError when the file is missing or malformed, or a listed file has vanished.
+    stored in the file. FanwatchError when the file is missing or malformed, or a file listed in one of the
+    ``must_exist`` splits has vanished (files of the other splits are returned as listed).
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -521,7 +551,7 @@ def load_split(path, root=None) -> Splits:
             for entry in entries:
                 stored = Path(entry["path"])
                 file_path = stored if stored.is_absolute() else base / stored
-                if not file_path.is_file():
+                if name in must_exist and not file_path.is_file():
                     missing.append(file_path)
                 recs.append(Recording(
                     path=file_path,

@@ -153,6 +153,7 @@ class Extractor:
         return emb, bands
 
     def _entry(self, path: Path) -> Path:
+        audio.check_file(path)  # before hashing: a named pipe or /dev/zero would never end
         try:
             key = self._key(path)
         except OSError as exc:
@@ -183,6 +184,8 @@ class Extractor:
         found = self._load_cached(entry) if entry.exists() else None
         if found is None:
             found = self.features_signal(audio.load_audio(path, channel=self.channel))
+            if not (np.isfinite(found[0]).all() and np.isfinite(found[1]).all()):
+                raise BadAudioError(path, "the front end gives NaN or infinite embeddings for it")
             entry.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".npz")
             with os.fdopen(fd, "wb") as handle:

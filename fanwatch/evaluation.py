@@ -137,6 +137,8 @@ def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
         return None, None, getattr(exc, "reason", str(exc))
     analyzer = Analyzer(model, channel="mean")  # already mono
     results = analyzer.feed(signal, config.SAMPLE_RATE) + analyzer.finish()
+    if not results:  # every window refused (the model's outputs not numbers, ...): a counted skip
+        return None, None, analyzer.first_fault or audio.too_short_reason(analyzer.samples_seen)
     probs = np.asarray([r.probabilities for r in results], np.float32).reshape(len(results), len(model.labels))
     scores = np.asarray([r.scores for r in results], np.float32).reshape(len(results), len(model.machines))
     embs = [r.embedding for r in results]
@@ -206,15 +208,14 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
 
 
 def roc_curve(normal_scores, anomalous_scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds) with every distinct score as a threshold; starts at (0, 0)."""
+    """(fpr, tpr, thresholds) with every distinct score as a threshold; starts at (0, 0) (scikit-learn)."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     n = np.asarray(normal_scores, np.float64)
     a = np.asarray(anomalous_scores, np.float64)
-    thresholds = np.unique(np.concatenate([n, a]))[::-1]
-    n_sorted, a_sorted = np.sort(n), np.sort(a)
-    fpr = (len(n) - np.searchsorted(n_sorted, thresholds, side="left")) / max(len(n), 1)
-    tpr = (len(a) - np.searchsorted(a_sorted, thresholds, side="left")) / max(len(a), 1)
-    return (np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr]),
-            np.concatenate([[np.inf], thresholds]))
+    labels = np.concatenate([np.zeros(len(n)), np.ones(len(a))])
+    fpr, tpr, thresholds = sk_roc_curve(labels, np.concatenate([n, a]), drop_intermediate=False)
+    return fpr, tpr, thresholds
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
@@ -452,20 +453,55 @@ def _anomaly_params(path: Path):
         return AnomalyModel(method, machines, bank=d["bank"])
 
 
-def parity_check(s: EvalSettings, card: ModelCard, model_dir: Path, outputs: ModelOutputs, channel,
-                 thresholds: np.ndarray,
-                 model: runtime.SoundClassifier | None = None) -> tuple[dict | None, str | None]:
-    """Largest differences between the deployed model's outputs and the Keras head + numpy score.
+def load_reference(model_dir: Path, card: ModelCard) -> tuple[tuple | None, str | None]:
+    """The Keras head and the numpy anomaly score saved beside the model, for the parity check.
 
-    Uses the files whose front-end embeddings are cached (else computes a few), at most
-    ``PARITY_MAX_WINDOWS`` windows. Returns (result, None) or (None, why it was skipped).
+    Loaded before the evaluation starts, so that a missing or damaged file (random bytes, a pickle, a
+    corrupt .keras) is one note up front instead of a traceback after all the work. Returns
+    ((head, anomaly params), None) or (None, why the parity check is skipped).
     """
-    from . import embeddings
+    import zipfile
 
     head_path, anomaly_path = model_dir / HEAD_NAME, model_dir / ANOMALY_NAME
     for p in (head_path, anomaly_path):
         if not p.is_file():
             return None, f"parity check skipped: {p.name} not found beside the model"
+    try:
+        params = _anomaly_params(anomaly_path)
+    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        return None, f"parity check skipped: {anomaly_path.name} is damaged ({type(exc).__name__}: {reason})"
+    dim, n = config.EMBEDDING_DIM, len(params.machines)
+    if params.method == "knn":
+        shapes_ok = params.bank.ndim == 3 and params.bank.shape[0] == n and params.bank.shape[2] == dim
+    else:
+        shapes_ok = params.mean.shape == (n, dim) and params.transform.shape == (n, dim, dim)
+    if not shapes_ok:
+        return None, f"parity check skipped: {anomaly_path.name} holds no usable {params.method} parameters"
+    if params.machines != list(card.machines):
+        return None, f"parity check skipped: {anomaly_path.name} and the model card list different machines"
+    import keras
+
+    try:
+        head = keras.models.load_model(head_path, compile=False)
+    except Exception as exc:  # keras raises many kinds for a damaged file; all mean the same here
+        reason = " ".join(str(exc).split())[:160] or type(exc).__name__
+        return None, f"parity check skipped: {head_path.name} is damaged ({reason})"
+    return (head, params), None
+
+
+def parity_check(s: EvalSettings, card: ModelCard, reference: tuple, outputs: ModelOutputs, channel,
+                 thresholds: np.ndarray,
+                 model: runtime.SoundClassifier | None = None) -> tuple[dict | None, str | None]:
+    """Largest differences between the deployed model's outputs and the Keras head + numpy score.
+
+    ``reference`` is what :func:`load_reference` returned. Uses the files whose front-end embeddings are
+    cached (else computes a few), at most ``PARITY_MAX_WINDOWS`` windows. Returns (result, None) or
+    (None, why it was skipped).
+    """
+    from . import embeddings
+
+    head, params = reference
     yamnet_path = s.yamnet or card.yamnet_path
     if not s.yamnet and (not yamnet_path or not Path(yamnet_path).is_file()):
         yamnet_path = str(config.resolve_yamnet_path(None))
@@ -508,13 +544,9 @@ def parity_check(s: EvalSettings, card: ModelCard, model_dir: Path, outputs: Mod
         return None, "parity check skipped: no file's front-end embeddings could be computed"
     sel = np.concatenate(sel)
     ref_embs = np.concatenate(ref_embs)
-    import keras
-
-    head = keras.models.load_model(head_path, compile=False)
     ref_p = np.asarray(head.predict(ref_embs, verbose=0, batch_size=256))
-    params = _anomaly_params(anomaly_path)
-    if params.machines != list(card.machines):
-        return None, f"parity check skipped: {anomaly_path.name} and the model card list different machines"
+    if ref_p.shape != outputs.probabilities[sel].shape:
+        return None, f"parity check skipped: {HEAD_NAME} does not fit the model's labels"
     ref_s = params.score(ref_embs)
     p, sc = outputs.probabilities[sel], outputs.scores[sel].astype(np.float64)
     return {
@@ -654,7 +686,8 @@ def _recordings(s: EvalSettings, card: ModelCard, model_dir: Path) -> tuple[list
         if not split.is_file():
             raise FanwatchError(f"{split} not found: train.py writes it beside the model; "
                                 "pass --data DIR to evaluate the recordings of a folder")
-        recs = list(datasets.load_split(split)["test"])
+        # only the test files matter here; a vanished test file is skipped and listed like any bad file
+        recs = list(datasets.load_split(split, must_exist=())["test"])
         if not recs:
             raise FanwatchError(f"{split}: the split holds no test recordings (trained with --test-fraction 0?); "
                                 "pass --data DIR")
@@ -676,7 +709,7 @@ def _training_overlap(model_dir: Path, recs: list[datasets.Recording]) -> int:
     if not split.is_file():
         return 0
     try:
-        splits = datasets.load_split(split)
+        splits = datasets.load_split(split, must_exist=())
     except FanwatchError:
         return 0
     seen = {os.path.realpath(r.path) for name in ("train", "val") for r in splits.get(name, [])}
@@ -696,7 +729,13 @@ def evaluate(s: EvalSettings) -> dict:
     model_dir = model_path.resolve().parent
     out = Path(s.out).expanduser() if s.out is not None else model_dir / "evaluation"
     recs, source = _recordings(s, card, model_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    config.ensure_writable_folder(out, "--out")
+    reference, reference_note = None, None
+    if s.parity:  # before the work: a damaged side file is a note now, not a traceback at the end
+        config.ensure_writable_folder(config.resolve_cache_dir(s.cache), "--cache")
+        reference, reference_note = load_reference(model_dir, card)
+        if reference_note:
+            log(f"note: {reference_note}")
     notes: list[str] = []
     overlap = _training_overlap(model_dir, recs) if s.data is not None else 0
     if overlap:
@@ -848,7 +887,9 @@ def evaluate(s: EvalSettings) -> dict:
     # --- parity ------------------------------------------------------------------------------------
     parity = None
     if s.parity:
-        parity, why = parity_check(s, card, model_dir, outputs, channel, model.embedding_thresholds, model)
+        parity, why = parity_check(s, card, reference, outputs, channel,
+                                        model.embedding_thresholds, model) if reference else \
+            (None, reference_note)
         if why:
             notes.append(why)
         elif parity["argmax_agreement"] < PARITY_AGREEMENT or parity["max_probability_diff"] > PARITY_MAX_DP:

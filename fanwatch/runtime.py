@@ -21,6 +21,9 @@ machines when none is chosen).
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,12 +71,42 @@ def interpreter_class(prefer: str | None = None):
                         "(pip install ai-edge-litert)")
 
 
+_NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+"""What the TFLite runtimes print on every start, on the C level, whatever TF_CPP_MIN_LOG_LEVEL says: a
+newcomer reads it as a problem. :func:`_native_stderr_without_noise` drops these lines and nothing else."""
+
+
+@contextmanager
+def _native_stderr_without_noise():
+    """Capture file descriptor 2 (native code writes there directly) and pass on every line but :data:`_NOISE`.
+
+    Used only around loading a model, which happens before any audio thread runs."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True) if line.rstrip() not in _NOISE]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def load_interpreter(path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None):
     path = require_model(path)
     Interpreter, name = interpreter_class(runtime)
     try:
-        interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        with _native_stderr_without_noise():
+            interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise FanwatchError(f"{path}: not a loadable TFLite model ({str(exc).splitlines()[0]})") from None
     return interpreter, name

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,7 +136,8 @@ def _library_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "fanwatch": __version__}
-    for name in ("tensorflow", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile", "scikit-learn"):
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile",
+                 "scikit-learn"):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -141,15 +145,54 @@ def _library_versions() -> dict:
     return out
 
 
+OUTPUT_NAMES = (SPLIT_NAME, HEAD_NAME, ANOMALY_NAME, SCORER_NAME, bands.PROFILE_NAME, FLOAT_NAME,
+                runtime.MODEL_NAME, runtime.CARD_NAME)
+"""What a run writes into --out; the model card moves into place last (it names the others)."""
+STALE_NAMES = ("site_calibration.json", "site_calibration.npz")
+"""Made for an earlier model (its sha256) and refused with any other: removed when a new one is written."""
+
+
 def train(s: TrainSettings) -> dict:
-    """The whole run; returns the model card (also written to ``s.out``)."""
-    started = time.time()
+    """The whole run; returns the model card (also written to ``s.out``).
+
+    Everything is written into a temporary folder inside ``s.out`` and moved into place only when the run
+    has succeeded, so a failed or interrupted run leaves the previous model, its split and its card as
+    they were (and no half-written new ones).
+    """
     s.validate()
     data = Path(s.data)
-    if not data.is_dir() or not any(p.is_file() and audio.is_audio_file(p) for p in data.rglob("*")):
+    if not data.exists():
+        raise FanwatchError(f"{data}: folder not found, so no recordings found (give --data the folder that "
+                            "holds them, or try the synthetic fan demo: python train.py --demo)")
+    if not datasets.has_audio_files(data):  # also follows symlinked folders; "not a folder" comes from there
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(s.out).expanduser()
+    config.ensure_writable_folder(out, "--out")
+    config.ensure_writable_folder(config.resolve_cache_dir(s.cache), "--cache")
+    work = Path(tempfile.mkdtemp(prefix=".train-partial-", dir=out))  # same file system: os.replace is atomic
+    try:
+        card = _train(s, work, out)
+        produced = [name for name in OUTPUT_NAMES if (work / name).is_file()]
+        for name in OUTPUT_NAMES:  # a file of an older run that this run does not write would not match
+            if name not in produced and (out / name).is_file():
+                (out / name).unlink()
+        for name in produced:
+            os.replace(work / name, out / name)
+        stale = [name for name in STALE_NAMES if (out / name).is_file()]
+        for name in stale:
+            (out / name).unlink()
+        if stale:
+            log(f"removed the site calibration of the previous model ({', '.join(stale)}): enroll again")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
+    return card
+
+
+def _train(s: TrainSettings, out: Path, final: Path) -> dict:
+    """The run itself, writing into ``out`` (a temporary folder); ``final`` is where it will end up."""
+    started = time.time()
+    data = Path(s.data)
     recs, layout = datasets.scan_dataset(data, s.layout, s.normal_classes, s.anomalous_classes)
     splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction,
                                        test_fraction=s.test_fraction)
@@ -223,12 +266,20 @@ def train(s: TrainSettings) -> dict:
         val_scores[val_normal] if len(val_scores) else val_scores,
         val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate)
     anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
+    bad = [m for m, t in anom.thresholds.items() if not (np.isfinite(t) and t > 0)]
+    if bad:
+        raise FanwatchError(f"the anomaly threshold of {', '.join(bad)} is not a positive number "
+                            f"({anom.thresholds[bad[0]]}); nothing written")
     embedding_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
     embedding_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
 
     # the deployed score: embedding + spectral shape over a horizon (fanwatch.scorer), per machine
     score = scorer.Scorer.fit(_normal_files(train_set), s.score_config(), s.seed)
     score = score.set_thresholds(_normal_files(val_set), s.false_alarm_rate)
+    bad = [m for m, t in score.thresholds.items() if not (np.isfinite(t) and t > 0)]
+    if bad:
+        raise FanwatchError(f"the anomaly score's threshold of {', '.join(bad)} is not a positive number "
+                            f"({score.thresholds[bad[0]]}); nothing written")
     anomaly_info = _fused_validation(score, val_set)
     anomaly_info["embedding_knn"] = {m: b.get("auc") for m, b in embedding_info["per_machine"].items()}
     for m in [*score.machines, scorer.POOLED]:
@@ -288,8 +339,8 @@ def train(s: TrainSettings) -> dict:
         deployed.unlink()
         raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
                             f"not deployed (limits {PARITY_LIMITS})")
-    log(f"export: {deployed} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); parity with Keras "
-        f"head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
+    log(f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); "
+        f"parity with Keras head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
         f"{parity['min_embedding_cosine']:.6f}, band levels max |d| {parity['max_band_level_diff']:.1e}, "
         f"fused score max relative diff {parity['max_relative_fused_diff']:.1e}")
@@ -355,7 +406,6 @@ def train(s: TrainSettings) -> dict:
         log(f"skipped {len(skipped)} file(s):")
         for f, r in skipped:
             log(f"  {f}: {r}")
-    log(f"done in {card['train_seconds']:.0f} s: {out / runtime.MODEL_NAME}, {out / runtime.CARD_NAME}")
     return card
 
 
@@ -475,7 +525,6 @@ def _compare_methods(s: TrainSettings, train_set, val_set, chosen) -> dict:
 
 def _parity(model_path: Path, head_model, anom, extractor, recs, score: scorer.Scorer) -> dict:
     """Deployed TFLite vs the Keras head + numpy scores on the cached front-end embeddings and band levels."""
-    from . import audio
 
     tfl = runtime.TFLiteModel(model_path)
     windows, embs, bands, fused_diff = [], [], [], [0.0]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fanwatch.audio import check_file, check_format
 from fanwatch.errors import BadAudioError
 
 WAVE_FORMAT_PCM = 0x0001
@@ -31,6 +32,9 @@ WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 # KSDATAFORMAT_SUBTYPE_* GUIDs: the format tag in the first two bytes, then this fixed tail
 _GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 _FORMAT_NAMES = {0x0002: "MS ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM", 0x0055: "MP3"}
+_WITHOUT_SOUNDFILE = ("this runtime reads only 8/16/24/32-bit PCM and 32/64-bit float RIFF WAV without the "
+                      "soundfile package, which training uses: pip install soundfile, or convert the file "
+                      "(e.g. sox IN -b 16 -e signed-integer OUT.wav)")
 _MAX_HEADER_SCAN = 64 << 20  # never walk more than this many bytes of chunks looking for fmt/data
 
 
@@ -65,23 +69,20 @@ def _parse_fmt(path, body: bytes) -> tuple[str, int, int, int, int]:
             _fail(path, "not a readable WAV file (WAVE_FORMAT_EXTENSIBLE header too short)")
         sub = body[24:40]
         if sub[2:] != _GUID_TAIL:
-            _fail(path, "unsupported WAV encoding (unknown WAVE_FORMAT_EXTENSIBLE sub-format)")
+            _fail(path, f"unsupported WAV encoding (unknown WAVE_FORMAT_EXTENSIBLE sub-format); {_WITHOUT_SOUNDFILE}")
         tag = struct.unpack("<H", sub[:2])[0]
     if tag == WAVE_FORMAT_PCM:
         encoding = "pcm"
         if bits not in (8, 16, 24, 32):
-            _fail(path, f"unsupported WAV encoding ({bits}-bit PCM; 8, 16, 24 or 32 bits are supported)")
+            _fail(path, f"unsupported WAV encoding ({bits}-bit PCM); {_WITHOUT_SOUNDFILE}")
     elif tag == WAVE_FORMAT_IEEE_FLOAT:
         encoding = "float"
         if bits not in (32, 64):
-            _fail(path, f"unsupported WAV encoding ({bits}-bit float)")
+            _fail(path, f"unsupported WAV encoding ({bits}-bit float); {_WITHOUT_SOUNDFILE}")
     else:
         name = _FORMAT_NAMES.get(tag, f"format tag 0x{tag:04X}")
-        _fail(path, f"unsupported WAV encoding ({name}; PCM or float WAV is supported)")
-    if channels < 1:
-        _fail(path, "not a readable WAV file (0 channels)")
-    if rate < 1:
-        _fail(path, "not a readable WAV file (sample rate 0)")
+        _fail(path, f"unsupported WAV encoding ({name}); {_WITHOUT_SOUNDFILE}")
+    check_format(path, rate, channels)
     if block_align != channels * bits // 8:
         # some writers get block_align wrong; the sample layout is what counts
         block_align = channels * bits // 8
@@ -91,20 +92,14 @@ def _parse_fmt(path, body: bytes) -> tuple[str, int, int, int, int]:
 def read_info(path: str | os.PathLike) -> WavInfo:
     """Parse the header of a WAV file (no samples decoded)."""
     path = Path(path)
-    if not path.exists():
-        _fail(path, "file not found")
-    if not path.is_file():
-        _fail(path, "not a regular file")
-    size = path.stat().st_size
-    if size == 0:
-        _fail(path, "empty file (0 bytes)")
+    size = check_file(path)
     try:
         with open(path, "rb") as handle:
             head = handle.read(12)
             if len(head) < 12 or head[8:12] != b"WAVE" or head[:4] not in (b"RIFF", b"RIFX", b"RF64"):
                 _fail(path, "not a WAV file (no RIFF/WAVE header)")
             if head[:4] != b"RIFF":
-                _fail(path, f"unsupported WAV variant ({head[:4].decode('ascii')})")
+                _fail(path, f"unsupported WAV variant ({head[:4].decode('ascii')}); {_WITHOUT_SOUNDFILE}")
             fmt = None
             pos = 12
             while pos + 8 <= size and pos < _MAX_HEADER_SCAN:

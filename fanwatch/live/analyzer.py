@@ -96,6 +96,30 @@ def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
     return data[:, channel]
 
 
+CONSTANT_PTP = 1e-6
+"""A window whose samples all lie within this of one another carries no sound: a constant (a DC offset, a stuck
+converter). Real microphones have self-noise far above it (16-bit: one step is 3e-5); resampling a constant
+leaves ripples well below it."""
+
+
+FLAT_SHARE = 0.5
+"""A window more than half of whose samples do not move (digital silence or a constant between sound) is a
+dropout, not a machine state: sound that stops dead is not what a fan does."""
+
+
+def window_fault(window: np.ndarray) -> str | None:
+    """Why a 16 kHz window is not sound the model can judge, or None: digital silence, a constant, or mostly
+    either of them."""
+    if not np.any(window):
+        return "digital silence (every sample is 0)"
+    if float(np.ptp(window)) <= CONSTANT_PTP:
+        return f"a constant signal ({float(window[0]):.3g}), no sound"
+    flat = float(np.mean(np.abs(np.diff(window)) <= CONSTANT_PTP))
+    if flat > FLAT_SHARE:
+        return f"mostly no sound: {100 * flat:.0f} % of the window is digital silence or a constant (a dropout?)"
+    return None
+
+
 def live_channels(data: np.ndarray) -> np.ndarray | None:
     """For a live ``"mean"``: the columns of a [frames, channels] block that carry signal, or None when all
     do (or none does). A capture channel that is exact digital zero for a whole block is not a microphone:
@@ -150,6 +174,13 @@ class Analyzer:
         self._normal_labels = set(card.normal_labels) if isinstance(card, ModelCard) else set()
         self._normal_state: str | None = None  # the last normal operating state reported: an alert's reference
         self.gap_restarts = 0  # segments finished early because audio was lost (feed_block with gap)
+        # unusable input (NaN/inf, samples far outside +-1, digital silence, a constant, channels that cancel,
+        # a model output that is not a number): never a window, a state or an alert; reported as input_fault
+        self.fault: str | None = None  # the current fault, None while the input is usable
+        self.first_fault: str | None = None  # the first one of the run, for a file that gave no window at all
+        self.input_faults = 0  # fault episodes
+        self.fault_seconds = 0.0  # seconds of audio not analysed because of them
+        self._cancelled = False  # the last block's channels were non-zero but their mean was exactly zero
         self._resampler: audio.StreamResampler | None = None
         self._stream_id = None
         self._rate = None
@@ -170,8 +201,20 @@ class Analyzer:
         if self._resampler is None or rate != self._rate:
             self._start(rate)
         arrival = time.monotonic() if arrival is None else arrival
-        self._append(self._resampler.process(self._mono(np.asarray(samples))), arrival)
+        samples = np.asarray(samples)
+        problem = audio.signal_problem(samples)
+        if problem is not None:  # never resampled (NaN would smear over the filter) nor seen by the model
+            self._set_fault(problem, self._total)
+            self.fault_seconds += len(samples) / rate
+            self.reset()
+            return []
+        self._append(self._resampler.process(self._mono(samples)), arrival)
         return self._windows()
+
+    @property
+    def samples_seen(self) -> int:
+        """16 kHz samples produced so far, over all segments (a file that gave no window: how long it was)."""
+        return self._total
 
     def reset(self) -> None:
         """Start a new continuous segment: forget the partial window and the resampler's state (the decisions
@@ -205,8 +248,6 @@ class Analyzer:
                 data = reader.read(size)
                 if len(data) == 0:
                     break
-                if not np.isfinite(data).all():
-                    data = np.nan_to_num(data, nan=0.0, posinf=1.0, neginf=-1.0)
                 results += self.feed(data, reader.rate)
             return results + self.finish()
         finally:
@@ -253,7 +294,26 @@ class Analyzer:
                     self.notices.append({"event": "silent_channels", "channels": list(silent),
                                          "averaging": alive.tolist(), "of": int(data.shape[1])})
                 data = data[:, alive]
-        return to_mono(data, self.channel)
+        mono = to_mono(data, self.channel)
+        self._cancelled = (self.channel == "mean" and data.ndim == 2 and data.shape[1] > 1 and not np.any(mono)
+                           and bool(np.any(data)))
+        return mono
+
+    def _set_fault(self, reason: str, end: int) -> None:
+        def kind(text: str | None) -> str | None:  # "mostly no sound: 79 % ..." and ": 99 % ..." are one fault
+            return None if text is None else text.split(":")[0].split("(")[0].strip()
+
+        if kind(reason) != kind(self.fault):
+            if self.fault is None:
+                self.input_faults += 1
+            self.fault = reason
+            self.first_fault = self.first_fault or reason
+            self.notices.append({"event": "input_fault", "t": round(end / config.SAMPLE_RATE, 3), "reason": reason})
+
+    def _clear_fault(self, end: int) -> None:
+        if self.fault is not None:
+            self.fault = None
+            self.notices.append({"event": "input_ok", "t": round(end / config.SAMPLE_RATE, 3)})
 
     def _windows(self) -> list[WindowResult]:
         results = []
@@ -262,7 +322,9 @@ class Analyzer:
             end = self._next_start + self.window
             while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
                 self._arrivals.popleft()
-            results.append(self._analyse(self._buf[offset:offset + self.window], end, self._arrivals[0][1]))
+            result = self._analyse(self._buf[offset:offset + self.window], end, self._arrivals[0][1])
+            if result is not None:
+                results.append(result)
             self._next_start += self.hop
         cut = min(self._next_start, self._total) - self._buf_start
         if cut > 0:
@@ -270,14 +332,28 @@ class Analyzer:
             self._buf_start += cut
         return results
 
-    def _analyse(self, window: np.ndarray, end: int, arrival: float) -> WindowResult:
-        clf = self.classifier
-        t0 = time.perf_counter()
-        prediction = clf.predict(window)
-        inference_ms = (time.perf_counter() - t0) * 1000.0
+    def _analyse(self, window: np.ndarray, end: int, arrival: float) -> WindowResult | None:
+        """One window's decision, or None (reported as an input fault) when the window is not sound."""
+        fault = window_fault(window)
+        if fault is not None and self._cancelled:
+            fault = 'the channels cancel out when averaged (their mean is 0); pick one with --channel N'
+        if fault is None:
+            clf = self.classifier
+            t0 = time.perf_counter()
+            prediction = clf.predict(window)
+            inference_ms = (time.perf_counter() - t0) * 1000.0
+            probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
+            scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
+            extra = [x for x in (prediction.embedding, prediction.band_levels) if x is not None]
+            if not (np.isfinite(probabilities).all() and np.isfinite(scores).all()
+                    and all(np.isfinite(x).all() for x in extra)):
+                fault = "the model's outputs are NaN or infinite for this audio"
+        if fault is not None:
+            self._set_fault(fault, end)
+            self.fault_seconds += self.hop / config.SAMPLE_RATE
+            return None
+        self._clear_fault(end)
         level = self.explainer.measure(window)
-        probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
-        scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
         best = int(np.argmax(probabilities))
         label = clf.labels[best]
         machine, ratio = self._anomaly.update(prediction)

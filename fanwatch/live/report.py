@@ -158,6 +158,11 @@ def _describe(r: dict) -> str:
         return (f"audio lost: {r['dropped_blocks']} block(s) ({r['dropped_seconds']:.2f} s) dropped because the "
                 f"queue was full, {r['overflows']} driver overflow(s) since the last report "
                 f"(totals {r['total_dropped_blocks']} blocks, {r['total_overflows']} overflows)")
+    if e == "input_fault":
+        return (f"INPUT FAULT (the monitor hears nothing it can judge, not a machine state): {r['reason']} "
+                f"(t={r['t']:.1f} s); no state or alert until the input is usable again")
+    if e == "input_ok":
+        return f"input usable again (t={r['t']:.1f} s)"
     if e == "silent_channels":
         return (f"channel(s) {', '.join(map(str, r['channels']))} of {r['of']} deliver digital silence (padding "
                 f"added by the audio layer): the mean uses channel(s) {', '.join(map(str, r['averaging']))}; "
@@ -173,7 +178,8 @@ def _describe_summary(r: dict) -> str:
 
     return (f"summary: {r['windows']} windows, {r['alerts']} alert(s), {r['state_changes']} state change(s), "
             f"{r['dropped_blocks']} dropped block(s) ({r['dropped_seconds']:.2f} s), {r['overflows']} overflow(s), "
-            f"{r.get('gap_restarts', 0)} restart(s) after lost audio, {r['device_losses']} device loss(es); "
+            f"{r.get('gap_restarts', 0)} restart(s) after lost audio, {r['device_losses']} device loss(es), "
+            f"{r.get('input_faults', 0)} input fault(s) ({r.get('input_fault_seconds', 0.0):.1f} s unusable); "
             f"inference median {ms('inference_ms_median')} ms, "
             f"p95 {ms('inference_ms_p95')} ms; latency median {ms('latency_ms_median')} ms, "
             f"p95 {ms('latency_ms_p95')} ms; CPU {r['cpu_percent']}%; peak RSS {r['peak_rss_mb']} MB; "

@@ -67,9 +67,15 @@ class ModelSettings:
             check_hop(self.hop)
 
 
+MAX_HOP_SECONDS = 10.0
+"""A longer hop leaves over 90 % of the sound unheard and turns the alert rule's seconds into a single window."""
+
+
 def check_hop(hop: float) -> None:
     _need(hop > 0 and math.isfinite(hop), f"--hop must be a positive number of seconds, got {hop}")
     _need(round(hop * config.SAMPLE_RATE) >= 1, f"--hop {hop} is shorter than one sample")
+    _need(hop <= MAX_HOP_SECONDS, f"--hop {hop:g} s is longer than {MAX_HOP_SECONDS:g} s: the loop would hear "
+                                  f"one {config.WINDOW_SECONDS} s window in every {hop:g} s")
 
 
 @dataclass(frozen=True)

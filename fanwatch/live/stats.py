@@ -60,6 +60,8 @@ class LoopStats:
     dropped_seconds: float = 0.0
     overflows: int = 0
     gap_restarts: int = 0  # the analysis restarted after lost audio (drops, overflows)
+    input_faults: int = 0  # episodes of unusable input (silence, a constant, NaN, ...): no window, no alert
+    input_fault_seconds: float = 0.0  # audio not analysed because of them
     windows: int = 0
     alerts: int = 0
     state_changes: int = 0
@@ -90,6 +92,8 @@ class LoopStats:
             "dropped_seconds": round(self.dropped_seconds, 3),
             "overflows": self.overflows,
             "gap_restarts": self.gap_restarts,
+            "input_faults": self.input_faults,
+            "input_fault_seconds": round(self.input_fault_seconds, 3),
             "device_losses": self.device_losses,
             "device_errors": self.device_errors,
             "max_queue_depth": self.max_queue_depth,

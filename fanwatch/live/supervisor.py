@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .. import bands, config, runtime, site
+from .. import audio, bands, config, runtime, site
 from ..card import ModelCard, card_path, read_card, resolve_channel
 from ..errors import FanwatchError
 from .analyzer import Analyzer, Classifier, WindowResult
@@ -50,6 +50,8 @@ class Worker(threading.Thread):
 
     def _emit(self, results: list[WindowResult]) -> None:
         notices, self.analyzer.notices = self.analyzer.notices, []
+        self.stats.input_faults = self.analyzer.input_faults
+        self.stats.input_fault_seconds = self.analyzer.fault_seconds
         for notice in notices:
             self.reporter.event(**notice)
         for result in results:
@@ -283,6 +285,9 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
     try:
         if not stop.is_set():
             reason["why"] = _supervise(settings, source, bq, worker, stop, reporter, stats, drops) or reason["why"]
+        if reason["why"] == "end of file" and stats.windows == 0 and worker.error is None:
+            why = analyzer.first_fault or audio.too_short_reason(analyzer.samples_seen)
+            raise FanwatchError(f"{settings.input.wav}: no window could be analysed: {why}")
         if worker.error is not None:
             exc = worker.error
             raise exc if isinstance(exc, FanwatchError) else FanwatchError(
