@@ -267,6 +267,8 @@ class StatelessAnomaly:
     def __init__(self, classifier):
         self.classifier = classifier
 
+    settling = False  # one window is the whole score
+
     def reset(self) -> None:
         pass
 
@@ -287,12 +289,23 @@ class AnomalyStream:
         self.index = classifier.machines.index(self.name) if self.name != POOLED else -1
         self._stream = classifier.scorer.stream(self.name)
         self.threshold = self._stream.threshold
+        # a median over fewer windows than half the horizon is one odd window's (the splice of a device's
+        # start-up, the first window after a gap): the alert rules wait until it is not
+        self.settle_windows = max(1, classifier.scorer.config.horizon // 2)
+        self._windows = 0
+
+    @property
+    def settling(self) -> bool:
+        """True while the horizon holds too few windows for the score to count towards an alert."""
+        return self._windows < self.settle_windows
 
     def reset(self) -> None:
         """Forget the horizon (a gap in the audio, a restart)."""
         self._stream.reset()
+        self._windows = 0
 
     def update(self, prediction: Prediction) -> tuple[int, float]:
         if prediction.band_levels is None or prediction.embedding is None:
             raise FanwatchError("the model gives no band_levels/embedding output, which its anomaly score needs")
+        self._windows += 1
         return self.index, self._stream.update(prediction.embedding, prediction.band_levels) / self.threshold

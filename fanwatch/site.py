@@ -204,6 +204,10 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     n = len(model_ratios)
     seconds = (n - 1) * hop_s + config.WINDOW_SECONDS if n else 0.0
     short = MIN_SECONDS if not force else ABSOLUTE_MIN_SECONDS
+    if not force and not (rms >= SILENT_RMS):  # first: silence gives no windows at all (input faults)
+        level = 20 * math.log10(rms) if rms > 0 else -math.inf
+        raise FanwatchError(f"the enrollment audio is silent ({level:.0f} dBFS): check the microphone "
+                            "(--force to enroll anyway)")
     if seconds < short - hop_s:
         raise FanwatchError(f"enrollment needs at least {short:g} s of normal running, got {seconds:.1f} s"
                             + ("" if force else " (--force to enroll from less; 1 min was measured to raise false "
@@ -211,10 +215,6 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     if embeddings.ndim != 2 or len(embeddings) != n:
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
     if not force:
-        if not (rms >= SILENT_RMS):
-            level = 20 * math.log10(rms) if rms > 0 else -math.inf
-            raise FanwatchError(f"the enrollment audio is silent ({level:.0f} dBFS): check the microphone "
-                                "(--force to enroll anyway)")
         share_high = float((model_ratios >= 1.0).mean())
         if share_high > ANOMALOUS_SHARE:
             raise FanwatchError(f"the enrollment audio already sounds anomalous to the model ({share_high:.0%} of "

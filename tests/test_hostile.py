@@ -180,6 +180,9 @@ def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
         def anomaly(self, scores):
             return 0, float(scores[0])
 
+        def anomaly_stream(self):
+            return runtime.StatelessAnomaly(self)
+
     wav = tmp_path / "ok.wav"
     sf.write(wav, tone(2.0), 16000, subtype="PCM_16")
     probs, scores, reason = evaluation._file_outputs(NaNModel(), str(wav), "mean")

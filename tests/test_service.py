@@ -107,7 +107,8 @@ def test_a_config_file_drives_a_real_run(trained_model, tmp_path):
     import soundfile as sf
 
     wav = tmp_path / "quiet.wav"
-    sf.write(wav, np.zeros(16000 * 2, dtype=np.float32), 16000)
+    # faint noise (-60 dBFS): digital zero would be an input fault, and the file would give no window
+    sf.write(wav, np.random.default_rng(0).normal(0, 1e-3, 16000 * 2).astype(np.float32), 16000)
     config = _write(tmp_path, f'model = "{trained_model / "sound_classifier.tflite"}"\nwav = "{wav}"\nfast = true\n'
                               f'json = true\nhop = 0.25\nheartbeat = "{tmp_path / "hb"}"\n')
     env = dict(os.environ, FANWATCH_CONFIG=str(config), FANWATCH_STATE_AFTER="1.0")

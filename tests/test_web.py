@@ -111,8 +111,9 @@ def with_band_profile(trained_model: Path, directory: Path) -> Path:
 
     assert (trained_model / bands.PROFILE_NAME).is_file(), "train.py writes the band profile beside the model"
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("sound_classifier.tflite", "model_card.json", bands.PROFILE_NAME):
-        shutil.copy(trained_model / name, directory / name)
+    for name in ("sound_classifier.tflite", "model_card.json", "anomaly_scorer.npz", bands.PROFILE_NAME):
+        if name != "anomaly_scorer.npz" or (trained_model / name).is_file():  # the fused score's state
+            shutil.copy(trained_model / name, directory / name)
     return directory / "sound_classifier.tflite"
 
 
@@ -345,7 +346,8 @@ def test_page_shows_the_state_then_the_alert_with_its_explanation(trained_model,
         records, _ = run.finish()
     assert png_size(desktop)[0] == 1200 and png_size(phone)[0] == 780
     raised = events_of(records, "alert_raised")
-    assert len(raised) == 1
+    # one alert of each kind at most (the imbalance is also a class the fixture's head knows: known_fault)
+    assert raised and len(raised) == len({r["kind"] for r in raised}), raised
     x = raised[0]["explanation"]  # the JSON event carries what the page showed
     assert f"overall level {x['level_change_db']:+.1f} dB" in explanation
     if x["bands"]:

@@ -64,6 +64,7 @@ class WindowResult:
     overflows: int = 0
     gap_restarts: int = 0  # analysis restarts after lost audio so far: windows with equal counts are continuous
     events: list = field(default_factory=list)
+    settling: bool = False  # the anomaly score's horizon is starting: the window counts towards no alert
     level_dbfs: float | None = None  # RMS level of the window the model heard (16 kHz), dB re full scale
     probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
@@ -81,7 +82,7 @@ class WindowResult:
                 "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
                 "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0,
                 "evidence": None if self.evidence is None else round(self.evidence, 4),
-                "alert_kinds": list(self.alert_kinds),
+                "alert_kinds": list(self.alert_kinds), "settling": self.settling,
                 "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1)}
 
 
@@ -351,6 +352,7 @@ class Analyzer:
         if fault is not None:
             self._set_fault(fault, end)
             self.fault_seconds += self.hop / config.SAMPLE_RATE
+            self._anomaly.reset()  # the score's horizon does not reach across audio it could not judge
             return None
         self._clear_fault(end)
         level = self.explainer.measure(window)
@@ -364,7 +366,8 @@ class Analyzer:
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])
-        decision = self.decisions.update(t, label, confidence, ratio, probabilities)
+        settling = self._anomaly.settling  # the score's horizon just (re)started: no anomaly evidence yet
+        decision = self.decisions.update(t, label, confidence, ratio, probabilities, settling=settling)
         for event in decision.events:
             if event["event"] == "state" and event["to"] in self._normal_labels:
                 self._normal_state = event["to"]
@@ -372,8 +375,9 @@ class Analyzer:
                 name = self._machines[machine] if 0 <= machine < len(self._machines) else None
                 event["explanation"] = self.explainer.explain(name, self._normal_state)
         return WindowResult(t=t, label=label, confidence=confidence, anomaly=ratio,
-                            anomalous=ratio >= 1.0, state=decision.state, alert=decision.alert,
-                            inference_ms=inference_ms, latency_ms=latency_ms, gap_restarts=self.gap_restarts,
-                            events=decision.events, probabilities=probabilities, scores=scores, machine=int(machine),
+                            anomalous=ratio >= 1.0 and not settling, settling=settling, state=decision.state,
+                            alert=decision.alert, inference_ms=inference_ms, latency_ms=latency_ms,
+                            gap_restarts=self.gap_restarts, events=decision.events, probabilities=probabilities,
+                            scores=scores, machine=int(machine),
                             evidence=decision.evidence, alert_kinds=decision.kinds, embedding=embedding,
                             band_levels=prediction.band_levels, level_dbfs=level)

@@ -182,9 +182,11 @@ class Decisions:
     def kinds(self) -> list[str]:
         return ([UNKNOWN] if self.anomaly_active else []) + ([KNOWN] if self.known is not None else [])
 
-    def update(self, t: float, label: str, confidence: float, ratio: float, probabilities=None) -> Decision:
+    def update(self, t: float, label: str, confidence: float, ratio: float, probabilities=None,
+               settling: bool = False) -> Decision:
         """One window: its top label and confidence, anomaly ratio, and the head's probabilities (for the
-        known-fault evidence; without them no known-fault alert is possible)."""
+        known-fault evidence; without them no known-fault alert is possible). ``settling``: the anomaly score
+        is not yet one to count (its horizon starting): the anomaly rule skips the window."""
         events = []
         t = round(float(t), 3)
         change = self.states.update(label)
@@ -192,12 +194,15 @@ class Decisions:
             events.append({"event": "state", "t": t, "from": change[0], "to": change[1],
                            "confidence": round(float(confidence), 4)})
         state = self.states.state
-        self._recent.append(ratio >= 1.0)
-        if self.evidence is not None:
+        if settling:
+            change, level = None, self.evidence.level if self.evidence is not None else None
+        elif self.evidence is not None:
+            self._recent.append(ratio >= 1.0)
             change = self.evidence.update(ratio)
             level = self.evidence.level
             exceeding, of = sum(self._recent), RECENT
         else:
+            self._recent.append(ratio >= 1.0)
             change = self.n_of_m.update(ratio)
             level = None
             exceeding, of = self.n_of_m.exceeding(), self.n_of_m.m

@@ -56,7 +56,8 @@ def listen(settings: LoopSettings, seconds: float, classifier=None, out=None, st
         deadline = time.monotonic() + seconds * 3 + 10  # a live device delivers in real time
         while len(results) < need and not stop.is_set():
             if time.monotonic() > deadline:
-                raise FanwatchError(f"enrollment: {what} delivered too little audio in time")
+                why = f" (unusable input: {analyzer.first_fault})" if analyzer.first_fault else ""
+                raise FanwatchError(f"enrollment: {what} delivered too little usable audio in time{why}")
             try:
                 block = bq.get(timeout=0.2)
             except queue.Empty:
