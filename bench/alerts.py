@@ -97,15 +97,17 @@ def make_enrollment(session: dict, seconds: float, seed: int) -> np.ndarray:
 def model_outputs(classifier: runtime.SoundClassifier, signal: np.ndarray) -> dict:
     """Per-window outputs of the deployed model, the live loop's windows (hop 0.5 s)."""
     windows = audio.frame_windows(signal)
-    probs, scores, embs = [], [], []
+    probs, scores, embs, bands = [], [], [], []
     for w in windows:
         p = classifier.predict(w)
         probs.append(p.probabilities)
         scores.append(p.anomaly_scores)
         embs.append(p.embedding)
+        bands.append(p.band_levels)
     t = (np.arange(len(windows)) * config.HOP_SAMPLES + config.WINDOW_SAMPLES) / config.SAMPLE_RATE
     return {"t": t, "probabilities": np.asarray(probs, np.float32), "scores": np.asarray(scores, np.float32),
-            "embeddings": np.asarray(embs, np.float16), "rms": float(np.sqrt(np.mean(signal ** 2)))}
+            "embeddings": np.asarray(embs, np.float32), "bands": np.asarray(bands, np.float32),
+            "rms": float(np.sqrt(np.mean(signal ** 2)))}
 
 
 def cached(path: Path, make) -> dict:
@@ -120,9 +122,16 @@ def cached(path: Path, make) -> dict:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in out.items()}
 
 
-def ratios(classifier: runtime.SoundClassifier, scores: np.ndarray) -> np.ndarray:
-    """The live loop's per-window ratio (SoundClassifier.anomaly_ratio) for many windows at once."""
-    return np.array([classifier.anomaly_ratio(s) for s in scores])
+def ratios(classifier: runtime.SoundClassifier, out: dict) -> np.ndarray:
+    """The live loop's per-window ratio over one continuous stream of cached outputs: the deployed score
+    (SoundClassifier.anomaly_stream: the fused score's horizon runs over the stream)."""
+    stream = classifier.anomaly_stream()
+    rows = zip(out["probabilities"], out["scores"], out["embeddings"], out["bands"])
+    return np.array([stream.update(runtime.Prediction(p, s, e, b))[1] for p, s, e, b in rows])
+
+
+def _head(out: dict, n: int) -> dict:
+    return {k: out[k][:n] for k in ("probabilities", "scores", "embeddings", "bands")}
 
 
 def validation_streams(classifier: runtime.SoundClassifier, model_dir: Path) -> list[np.ndarray]:
@@ -134,7 +143,7 @@ def validation_streams(classifier: runtime.SoundClassifier, model_dir: Path) -> 
     for rec in split["val"]:
         if rec.normal:
             x = audio.load_audio(rec.path, channel=classifier.card.channel or "mean")
-            out.append(ratios(classifier, model_outputs(classifier, x)["scores"]))
+            out.append(ratios(classifier, model_outputs(classifier, x)))  # a fresh horizon per recording
     return [np.concatenate(out)] if out else []
 
 
@@ -227,7 +236,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     cache = work / "outputs" / sha
-    spec = f"c{args.cycles}_n{args.normal_s:g}_f{args.fault_s:g}"
+    spec = f"c{args.cycles}_n{args.normal_s:g}_f{args.fault_s:g}_v2"  # v2: band levels, float32 embeddings
     jobs = [(name, i) for name in SESSIONS for i in range(args.streams)]
     streams = {}
     started = time.time()
@@ -245,14 +254,15 @@ def main(argv=None) -> int:
     longest = max(args.enroll_s)
     for name in SESSIONS:
         seed = 99 + 1000 * (list(SESSIONS).index(name) + 1)
-        enrollment[name] = cached(cache / f"{name}_enroll_{longest:g}.npz",
+        enrollment[name] = cached(cache / f"{name}_enroll_{longest:g}_v2.npz",
                                   lambda name=name, seed=seed: model_outputs(
                                       classifier, make_enrollment(SESSIONS[name], longest, seed)))
     print(f"model outputs ready ({time.time() - started:.0f} s)")
 
     calibrated = evidence.EvidenceRule.from_dict((card.get("alerts") or {}).get("rule"))
     val_streams = validation_streams(classifier, model.parent)
-    stream_ratios = {key: ratios(classifier, out["scores"]) for key, out in streams.items()}
+    stream_ratios = {key: ratios(classifier, out) for key, out in streams.items()}
+    settle = classifier.anomaly_stream().settle_windows  # the live loop's alert rules skip a stream's first
 
     def replay(key, raises) -> dict:
         out = streams[key]
@@ -277,7 +287,7 @@ def main(argv=None) -> int:
         conf = probs.max(axis=1)
         raised = []
         for i, (label, c, ratio) in enumerate(zip(labels, conf, r)):
-            for e in d.update(out["t"][i], label, c, ratio, probs[i]).events:
+            for e in d.update(out["t"][i], label, c, ratio, probs[i], settling=i < settle).events:
                 if e["event"] == "alert_raised" and e["kind"] in kinds:
                     raised.append(i)
         return raised
@@ -330,7 +340,7 @@ def main(argv=None) -> int:
 
             try:
                 site_model = site.enroll(classifier, e["embeddings"][:n].astype(np.float32),
-                                         ratios(classifier, e["scores"][:n]), e["probabilities"][:n],
+                                         ratios(classifier, _head(e, n)), e["probabilities"][:n],
                                          rms=float(e["rms"]), model_sha256="bench", force=True)
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")

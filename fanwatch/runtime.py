@@ -268,6 +268,7 @@ class StatelessAnomaly:
         self.classifier = classifier
 
     settling = False  # one window is the whole score
+    settle_windows = 0
 
     def reset(self) -> None:
         pass

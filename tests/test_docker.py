@@ -93,10 +93,11 @@ def artifacts(request) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(artifacts, tmp_path_factory) -> Path:
-    """The model's two files in a world-readable folder, for mounting into the container."""
+    """The model and what the runtime reads beside it, in a world-readable folder, for mounting into the container."""
     folder = tmp_path_factory.mktemp("model")
-    for name in ("sound_classifier.tflite", "model_card.json"):
-        _readable_copy(artifacts / name, folder)
+    for name in ("sound_classifier.tflite", "model_card.json", "anomaly_scorer.npz", "band_profile.json"):
+        if (artifacts / name).is_file() or name in ("sound_classifier.tflite", "model_card.json"):
+            _readable_copy(artifacts / name, folder)  # and what the runtime reads beside the model
     return folder
 
 
