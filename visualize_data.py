@@ -14,21 +14,36 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(
         description="Plot the YAMNet window embeddings of a dataset in 2-D (PCA of all windows, t-SNE of a "
-                    "stratified subsample), coloured by label, and print the silhouette score by label. "
-                    "Uses the embedding cache that train.py fills.")
-    p.add_argument("--data", type=Path, default=Path("data"),
-                   help="recordings folder (folder per class, MIMII or DCASE layout); default data/")
-    p.add_argument("--out", type=Path, default=Path("artifacts") / "visualize",
-                   help="output folder (default artifacts/visualize)")
-    p.add_argument("--layout", default="auto", choices=["auto", *datasets.LAYOUTS],
-                   help="dataset layout (default: detected)")
-    p.add_argument("--tsne-max", type=int, default=visualize.DEFAULT_TSNE_MAX, metavar="N",
-                   help=f"at most about N windows for t-SNE and the silhouette score, subsampled stratified by "
-                        f"label (default {visualize.DEFAULT_TSNE_MAX})")
+        "stratified subsample), coloured by label, and print the silhouette score by label. "
+        "Uses the embedding cache that train.py fills."
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("data"),
+        help="recordings folder (folder per class, MIMII or DCASE layout); default data/",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("artifacts") / "visualize", help="output folder (default artifacts/visualize)"
+    )
+    p.add_argument(
+        "--layout", default="auto", choices=["auto", *datasets.LAYOUTS], help="dataset layout (default: detected)"
+    )
+    p.add_argument(
+        "--tsne-max",
+        type=int,
+        default=visualize.DEFAULT_TSNE_MAX,
+        metavar="N",
+        help=f"at most about N windows for t-SNE and the silhouette score, subsampled stratified by "
+        f"label (default {visualize.DEFAULT_TSNE_MAX})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the subsample, PCA and t-SNE (default 0)")
-    p.add_argument("--quantization", default=export.DEFAULT_QUANTIZATION, choices=export.QUANTIZATIONS,
-                   help="front end whose embeddings are shown (default: the training default, so the cache "
-                        "is reused)")
+    p.add_argument(
+        "--quantization",
+        default=export.DEFAULT_QUANTIZATION,
+        choices=export.QUANTIZATIONS,
+        help="front end whose embeddings are shown (default: the training default, so the cache is reused)",
+    )
     cli.add_common(p)
     return p.parse_args(argv)
 
@@ -39,11 +54,21 @@ def main(argv=None) -> None:
     with cli.user_errors():
         from fanwatch import visualize
 
-        visualize.visualize(visualize.VisualizeSettings(
-            data=args.data, out=args.out, layout=args.layout, tsne_max=args.tsne_max, seed=args.seed,
-            quantization=args.quantization, yamnet=args.yamnet, cache=args.cache, channel=args.channel,
-            workers=args.workers, progress=not args.no_progress,
-        ))
+        visualize.visualize(
+            visualize.VisualizeSettings(
+                data=args.data,
+                out=args.out,
+                layout=args.layout,
+                tsne_max=args.tsne_max,
+                seed=args.seed,
+                quantization=args.quantization,
+                yamnet=args.yamnet,
+                cache=args.cache,
+                channel=args.channel,
+                workers=args.workers,
+                progress=not args.no_progress,
+            )
+        )
 
 
 if __name__ == "__main__":

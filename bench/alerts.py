@@ -61,8 +61,8 @@ def session_audio(kind: str, seconds: float, seed, session: dict) -> np.ndarray:
         f0 = session["hum_hz"] * (1 + 0.002 * np.sin(2 * np.pi * 0.05 * t))  # a slow wobble, like a real motor
         phase = 2 * np.pi * np.cumsum(f0) / config.SAMPLE_RATE
         hum = sum(np.sin(k * phase + k) / k for k in range(1, 6)).astype(np.float32)
-        level = np.sqrt(np.mean(x ** 2)) * 10 ** (session["hum_db"] / 20.0)
-        x = x + hum * (level / np.sqrt(np.mean(hum ** 2)))
+        level = np.sqrt(np.mean(x**2)) * 10 ** (session["hum_db"] / 20.0)
+        x = x + hum * (level / np.sqrt(np.mean(hum**2)))
     x = x * 10 ** (session["gain_db"] / 20.0)
     return np.clip(x, -1.0, 1.0).astype(np.float32)
 
@@ -105,9 +105,14 @@ def model_outputs(classifier: runtime.SoundClassifier, signal: np.ndarray) -> di
         embs.append(p.embedding)
         bands.append(p.band_levels)
     t = (np.arange(len(windows)) * config.HOP_SAMPLES + config.WINDOW_SAMPLES) / config.SAMPLE_RATE
-    return {"t": t, "probabilities": np.asarray(probs, np.float32), "scores": np.asarray(scores, np.float32),
-            "embeddings": np.asarray(embs, np.float32), "bands": np.asarray(bands, np.float32),
-            "rms": float(np.sqrt(np.mean(signal ** 2)))}
+    return {
+        "t": t,
+        "probabilities": np.asarray(probs, np.float32),
+        "scores": np.asarray(scores, np.float32),
+        "embeddings": np.asarray(embs, np.float32),
+        "bands": np.asarray(bands, np.float32),
+        "rms": float(np.sqrt(np.mean(signal**2))),
+    }
 
 
 def cached(path: Path, make) -> dict:
@@ -174,8 +179,13 @@ def by_fault(replays: list[dict], kinds: list[list[str]]) -> dict:
         per = []
         for rep, ks in zip(replays, kinds):
             faults = [f for f, k in zip(rep["faults"], ks) if k == kind]
-            per.append({"seconds": rep["seconds"], "faults": faults,
-                        "raised": [t for t in rep["raised"] if any(a < t <= b + 1 for a, b in faults)]})
+            per.append(
+                {
+                    "seconds": rep["seconds"],
+                    "faults": faults,
+                    "raised": [t for t in rep["raised"] if any(a < t <= b + 1 for a, b in faults)],
+                }
+            )
         m = evidence.stream_metrics(per, horizon_s=15.0)
         out[kind] = {k: m[k] for k in ("fault_streams", "share_alerted_within_horizon", "median_time_to_alert_s")}
     return out
@@ -203,11 +213,26 @@ def train_model(work: Path, args) -> Path:
     data = work / "data"
     if not (data / synth.MANIFEST_NAME).is_file():
         print(f"synthetic training data -> {data}")
-        synth.generate_dataset(data, layout="folders", seed=args.seed, seconds=10.0, files_per_state=40,
-                               files_per_fault=10, progress=not args.no_progress)
-    training.train(training.TrainSettings(data=data, out=model_dir, seed=args.seed, cache=str(work / "cache"),
-                                          false_alerts_per_day=args.false_alerts_per_day, workers=1,
-                                          progress=not args.no_progress))
+        synth.generate_dataset(
+            data,
+            layout="folders",
+            seed=args.seed,
+            seconds=10.0,
+            files_per_state=40,
+            files_per_fault=10,
+            progress=not args.no_progress,
+        )
+    training.train(
+        training.TrainSettings(
+            data=data,
+            out=model_dir,
+            seed=args.seed,
+            cache=str(work / "cache"),
+            false_alerts_per_day=args.false_alerts_per_day,
+            workers=1,
+            progress=not args.no_progress,
+        )
+    )
     return model_dir
 
 
@@ -222,8 +247,13 @@ def main(argv=None) -> int:
     p.add_argument("--fault-s", type=float, default=30.0)
     p.add_argument("--enroll-s", type=float, nargs="+", default=[30.0, 60.0, 120.0])
     p.add_argument("--false-alerts-per-day", type=float, default=evidence.DEFAULT_FALSE_ALERTS_PER_DAY)
-    p.add_argument("--equal-false-alerts", type=int, nargs="+", default=[1, 4],
-                   help="compare the rule families at these numbers of false alerts on all test streams")
+    p.add_argument(
+        "--equal-false-alerts",
+        type=int,
+        nargs="+",
+        default=[1, 4],
+        help="compare the rule families at these numbers of false alerts on all test streams",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
@@ -254,9 +284,10 @@ def main(argv=None) -> int:
     longest = max(args.enroll_s)
     for name in SESSIONS:
         seed = 99 + 1000 * (list(SESSIONS).index(name) + 1)
-        enrollment[name] = cached(cache / f"{name}_enroll_{longest:g}_v2.npz",
-                                  lambda name=name, seed=seed: model_outputs(
-                                      classifier, make_enrollment(SESSIONS[name], longest, seed)))
+        enrollment[name] = cached(
+            cache / f"{name}_enroll_{longest:g}_v2.npz",
+            lambda name=name, seed=seed: model_outputs(classifier, make_enrollment(SESSIONS[name], longest, seed)),
+        )
     print(f"model outputs ready ({time.time() - started:.0f} s)")
 
     calibrated = evidence.EvidenceRule.from_dict((card.get("alerts") or {}).get("rule"))
@@ -266,22 +297,27 @@ def main(argv=None) -> int:
 
     def replay(key, raises) -> dict:
         out = streams[key]
-        return {"seconds": float(out["seconds"]), "raised": [float(out["t"][i]) for i in raises],
-                "faults": json.loads(out["faults"])}
+        return {
+            "seconds": float(out["seconds"]),
+            "raised": [float(out["t"][i]) for i in raises],
+            "faults": json.loads(out["faults"]),
+        }
 
     def cusum_raises(r, rule):
         return [i for i, e in evidence.alert_events(r, rule, HOP_S) if e == "raised"]
 
     n_of_m_scale = calibrate_n_of_m(val_streams, 3, 4, HOP_S, args.false_alerts_per_day)
     fault_labels = live_decisions.anomalous_labels(card)
-    known_rule = evidence.EvidenceRule.from_dict(((card.get("alerts") or {}).get("known_fault") or {}).get("rule")
-                                                 or live_decisions.KNOWN_FAULT_DEFAULTS)
+    known_rule = evidence.EvidenceRule.from_dict(
+        ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or live_decisions.KNOWN_FAULT_DEFAULTS
+    )
 
     def live(key, r, kinds=(live_decisions.UNKNOWN,)):
         """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs."""
         out = streams[key]
-        d = live_decisions.Decisions(calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels,
-                               known_rule=known_rule)
+        d = live_decisions.Decisions(
+            calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels, known_rule=known_rule
+        )
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
         conf = probs.max(axis=1)
@@ -292,14 +328,22 @@ def main(argv=None) -> int:
                     raised.append(i)
         return raised
 
-    deployed = {"3 of 4, threshold x scale for the target (val)": lambda k, r: n_of_m_raises(r, 3, 4, n_of_m_scale),
-                "3 of 4 (today's default)": lambda k, r: n_of_m_raises(r, 3, 4, 1.0),
-                "cusum (model card)": lambda k, r: live(k, r),
-                "known fault (head state) only": lambda k, r: live(k, r, (live_decisions.KNOWN,)),
-                "cusum + known fault": lambda k, r: live(k, r, (live_decisions.UNKNOWN, live_decisions.KNOWN))}
-    results = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "model": str(model), "sessions": SESSIONS, "card_alerts": card.get("alerts"),
-               "n_of_m_threshold_scale": n_of_m_scale, "figures": {}, "equal_false_alerts": {}}
+    deployed = {
+        "3 of 4, threshold x scale for the target (val)": lambda k, r: n_of_m_raises(r, 3, 4, n_of_m_scale),
+        "3 of 4 (today's default)": lambda k, r: n_of_m_raises(r, 3, 4, 1.0),
+        "cusum (model card)": lambda k, r: live(k, r),
+        "known fault (head state) only": lambda k, r: live(k, r, (live_decisions.KNOWN,)),
+        "cusum + known fault": lambda k, r: live(k, r, (live_decisions.UNKNOWN, live_decisions.KNOWN)),
+    }
+    results = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": str(model),
+        "sessions": SESSIONS,
+        "card_alerts": card.get("alerts"),
+        "n_of_m_threshold_scale": n_of_m_scale,
+        "figures": {},
+        "equal_false_alerts": {},
+    }
     rows = []
     for rule_name, fn in deployed.items():
         for name in SESSIONS:
@@ -316,17 +360,19 @@ def main(argv=None) -> int:
     families = {
         "3 of 4 (scale)": lambda r, x: n_of_m_raises(r, 3, 4, x),
         "cusum": lambda r, x: cusum_raises(r, replace(calibrated, threshold=x)),
-        "moving mean 4 s": lambda r, x: cusum_raises(r, replace(calibrated, method="mean", horizon_s=4.0,
-                                                                 threshold=x)),
-        "moving mean 8 s": lambda r, x: cusum_raises(r, replace(calibrated, method="mean", horizon_s=8.0,
-                                                                 threshold=x)),
+        "moving mean 4 s": lambda r, x: cusum_raises(r, replace(calibrated, method="mean", horizon_s=4.0, threshold=x)),
+        "moving mean 8 s": lambda r, x: cusum_raises(r, replace(calibrated, method="mean", horizon_s=8.0, threshold=x)),
     }
     keys = list(streams)
     normal_hours = evidence.stream_metrics([replay(k, []) for k in keys])["normal_hours"]
     for budget in args.equal_false_alerts:
         for fam, fn in families.items():
-            x = equal_rate_threshold(lambda x, fn=fn: evidence.stream_metrics(
-                [replay(k, fn(stream_ratios[k], x)) for k in keys])["false_alerts"], budget)
+            x = equal_rate_threshold(
+                lambda x, fn=fn: evidence.stream_metrics([replay(k, fn(stream_ratios[k], x)) for k in keys])[
+                    "false_alerts"
+                ],
+                budget,
+            )
             m = evidence.stream_metrics([replay(k, fn(stream_ratios[k], x)) for k in keys], horizon_s=15.0)
             m["threshold"] = x
             results["equal_false_alerts"][f"{fam} | {budget} false alerts in {normal_hours:.2f} h"] = m
@@ -339,15 +385,30 @@ def main(argv=None) -> int:
             from fanwatch import site
 
             try:
-                site_model = site.enroll(classifier, e["embeddings"][:n].astype(np.float32),
-                                         ratios(classifier, _head(e, n)), e["probabilities"][:n],
-                                         rms=float(e["rms"]), model_sha256="bench", force=True)
+                site_model = site.enroll(
+                    classifier,
+                    e["embeddings"][:n].astype(np.float32),
+                    ratios(classifier, _head(e, n)),
+                    e["probabilities"][:n],
+                    rms=float(e["rms"]),
+                    model_sha256="bench",
+                    force=True,
+                )
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")
                 continue
-            per = [replay((name, i), cusum_raises(site_model.adjust_many(
-                streams[(name, i)]["embeddings"].astype(np.float32), stream_ratios[(name, i)]), site_model.rule))
-                for i in range(args.streams)]
+            per = [
+                replay(
+                    (name, i),
+                    cusum_raises(
+                        site_model.adjust_many(
+                            streams[(name, i)]["embeddings"].astype(np.float32), stream_ratios[(name, i)]
+                        ),
+                        site_model.rule,
+                    ),
+                )
+                for i in range(args.streams)
+            ]
             m = evidence.stream_metrics(per, horizon_s=15.0)
             m["site_threshold"] = site_model.rule.threshold
             results["figures"][f"cusum + enrollment {seconds:g} s | {name}"] = m
@@ -355,15 +416,21 @@ def main(argv=None) -> int:
 
     for key, m in results["figures"].items():
         if "by_fault" in m and key.startswith("cusum + known"):
-            print(key, {k: (v["share_alerted_within_horizon"], v["median_time_to_alert_s"])
-                        for k, v in m["by_fault"].items()})
-    print(f"\n{'rule':40s} {'session':26s} {'enroll':>6s} {'normal h':>8s} {'false':>5s} {'per h':>6s} "
-          f"{'faults':>7s} {'<=15 s':>7s} {'median':>7s} {'p95':>6s}")
+            print(
+                key,
+                {k: (v["share_alerted_within_horizon"], v["median_time_to_alert_s"]) for k, v in m["by_fault"].items()},
+            )
+    print(
+        f"\n{'rule':40s} {'session':26s} {'enroll':>6s} {'normal h':>8s} {'false':>5s} {'per h':>6s} "
+        f"{'faults':>7s} {'<=15 s':>7s} {'median':>7s} {'p95':>6s}"
+    )
     for rule_name, name, enroll, m in rows:
-        print(f"{rule_name:40s} {name:26s} {enroll:>6s} {m['normal_hours']:8.2f} {m['false_alerts']:5d} "
-              f"{m['false_alerts_per_hour']:6.2f} {m['faults_alerted']:3d}/{m['fault_streams']:<3d} "
-              f"{m['share_alerted_within_horizon']:7.1%} {_s(m['median_time_to_alert_s']):>7s} "
-              f"{_s(m['p95_time_to_alert_s']):>6s}")
+        print(
+            f"{rule_name:40s} {name:26s} {enroll:>6s} {m['normal_hours']:8.2f} {m['false_alerts']:5d} "
+            f"{m['false_alerts_per_hour']:6.2f} {m['faults_alerted']:3d}/{m['fault_streams']:<3d} "
+            f"{m['share_alerted_within_horizon']:7.1%} {_s(m['median_time_to_alert_s']):>7s} "
+            f"{_s(m['p95_time_to_alert_s']):>6s}"
+        )
     write_results("alerts", results, args.out)
     return 0
 

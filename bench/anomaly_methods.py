@@ -42,15 +42,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 _REPO = Path(__file__).resolve().parents[1]
 # ../shared/realdata beside the repository (a worktree sits one level deeper)
-REAL = next((p for p in (_REPO.parent / "shared" / "realdata", _REPO.parent.parent / "shared" / "realdata")
-             if p.is_dir()), _REPO.parent / "shared" / "realdata")
+REAL = next(
+    (p for p in (_REPO.parent / "shared" / "realdata", _REPO.parent.parent / "shared" / "realdata") if p.is_dir()),
+    _REPO.parent / "shared" / "realdata",
+)
 MIMII_GROUPS = {
     "fan": (["fan.00.normal.00000000.wav", "fn444.wav"], ["fab969.wav"]),
     "pump": (["pump.00.normal.00000000.wav", "pn113.wav"], ["pab403.wav"]),
     "slider": (["slider.00.normal.00000000.wav", "sn576.wav"], ["sab18.wav"]),
-    "valve": (["vavle.00.normal.00000000.wav", "vavle.00.normal.00000023.wav", "vn421.wav",
-               "valve_id00_n_00000117.wav", "valve_id06_n_00000048.wav"],
-              ["vab291.wav", "valve_id06_abn_00000008.wav"]),
+    "valve": (
+        [
+            "vavle.00.normal.00000000.wav",
+            "vavle.00.normal.00000023.wav",
+            "vn421.wav",
+            "valve_id00_n_00000117.wav",
+            "valve_id06_n_00000048.wav",
+        ],
+        ["vab291.wav", "valve_id06_abn_00000008.wav"],
+    ),
 }
 BASELINES = ("loudness", "ltas")
 METHODS = ("loudness", "ltas", "yamnet_knn", "fused", "emb_h8", "shape_h8", "fused+level", "fused_closest")
@@ -72,9 +81,12 @@ class Files:
             emb, bands = self.extractor.file_features(path)
             sig = audio.load_audio(path, channel=self.extractor.channel)
             wins = audio.frame_windows(sig)
-            self.memo[key] = {"emb": emb, "bands": bands,
-                              "clip": {b: baselines.clip_features(b, sig) for b in BASELINES},
-                              "win": {b: np.stack([baselines.clip_features(b, w) for w in wins]) for b in BASELINES}}
+            self.memo[key] = {
+                "emb": emb,
+                "bands": bands,
+                "clip": {b: baselines.clip_features(b, sig) for b in BASELINES},
+                "win": {b: np.stack([baselines.clip_features(b, w) for w in wins]) for b in BASELINES},
+            }
         return self.memo[key]
 
 
@@ -100,20 +112,34 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         machines = np.concatenate([[m] * len(f["emb"]) for m in names for f in train[m]])
         model = anomaly.fit(emb, machines, np.ones(len(emb), bool), "knn")
         # a machine not in training: the smallest score over the known machines (the earlier rule)
-        win_s = [model.score(f["emb"])[:, model.machines.index(m)] if m in model.machines
-                 else model.score(f["emb"]).min(axis=1) for m, f in test]
+        win_s = [
+            model.score(f["emb"])[:, model.machines.index(m)]
+            if m in model.machines
+            else model.score(f["emb"]).min(axis=1)
+            for m, f in test
+        ]
         return np.array([w.mean() for w in win_s]), win_s
     name, _, horizon = method.partition("@h")
     closest = name == "fused_closest"  # unknown machines by the earlier rule: smallest over the known machines
-    weights = {"fused": scorer.DEFAULT_WEIGHTS, "fused_closest": scorer.DEFAULT_WEIGHTS,
-               "emb_h8": {"embedding": 1.0}, "shape_h8": {"shape": 1.0},
-               "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5}}.get(name)
+    weights = {
+        "fused": scorer.DEFAULT_WEIGHTS,
+        "fused_closest": scorer.DEFAULT_WEIGHTS,
+        "emb_h8": {"embedding": 1.0},
+        "shape_h8": {"shape": 1.0},
+        "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5},
+    }.get(name)
     if weights is None:  # "embedding:2,shape:1@h4"
         weights = scorer.parse_components(name)
-    sc = scorer.Scorer.fit({m: [(f["emb"], f["bands"]) for f in fs] for m, fs in train.items()},
-                           scorer.ScoreConfig(weights=dict(weights), horizon=int(horizon or scorer.DEFAULT_HORIZON)))
-    win_s = [np.min([sc.score_file(k, f["emb"], f["bands"]) for k in sc.machines], axis=0)
-             if closest and m not in sc.machines else sc.score_file(m, f["emb"], f["bands"]) for m, f in test]
+    sc = scorer.Scorer.fit(
+        {m: [(f["emb"], f["bands"]) for f in fs] for m, fs in train.items()},
+        scorer.ScoreConfig(weights=dict(weights), horizon=int(horizon or scorer.DEFAULT_HORIZON)),
+    )
+    win_s = [
+        np.min([sc.score_file(k, f["emb"], f["bands"]) for k in sc.machines], axis=0)
+        if closest and m not in sc.machines
+        else sc.score_file(m, f["emb"], f["bands"])
+        for m, f in test
+    ]
     return np.array([w.mean() for w in win_s]), win_s
 
 
@@ -126,21 +152,41 @@ def measure(train: dict, test: list, normal: np.ndarray, methods=METHODS) -> dic
         fs, ws = scores_for(method, train, test)
         wn = np.concatenate([w for w, n in zip(ws, normal) if n])
         wa = np.concatenate([w for w, n in zip(ws, normal) if not n])
-        out[method] = {"file_auc": roc_auc(fs[normal], fs[~normal]), "file_pauc": pauc_dcase(fs[normal], fs[~normal]),
-                       "window_auc": roc_auc(wn, wa), "window_pauc": pauc_dcase(wn, wa)}
+        out[method] = {
+            "file_auc": roc_auc(fs[normal], fs[~normal]),
+            "file_pauc": pauc_dcase(fs[normal], fs[~normal]),
+            "window_auc": roc_auc(wn, wa),
+            "window_pauc": pauc_dcase(wn, wa),
+        }
     return out
 
 
-def synthetic_session_splits(files: Files, root: Path, seeds: int, snrs: list[float], files_per_state: int,
-                             files_per_fault: int, sessions: int, seconds: float):
+def synthetic_session_splits(
+    files: Files,
+    root: Path,
+    seeds: int,
+    snrs: list[float],
+    files_per_state: int,
+    files_per_fault: int,
+    sessions: int,
+    seconds: float,
+):
     from fanwatch import datasets, synth
 
     for snr in snrs:
         for seed in range(seeds):
             path = root / f"sessions-snr{snr:g}-seed{seed}"
-            synth.generate_dataset(path, layout="dcase", seed=300 + seed, seconds=seconds, snr_db=snr,
-                                   files_per_state=files_per_state, files_per_fault=files_per_fault,
-                                   progress=False, sessions=sessions)
+            synth.generate_dataset(
+                path,
+                layout="dcase",
+                seed=300 + seed,
+                seconds=seconds,
+                snr_db=snr,
+                files_per_state=files_per_state,
+                files_per_fault=files_per_fault,
+                progress=False,
+                sessions=sessions,
+            )
             recs = datasets.scan(path)
             train, test = {}, []
             for r in recs:
@@ -151,24 +197,35 @@ def synthetic_session_splits(files: Files, root: Path, seeds: int, snrs: list[fl
             yield f"synthetic sessions {snr:+g} dB", f"seed {seed}", train, test
 
 
-def synthetic_unknown_machine_splits(files: Files, root: Path, seeds: int, files_per_state: int,
-                                     files_per_fault: int, sessions: int, seconds: float):
+def synthetic_unknown_machine_splits(
+    files: Files, root: Path, seeds: int, files_per_state: int, files_per_fault: int, sessions: int, seconds: float
+):
     """Three machine ids; each in turn is left out of training and tested as a machine the model does not know."""
     from fanwatch import datasets, synth
 
     for seed in range(seeds):
         path = root / f"unknown-seed{seed}"
-        synth.generate_dataset(path, layout="dcase", seed=500 + seed, seconds=seconds, snr_db=6.0,
-                               files_per_state=files_per_state, files_per_fault=files_per_fault, progress=False,
-                               sessions=sessions, machine_ids=("id_00", "id_02", "id_04"))
+        synth.generate_dataset(
+            path,
+            layout="dcase",
+            seed=500 + seed,
+            seconds=seconds,
+            snr_db=6.0,
+            files_per_state=files_per_state,
+            files_per_fault=files_per_fault,
+            progress=False,
+            sessions=sessions,
+            machine_ids=("id_00", "id_02", "id_04"),
+        )
         recs = datasets.scan(path)
         for left_out in ("fan/id_00", "fan/id_02", "fan/id_04"):
             train = {}
             for r in recs:
                 if r.subset == "train" and r.machine != left_out:
                     train.setdefault(r.machine, []).append(files.get(r.path))
-            test = [("unknown", files.get(r.path), r.normal) for r in recs
-                    if r.subset == "test" and r.machine == left_out]
+            test = [
+                ("unknown", files.get(r.path), r.normal) for r in recs if r.subset == "test" and r.machine == left_out
+            ]
             yield "synthetic unknown machine +6 dB", f"seed {seed}, {left_out} unknown", train, test
 
 
@@ -176,8 +233,16 @@ def synthetic_per_file_split(files: Files, root: Path, seconds: float):
     from fanwatch import datasets, synth
 
     path = root / "perfile"
-    synth.generate_dataset(path, layout="mimii", seed=100, seconds=seconds, snr_db=6.0, files_per_state=24,
-                           files_per_fault=12, progress=False)
+    synth.generate_dataset(
+        path,
+        layout="mimii",
+        seed=100,
+        seconds=seconds,
+        snr_db=6.0,
+        files_per_state=24,
+        files_per_fault=12,
+        progress=False,
+    )
     splits = datasets.split_recordings(datasets.scan(path), seed=0)
     train = {}
     for r in splits["train"]:
@@ -220,9 +285,12 @@ def main() -> None:
     p.add_argument("--files-per-fault", type=int, default=15, help="synthetic test files of each label per machine")
     p.add_argument("--real", default=str(REAL), help="folder of the real clip sets (../shared/realdata)")
     p.add_argument("--no-synthetic", action="store_true")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help="comma-separated; besides the named ones, scorer variants like 'embedding:2+shape:1@h4' "
-                        "(components joined by +, @h horizon)")
+    p.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated; besides the named ones, scorer variants like 'embedding:2+shape:1@h4' "
+        "(components joined by +, @h horizon)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args()
     methods = [m.replace("+", ",") if ":" in m else m for m in args.methods.split(",")]
@@ -238,50 +306,87 @@ def main() -> None:
         sources = []
         if not args.no_synthetic:
             snrs = [float(s) for s in args.snrs.split(",")]
-            sources.append(synthetic_session_splits(files, Path(tmp), args.seeds, snrs,
-                                                    args.files_per_state, args.files_per_fault, args.sessions,
-                                                    args.seconds))
+            sources.append(
+                synthetic_session_splits(
+                    files,
+                    Path(tmp),
+                    args.seeds,
+                    snrs,
+                    args.files_per_state,
+                    args.files_per_fault,
+                    args.sessions,
+                    args.seconds,
+                )
+            )
             sources.append(synthetic_per_file_split(files, Path(tmp), args.seconds))
-            sources.append(synthetic_unknown_machine_splits(files, Path(tmp), 1, args.files_per_state,
-                                                            args.files_per_fault, args.sessions, args.seconds))
+            sources.append(
+                synthetic_unknown_machine_splits(
+                    files, Path(tmp), 1, args.files_per_state, args.files_per_fault, args.sessions, args.seconds
+                )
+            )
         sources.append(real_splits(files, Path(args.real)))
         with tqdm(desc="splits", unit="split") as bar:
             for source in sources:
                 for group, member, train, test in source:
                     normal = np.array([n for _, _, n in test], bool)
                     result = measure(train, [(m, f) for m, f, _ in test], normal, methods)
-                    rows.append({"group": group, "split": member, "train_files": sum(len(v) for v in train.values()),
-                                 "test_normal": int(normal.sum()), "test_anomalous": int((~normal).sum()),
-                                 "methods": result})
+                    rows.append(
+                        {
+                            "group": group,
+                            "split": member,
+                            "train_files": sum(len(v) for v in train.values()),
+                            "test_normal": int(normal.sum()),
+                            "test_anomalous": int((~normal).sum()),
+                            "methods": result,
+                        }
+                    )
                     bar.update(1)
 
     groups = list(dict.fromkeys(r["group"] for r in rows))
     summary = {}
     for g in groups:
         members = [r for r in rows if r["group"] == g]
-        summary[g] = {m: {k: float(np.mean([r["methods"][m][k] for r in members if r["methods"][m][k] is not None]))
-                          for k in ("file_auc", "file_pauc", "window_auc", "window_pauc")} for m in methods}
+        summary[g] = {
+            m: {
+                k: float(np.mean([r["methods"][m][k] for r in members if r["methods"][m][k] is not None]))
+                for k in ("file_auc", "file_pauc", "window_auc", "window_pauc")
+            }
+            for m in methods
+        }
         summary[g]["splits"] = len(members)
     print("\nmean over the splits of each group: file AUC / file pAUC / window AUC / window pAUC")
     head = f"{'method':12s}" + "".join(f" | {g[:30]:30s}" for g in groups)
     print(head)
     for m in methods:
-        print(f"{m[:12]:12s}" + "".join(f" | {summary[g][m]['file_auc']:.3f} {summary[g][m]['file_pauc']:.3f} "
-                                    f"{summary[g][m]['window_auc']:.3f} {summary[g][m]['window_pauc']:.3f}   "
-                                    for g in groups))
+        print(
+            f"{m[:12]:12s}"
+            + "".join(
+                f" | {summary[g][m]['file_auc']:.3f} {summary[g][m]['file_pauc']:.3f} "
+                f"{summary[g][m]['window_auc']:.3f} {summary[g][m]['window_pauc']:.3f}   "
+                for g in groups
+            )
+        )
     verdict = {}
     if NEW not in methods:
-        write_results("anomaly_methods", {"settings": vars(args), "methods": methods, "summary": summary,
-                                          "rows": rows}, args.out)
+        write_results(
+            "anomaly_methods", {"settings": vars(args), "methods": methods, "summary": summary, "rows": rows}, args.out
+        )
         return
     print(f"\n{NEW} against every baseline (loudness, ltas, yamnet_knn), file and window AUC:")
     for g in groups:
-        lost = [f"{b} {k}" for b in ("loudness", "ltas", "yamnet_knn") for k in ("file_auc", "window_auc")
-                if summary[g][NEW][k] < summary[g][b][k] - 1e-9]
+        lost = [
+            f"{b} {k}"
+            for b in ("loudness", "ltas", "yamnet_knn")
+            for k in ("file_auc", "window_auc")
+            if summary[g][NEW][k] < summary[g][b][k] - 1e-9
+        ]
         verdict[g] = {"beats_or_ties_all": not lost, "behind": lost}
         print(f"  {g:36s} {'beats or ties all' if not lost else 'behind on ' + ', '.join(lost)}")
-    write_results("anomaly_methods", {"settings": vars(args), "methods": methods, "summary": summary,
-                                      "verdict": verdict, "rows": rows}, args.out)
+    write_results(
+        "anomaly_methods",
+        {"settings": vars(args), "methods": methods, "summary": summary, "verdict": verdict, "rows": rows},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -60,15 +60,25 @@ def main() -> None:
     print(f"{len(recs)} files, {windows} windows of {config.WINDOW_SAMPLES} samples, {args.quantization} front end")
     for w in (1, 2):
         print(f"  {w} worker(s): {best[w]:7.0f} windows/s (runs: {', '.join(f'{r:.0f}' for r in runs[w])})")
-    print(f"  2 workers / 1 worker: {best[2] / best[1]:.2f}x; goal >= 1000 windows/s on 2 cores: "
-          f"{'met' if best[2] >= 1000 else 'NOT met'}")
+    print(
+        f"  2 workers / 1 worker: {best[2] / best[1]:.2f}x; goal >= 1000 windows/s on 2 cores: "
+        f"{'met' if best[2] >= 1000 else 'NOT met'}"
+    )
     print(f"  second run from the cache: {cached_s:.2f} s for all {len(recs)} files")
-    write_results("embeddings", {
-        "settings": vars(args), "files": len(recs), "windows": windows,
-        "windows_per_second": {str(k): v for k, v in best.items()},
-        "runs": {str(k): v for k, v in runs.items()},
-        "speedup_2_over_1": best[2] / best[1], "cached_run_seconds": cached_s, "goal_windows_per_second": 1000,
-    }, args.out)
+    write_results(
+        "embeddings",
+        {
+            "settings": vars(args),
+            "files": len(recs),
+            "windows": windows,
+            "windows_per_second": {str(k): v for k, v in best.items()},
+            "runs": {str(k): v for k, v in runs.items()},
+            "speedup_2_over_1": best[2] / best[1],
+            "cached_run_seconds": cached_s,
+            "goal_windows_per_second": 1000,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ def _invoker(path: Path, threads: int):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--model", type=Path, default=REPO / "artifacts" / "sound_classifier.tflite",
-                   help="exported model; if missing, a small one is trained on synthetic data first")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=REPO / "artifacts" / "sound_classifier.tflite",
+        help="exported model; if missing, a small one is trained on synthetic data first",
+    )
     p.add_argument("--yamnet", default=None)
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (1 = one Pi core)")
     p.add_argument("--rounds", type=int, default=400, help="timed invocations per model")
@@ -60,10 +64,12 @@ def main() -> None:
 
         tmp = Path(tempfile.mkdtemp(prefix="fanwatch-bench-"))
         print(f"{model_path} not found: training a small synthetic model in {tmp}")
-        synth.generate_dataset(tmp / "data", seed=0, seconds=3.0, files_per_state=6, files_per_fault=3,
-                               progress=False)
-        training.train(training.TrainSettings(data=tmp / "data", out=tmp / "out", yamnet=str(yamnet_path),
-                                              progress=False, epochs=30))
+        synth.generate_dataset(tmp / "data", seed=0, seconds=3.0, files_per_state=6, files_per_fault=3, progress=False)
+        training.train(
+            training.TrainSettings(
+                data=tmp / "data", out=tmp / "out", yamnet=str(yamnet_path), progress=False, epochs=30
+            )
+        )
         model_path = tmp / "out" / runtime.MODEL_NAME
     card = runtime.read_card(model_path)
     float_path = model_path.with_name(card["files"]["float32"])
@@ -99,8 +105,12 @@ def main() -> None:
     for name, ts in times.items():
         med, p95 = float(np.median(ts)), float(np.percentile(ts, 95))
         path = variants.get(name, yamnet_path)
-        entry = {"median_ms": med, "p95_ms": p95, "ratio_to_published": med / base,
-                 "size_bytes": Path(path).stat().st_size}
+        entry = {
+            "median_ms": med,
+            "p95_ms": p95,
+            "ratio_to_published": med / base,
+            "size_bytes": Path(path).stat().st_size,
+        }
         if name in models:
             outs = [models[name](w) for w in windows]
             e, er = np.stack([o["embedding"] for o in outs]), np.stack([o["embedding"] for o in ref])
@@ -111,10 +121,14 @@ def main() -> None:
         results[name] = entry
         extra = ""
         if "embedding_cosine_min_vs_float" in entry:
-            extra = (f", embedding cosine to float >= {entry['embedding_cosine_min_vs_float']:.5f}, "
-                     f"score error <= {entry['anomaly_score_max_rel_error_vs_float']:.2%}")
-        print(f"  {name:32s} median {med:6.2f} ms  p95 {p95:6.2f} ms  {med / base:4.2f}x published  "
-              f"{entry['size_bytes'] / 1e6:5.1f} MB{extra}")
+            extra = (
+                f", embedding cosine to float >= {entry['embedding_cosine_min_vs_float']:.5f}, "
+                f"score error <= {entry['anomaly_score_max_rel_error_vs_float']:.2%}"
+            )
+        print(
+            f"  {name:32s} median {med:6.2f} ms  p95 {p95:6.2f} ms  {med / base:4.2f}x published  "
+            f"{entry['size_bytes'] / 1e6:5.1f} MB{extra}"
+        )
     deployed = results["end-to-end " + card["quantization"]]
     clf = runtime.SoundClassifier(model_path, num_threads=args.threads)
     if clf.scorer is not None:
@@ -128,20 +142,36 @@ def main() -> None:
             stream.update(preds[i % len(preds)])
             ts.append((time.perf_counter() - start) * 1000)
         med = float(np.median(ts))
-        results["fused score (numpy)"] = {"median_ms": med, "p95_ms": float(np.percentile(ts, 95)),
-                                          "scored_as": clf.scoring()["scored_as"],
-                                          "state_bytes": model_path.with_name(runtime.SCORER_NAME).stat().st_size}
+        results["fused score (numpy)"] = {
+            "median_ms": med,
+            "p95_ms": float(np.percentile(ts, 95)),
+            "scored_as": clf.scoring()["scored_as"],
+            "state_bytes": model_path.with_name(runtime.SCORER_NAME).stat().st_size,
+        }
         total = deployed["median_ms"] + med
         results["deployed total (model + score)"] = {"median_ms": total, "ratio_to_published": total / base}
-        print(f"  {'fused score (numpy, ' + clf.scoring()['scored_as'][:20] + ')':32s} median {med:6.2f} ms  "
-              f"p95 {results['fused score (numpy)']['p95_ms']:6.2f} ms  state "
-              f"{results['fused score (numpy)']['state_bytes'] / 1e6:.1f} MB")
+        print(
+            f"  {'fused score (numpy, ' + clf.scoring()['scored_as'][:20] + ')':32s} median {med:6.2f} ms  "
+            f"p95 {results['fused score (numpy)']['p95_ms']:6.2f} ms  state "
+            f"{results['fused score (numpy)']['state_bytes'] / 1e6:.1f} MB"
+        )
         print(f"  {'deployed total (model + score)':32s} median {total:6.2f} ms  {total / base:4.2f}x published")
-    goal = deployed["ratio_to_published"] <= 0.45 and deployed.get("embedding_cosine_min_vs_float", 1) >= 0.999 \
+    goal = (
+        deployed["ratio_to_published"] <= 0.45
+        and deployed.get("embedding_cosine_min_vs_float", 1) >= 0.999
         and deployed["size_bytes"] <= 10e6
+    )
     print(f"goal (deployed model <= 0.45x published, <= 10 MB, cosine >= 0.999): {'met' if goal else 'NOT met'}")
-    write_results("latency", {"settings": {k: str(v) for k, v in vars(args).items()}, "model": str(model_path),
-                              "results": results, "goal_met": goal}, args.out)
+    write_results(
+        "latency",
+        {
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            "model": str(model_path),
+            "results": results,
+            "goal_met": goal,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,17 @@ def make_recording(path: Path, seconds: float, rate: int, seed: int = 0) -> Path
 
 def run_loop(model: Path, wav: Path, threads: int, fast: bool, timeout: float) -> dict:
     """One inference.py run; returns its summary, its windows and when (after launch) the first one came."""
-    cmd = [sys.executable, str(REPO / "inference.py"), "--model", str(model), "--wav", str(wav), "--json",
-           "--threads", str(threads)] + (["--fast"] if fast else [])
+    cmd = [
+        sys.executable,
+        str(REPO / "inference.py"),
+        "--model",
+        str(model),
+        "--wav",
+        str(wav),
+        "--json",
+        "--threads",
+        str(threads),
+    ] + (["--fast"] if fast else [])
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
     first_window_at = None
@@ -70,8 +79,12 @@ def run_loop(model: Path, wav: Path, threads: int, fast: bool, timeout: float) -
         raise SystemExit(f"inference.py failed ({proc.returncode}): {stderr.strip()}")
     summary = next(r for r in reversed(records) if r["type"] == "summary")
     windows = [r for r in records if r["type"] == "window"]
-    return {"summary": summary, "windows": windows, "first_window_after_launch_s": first_window_at,
-            "wall_s": time.monotonic() - started}
+    return {
+        "summary": summary,
+        "windows": windows,
+        "first_window_after_launch_s": first_window_at,
+        "wall_s": time.monotonic() - started,
+    }
 
 
 def percentile(values, q):
@@ -80,8 +93,13 @@ def percentile(values, q):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL,
-                   help=f"exported model with {CARD_NAME} beside it (default artifacts/sound_classifier.tflite)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"exported model with {CARD_NAME} beside it (default artifacts/sound_classifier.tflite)",
+    )
     p.add_argument("--threads", type=int, default=1, help="TFLite threads (default 1)")
     p.add_argument("--rate", type=int, default=48000, help="sample rate of the replayed 'microphone' (48000)")
     p.add_argument("--seconds", type=float, default=20.0, help="audio for the real-time run (default 20)")
@@ -124,7 +142,8 @@ def main(argv=None) -> int:
             "windows": f["windows"],
             "windows_per_second": f["windows_per_second"],
             "realtime_factor": round(f["windows_per_second"] / (1.0 / config.HOP_SECONDS), 1)
-            if f["windows_per_second"] else None,
+            if f["windows_per_second"]
+            else None,
             "inference_ms_median": f["inference_ms_median"],
             "inference_ms_p95": f["inference_ms_p95"],
             "cpu_percent_steady": f["cpu_percent_steady"],
@@ -144,14 +163,18 @@ def main(argv=None) -> int:
         },
     }
     r, q = results["realtime"], results["fast"]
-    print(f"real time ({args.seconds:g} s at {args.rate} Hz, {args.threads} thread(s)): CPU {r['cpu_percent_steady']}% "
-          f"steady ({r['cpu_percent_overall']}% overall); latency median {r['latency_ms_median']} ms, "
-          f"p95 {r['latency_ms_p95']} ms, max {r['latency_ms_max']} ms; inference median "
-          f"{r['inference_ms_median']} ms, p95 {r['inference_ms_p95']} ms; peak RSS {r['peak_rss_mb']} MB; "
-          f"first decision {r['first_decision_after_launch_s']} s after launch; drops {r['dropped_blocks']}")
-    print(f"fast ({args.fast_seconds:g} s): {q['windows_per_second']} windows/s ({q['realtime_factor']}x real time), "
-          f"inference median {q['inference_ms_median']} ms; peak RSS {q['peak_rss_mb']} MB; first decision "
-          f"{q['first_decision_after_launch_s']} s after launch")
+    print(
+        f"real time ({args.seconds:g} s at {args.rate} Hz, {args.threads} thread(s)): CPU {r['cpu_percent_steady']}% "
+        f"steady ({r['cpu_percent_overall']}% overall); latency median {r['latency_ms_median']} ms, "
+        f"p95 {r['latency_ms_p95']} ms, max {r['latency_ms_max']} ms; inference median "
+        f"{r['inference_ms_median']} ms, p95 {r['inference_ms_p95']} ms; peak RSS {r['peak_rss_mb']} MB; "
+        f"first decision {r['first_decision_after_launch_s']} s after launch; drops {r['dropped_blocks']}"
+    )
+    print(
+        f"fast ({args.fast_seconds:g} s): {q['windows_per_second']} windows/s ({q['realtime_factor']}x real time), "
+        f"inference median {q['inference_ms_median']} ms; peak RSS {q['peak_rss_mb']} MB; first decision "
+        f"{q['first_decision_after_launch_s']} s after launch"
+    )
     write_results("stream", results, str(args.out))
     return 0
 

@@ -57,13 +57,21 @@ def folder_mb(path: Path) -> float:
 
 def run(python: str, yamnet: str, out: Path) -> dict:
     out.mkdir(parents=True)
-    proc = subprocess.run([python, "-c", CHILD, str(out), yamnet], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "0"}, check=False)
+    proc = subprocess.run(
+        [python, "-c", CHILD, str(out), yamnet],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "0"},
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"{python} failed:\n{proc.stderr[-3000:]}")
     version, package = proc.stdout.split()[-2:]
     return {
-        "python": python, "tensorflow": version, "package_mb": round(folder_mb(Path(package)), 1),
+        "python": python,
+        "tensorflow": version,
+        "package_mb": round(folder_mb(Path(package)), 1),
         "cuInit_on_stderr": "cuInit" in proc.stderr,
         "sha256": {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tflite"))},
         "outputs": dict(np.load(out / "outputs.npz")),
@@ -73,8 +81,11 @@ def run(python: str, yamnet: str, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--python", action="append", required=True, help="an interpreter to compare (give two)")
-    p.add_argument("--yamnet", default=str(config.resolve_yamnet_path(None)),
-                   help="YAMNet weights (default $FANWATCH_YAMNET, else models/yamnet.tflite)")
+    p.add_argument(
+        "--yamnet",
+        default=str(config.resolve_yamnet_path(None)),
+        help="YAMNet weights (default $FANWATCH_YAMNET, else models/yamnet.tflite)",
+    )
     p.add_argument("--out", default=None, help="results JSON (default bench/results/tensorflow_variants.json)")
     args = p.parse_args()
     if len(args.python) != 2:
@@ -83,14 +94,21 @@ def main() -> None:
         a, b = (run(py, args.yamnet, Path(tmp) / str(i)) for i, py in enumerate(args.python))
     diffs = {k: float(np.abs(a["outputs"][k] - b["outputs"][k]).max()) for k in a["outputs"]}
     for r in (a, b):
-        print(f"{r['python']}: tensorflow {r['tensorflow']}, package {r['package_mb']:.0f} MB, "
-              f"cuInit error on stderr: {r['cuInit_on_stderr']}")
+        print(
+            f"{r['python']}: tensorflow {r['tensorflow']}, package {r['package_mb']:.0f} MB, "
+            f"cuInit error on stderr: {r['cuInit_on_stderr']}"
+        )
     print(f"exported TFLite files identical: {a['sha256'] == b['sha256']}")
     print("largest output differences: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
-    write_results("tensorflow_variants", {
-        "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in (a, b)],
-        "tflite_identical": a["sha256"] == b["sha256"], "max_output_diff": diffs,
-    }, args.out)
+    write_results(
+        "tensorflow_variants",
+        {
+            "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in (a, b)],
+            "tflite_identical": a["sha256"] == b["sha256"],
+            "max_output_diff": diffs,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -89,13 +89,26 @@ def run(model: Path, wav: Path, clients: int, serve: bool) -> dict:
         raise SystemExit(f"inference.py failed: {err}")
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     summary = records[-1]
-    result = {key: summary.get(key) for key in ("windows", "cpu_percent_steady", "latency_ms_median",
-                                                 "latency_ms_p95", "dropped_blocks", "overflows", "peak_rss_mb")}
+    result = {
+        key: summary.get(key)
+        for key in (
+            "windows",
+            "cpu_percent_steady",
+            "latency_ms_median",
+            "latency_ms_p95",
+            "dropped_blocks",
+            "overflows",
+            "peak_rss_mb",
+        )
+    }
     if serve:
-        result.update(clients=clients, windows_received_min=min(counts) if counts else None,
-                      windows_received_max=max(counts) if counts else None,
-                      metrics_ms_median=round(float(np.median(scrape_ms)), 2) if scrape_ms else None,
-                      status_ms_median=round(float(np.median(status_ms)), 2) if status_ms else None)
+        result.update(
+            clients=clients,
+            windows_received_min=min(counts) if counts else None,
+            windows_received_max=max(counts) if counts else None,
+            metrics_ms_median=round(float(np.median(scrape_ms)), 2) if scrape_ms else None,
+            status_ms_median=round(float(np.median(status_ms)), 2) if status_ms else None,
+        )
     return result
 
 
@@ -113,14 +126,21 @@ def main(argv=None) -> int:
         plain = run(args.model, wav, 0, serve=False)
         served = run(args.model, wav, args.clients, serve=True)
     for name, r in (("without --http", plain), (f"--http, {args.clients} clients", served)):
-        print(f"{name:>22}: {r['windows']} windows, CPU {r['cpu_percent_steady']} % steady, latency median "
-              f"{r['latency_ms_median']} ms / p95 {r['latency_ms_p95']} ms, dropped blocks {r['dropped_blocks']}, "
-              f"peak RSS {r['peak_rss_mb']} MB")
-    print(f"{'':>22}  every client received {served['windows_received_min']}-{served['windows_received_max']} "
-          f"window messages; /metrics {served['metrics_ms_median']} ms, /api/status {served['status_ms_median']} ms "
-          "(median)")
-    write_results("web", {"settings": vars(args) | {"model": str(args.model)}, "without_http": plain,
-                          "with_http": served}, args.out)
+        print(
+            f"{name:>22}: {r['windows']} windows, CPU {r['cpu_percent_steady']} % steady, latency median "
+            f"{r['latency_ms_median']} ms / p95 {r['latency_ms_p95']} ms, dropped blocks {r['dropped_blocks']}, "
+            f"peak RSS {r['peak_rss_mb']} MB"
+        )
+    print(
+        f"{'':>22}  every client received {served['windows_received_min']}-{served['windows_received_max']} "
+        f"window messages; /metrics {served['metrics_ms_median']} ms, /api/status {served['status_ms_median']} ms "
+        "(median)"
+    )
+    write_results(
+        "web",
+        {"settings": vars(args) | {"model": str(args.model)}, "without_http": plain, "with_http": served},
+        args.out,
+    )
     return 0
 
 

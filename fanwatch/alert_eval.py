@@ -61,12 +61,19 @@ def replay(make_analyzer, files: list[str], machine: str, kind: str) -> StreamRe
         used.append(str(path))
     t = np.array([r.t for r in results])
     rep = StreamReplay(
-        machine=machine, kind=kind, files=used, seconds=float(t[-1]) if len(t) else 0.0, t=t,
+        machine=machine,
+        kind=kind,
+        files=used,
+        seconds=float(t[-1]) if len(t) else 0.0,
+        t=t,
         anomaly=np.array([r.anomaly for r in results]),
-        evidence=np.array([np.nan if getattr(r, "evidence", None) is None else r.evidence for r in results],
-                          dtype=np.float64),
+        evidence=np.array(
+            [np.nan if getattr(r, "evidence", None) is None else r.evidence for r in results], dtype=np.float64
+        ),
         alert=np.array([r.alert for r in results], dtype=bool),
-        raised=[e for r in results for e in r.events if e["event"] == "alert_raised"], skipped=skipped)
+        raised=[e for r in results for e in r.events if e["event"] == "alert_raised"],
+        skipped=skipped,
+    )
     if kind == "fault" and used:
         rep.faults = [(0.0, rep.seconds)]  # the whole recording is the fault
     return rep
@@ -83,11 +90,21 @@ def metrics(normal: list[StreamReplay], faults: list[StreamReplay], horizon_s: f
     kinds = sorted({e.get("kind", "unknown_anomaly") for r in normal + faults for e in r.raised})
     out["by_kind"] = {}
     for kind in kinds:
-        s = [dict(x, raised=[e["t"] for e in r.raised if e.get("kind", "unknown_anomaly") == kind])
-             for x, r in zip(streams, normal + faults)]
+        s = [
+            dict(x, raised=[e["t"] for e in r.raised if e.get("kind", "unknown_anomaly") == kind])
+            for x, r in zip(streams, normal + faults)
+        ]
         m = evidence.stream_metrics(s, horizon_s=horizon_s, window_s=config.WINDOW_SECONDS)
-        out["by_kind"][kind] = {k: m[k] for k in ("false_alerts", "false_alerts_per_hour", "faults_alerted",
-                                                  "share_alerted_within_horizon", "median_time_to_alert_s")}
+        out["by_kind"][kind] = {
+            k: m[k]
+            for k in (
+                "false_alerts",
+                "false_alerts_per_hour",
+                "faults_alerted",
+                "share_alerted_within_horizon",
+                "median_time_to_alert_s",
+            )
+        }
     return out
 
 
@@ -156,6 +173,7 @@ def evaluate_alerts(make_analyzer, recordings, out: Path, horizon_s: float = HOR
             recs = sorted(recs, key=lambda r: str(r.path))
             n_files = [str(r.path) for r in recs if r.normal]
             a_files = [str(r.path) for r in recs if not r.normal]
+
             def make(machine=machine):
                 return make_analyzer(machine)
 
@@ -179,28 +197,36 @@ def evaluate_alerts(make_analyzer, recordings, out: Path, horizon_s: float = HOR
             if m_faults:
                 name = f"alerts_timeline_{stem}_faults.png"
                 shown = m_faults[:MAX_FAULT_PLOTS]
-                plot_timeline(shown, out / name, f"{machine}: each anomalous recording as a fault stream"
-                              + (f" (first {len(shown)} of {len(m_faults)})" if len(shown) < len(m_faults) else ""))
+                plot_timeline(
+                    shown,
+                    out / name,
+                    f"{machine}: each anomalous recording as a fault stream"
+                    + (f" (first {len(shown)} of {len(m_faults)})" if len(shown) < len(m_faults) else ""),
+                )
                 written.append(name)
     finally:
         if bar:
             bar.close()
     overall = metrics(normal, faults, horizon_s)
     skipped = [{"file": f, "reason": why} for r in normal + faults for f, why in r.skipped]
-    overall.update({
-        "per_machine": per_machine,
-        "definitions": {
-            "normal stream": "a machine's normal test recordings one after the other (sorted by name) through one "
-                             "live Analyzer, its decisions carrying on from file to file",
-            "fault stream": "one anomalous recording through a fresh Analyzer (evidence from zero); detected when "
-                            "an alert is raised while it plays (or within one window after)",
-            "time to alert": "from the start of the fault recording to the end of the window that raised the "
-                             "alert; percentiles over all fault streams, a missed one counting as never (null)",
-            "false_alerts_per_hour": "alerts raised on normal streams per hour of normal stream audio",
-        },
-        "skipped": skipped,
-    })
+    overall.update(
+        {
+            "per_machine": per_machine,
+            "definitions": {
+                "normal stream": "a machine's normal test recordings one after the other (sorted by name) through one "
+                "live Analyzer, its decisions carrying on from file to file",
+                "fault stream": "one anomalous recording through a fresh Analyzer (evidence from zero); detected when "
+                "an alert is raised while it plays (or within one window after)",
+                "time to alert": "from the start of the fault recording to the end of the window that raised the "
+                "alert; percentiles over all fault streams, a missed one counting as never (null)",
+                "false_alerts_per_hour": "alerts raised on normal streams per hour of normal stream audio",
+            },
+            "skipped": skipped,
+        }
+    )
     if math.isfinite(overall.get("normal_hours") or 0) and (overall.get("normal_hours") or 0) < 0.25:
-        overall["note"] = (f"only {60 * overall['normal_hours']:.1f} min of normal test audio: false alerts per "
-                           "hour rest on little audio")
+        overall["note"] = (
+            f"only {60 * overall['normal_hours']:.1f} min of normal test audio: false alerts per "
+            "hour rest on little audio"
+        )
     return overall, written

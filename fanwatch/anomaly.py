@@ -79,8 +79,9 @@ def _fit_mahalanobis(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw.location_, transform
 
 
-def fit(embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method: str = DEFAULT_METHOD,
-        seed: int = 0) -> AnomalyModel:
+def fit(
+    embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method: str = DEFAULT_METHOD, seed: int = 0
+) -> AnomalyModel:
     """Fit on the normal windows of each machine (anomalous windows are ignored)."""
     if method not in METHODS:
         raise FanwatchError(f"unknown anomaly method '{method}' (choose from {', '.join(METHODS)})")
@@ -117,8 +118,9 @@ def fit(embeddings: np.ndarray, machines: np.ndarray, normal: np.ndarray, method
     return model
 
 
-def thresholds_from_normal(scores: np.ndarray, machines: np.ndarray, model: AnomalyModel,
-                           false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> dict[str, dict]:
+def thresholds_from_normal(
+    scores: np.ndarray, machines: np.ndarray, model: AnomalyModel, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+) -> dict[str, dict]:
     """Per machine, the (1 - rate) quantile of its own normal validation windows' scores.
 
     ``scores`` is [N, M] (column m = machine m's score). Training windows are never used instead: they
@@ -132,13 +134,19 @@ def thresholds_from_normal(scores: np.ndarray, machines: np.ndarray, model: Anom
         if len(own) == 0:
             raise FanwatchError(
                 f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
-                "training recordings would be too low); add normal recordings of it or raise --val-fraction")
+                "training recordings would be too low); add normal recordings of it or raise --val-fraction"
+            )
         empirical = float(np.quantile(own, 1.0 - false_alarm_rate, method="higher"))
         threshold, rule = _gamma_quantile(own, 1.0 - false_alarm_rate), "gamma fit"
         if threshold is None:
             threshold, rule = empirical, "empirical quantile"
-        out[name] = {"threshold": threshold, "rule": rule, "empirical_quantile": empirical,
-                     "windows": int(len(own)), "source": source}
+        out[name] = {
+            "threshold": threshold,
+            "rule": rule,
+            "empirical_quantile": empirical,
+            "windows": int(len(own)),
+            "source": source,
+        }
     return out
 
 

@@ -98,8 +98,7 @@ def check_file(path) -> int:
         info = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
-            raise BadAudioError(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)") \
-                from None
+            raise BadAudioError(path, f"broken symbolic link (its target {os.readlink(path)} does not exist)") from None
         raise BadAudioError(path, "file not found") from None
     except PermissionError:
         raise BadAudioError(path, "permission denied (this user may not open a folder on its path)") from None
@@ -109,9 +108,17 @@ def check_file(path) -> int:
         raise BadAudioError(path, f"cannot read file ({exc.strerror or exc})") from None
     mode = info.st_mode
     if not stat.S_ISREG(mode):
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "not a file")
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a named pipe"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a file"
+        )
         raise BadAudioError(path, f"not a regular file ({kind})")
     if info.st_size == 0:
         raise BadAudioError(path, "empty file (0 bytes)")
@@ -131,11 +138,11 @@ _check_file = check_file  # the live loop's name for it
 def check_format(path, rate, channels) -> None:
     """BadAudioError for a sample rate or channel count no real recording has (a damaged header)."""
     if not MIN_RATE <= rate <= MAX_RATE:
-        raise BadAudioError(path, f"implausible sample rate {rate} Hz in the header "
-                                  f"(accepted: {MIN_RATE} to {MAX_RATE} Hz)")
+        raise BadAudioError(
+            path, f"implausible sample rate {rate} Hz in the header (accepted: {MIN_RATE} to {MAX_RATE} Hz)"
+        )
     if not 1 <= channels <= MAX_CHANNELS:
-        raise BadAudioError(path, f"implausible channel count {channels} in the header "
-                                  f"(accepted: 1 to {MAX_CHANNELS})")
+        raise BadAudioError(path, f"implausible channel count {channels} in the header (accepted: 1 to {MAX_CHANNELS})")
 
 
 def signal_problem(samples: np.ndarray) -> str | None:
@@ -147,8 +154,10 @@ def signal_problem(samples: np.ndarray) -> str | None:
         return "contains NaN or infinite samples"
     peak = float(np.max(np.abs(samples)))
     if peak > MAX_ABS_SAMPLE:
-        return (f"samples far outside +-1 (peak {peak:.3g}; audio is expected scaled to +-1, "
-                f"at most +-{MAX_ABS_SAMPLE:g} is accepted)")
+        return (
+            f"samples far outside +-1 (peak {peak:.3g}; audio is expected scaled to +-1, "
+            f"at most +-{MAX_ABS_SAMPLE:g} is accepted)"
+        )
     return None
 
 
@@ -241,7 +250,7 @@ def load_audio(path: str | os.PathLike, channel: str | int = "mean") -> np.ndarr
                 raise BadAudioError(
                     path,
                     f"channel {channel} requested but the file has {n_channels} channel(s) "
-                    f"(valid: 0..{n_channels - 1} or \"mean\")",
+                    f'(valid: 0..{n_channels - 1} or "mean")',
                 )
             pieces = []
             nonzero_channels = False
@@ -286,8 +295,10 @@ def too_short_reason(n_samples: int) -> str:
     text = f"{seconds:.3f}"
     if text == f"{WINDOW_SECONDS:.3f}":
         text = f"{seconds:.5f}"
-    return (f"too short: {text} s ({n_samples} samples at {SAMPLE_RATE // 1000} kHz), need at least "
-            f"{WINDOW_SECONDS:.3f} s ({WINDOW_SAMPLES} samples, one analysis window)")
+    return (
+        f"too short: {text} s ({n_samples} samples at {SAMPLE_RATE // 1000} kHz), need at least "
+        f"{WINDOW_SECONDS:.3f} s ({WINDOW_SAMPLES} samples, one analysis window)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,9 +347,7 @@ class StreamResampler:
         self.passthrough = self.rate_in == self.rate_out
         self._stream = None
         if not self.passthrough:
-            self._stream = soxr.ResampleStream(
-                self.rate_in, self.rate_out, 1, dtype="float32", quality=_SOXR_QUALITY
-            )
+            self._stream = soxr.ResampleStream(self.rate_in, self.rate_out, 1, dtype="float32", quality=_SOXR_QUALITY)
 
     def process(self, block, last: bool = False) -> np.ndarray:
         """Resample the next block (1-D, or 2-D with one column); returns 1-D float32 (may be empty)."""
@@ -385,8 +394,6 @@ def frame_windows(x, window: int = WINDOW_SAMPLES, hop: int = HOP_SAMPLES) -> np
     if window <= 0 or hop <= 0:
         raise ValueError(f"window and hop must be positive, got window={window}, hop={hop}")
     if x.shape[0] < window:
-        raise ValueError(
-            f"signal of {x.shape[0]} samples is shorter than one window ({window} samples)"
-        )
+        raise ValueError(f"signal of {x.shape[0]} samples is shorter than one window ({window} samples)")
     # sliding_window_view is read-only by construction
     return np.lib.stride_tricks.sliding_window_view(x, window)[::hop]

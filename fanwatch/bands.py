@@ -58,14 +58,18 @@ BAND_EDGES = third_octave_edges()
 class BandMeter:
     """Band levels and overall level of fixed-length windows (one FFT per window, precomputed bins)."""
 
-    def __init__(self, edges: np.ndarray = BAND_EDGES, window_samples: int = config.WINDOW_SAMPLES,
-                 rate: int = config.SAMPLE_RATE):
+    def __init__(
+        self,
+        edges: np.ndarray = BAND_EDGES,
+        window_samples: int = config.WINDOW_SAMPLES,
+        rate: int = config.SAMPLE_RATE,
+    ):
         self.edges = np.asarray(edges, dtype=np.float64)
         self.n = int(window_samples)
         self.taper = np.hanning(self.n).astype(np.float64)
         freqs = np.fft.rfftfreq(self.n, 1.0 / rate)
         # one-sided power spectrum scaled so that the bins sum to the mean square (Parseval, Hann-corrected)
-        scale = np.full(len(freqs), 2.0 / (self.n * float(np.sum(self.taper ** 2))))
+        scale = np.full(len(freqs), 2.0 / (self.n * float(np.sum(self.taper**2))))
         scale[0] /= 2.0
         if self.n % 2 == 0:
             scale[-1] /= 2.0
@@ -110,14 +114,22 @@ class MachineProfile:
         bands = np.asarray(bands, dtype=np.float64)
         if len(levels) == 0 or bands.shape[0] != len(levels):
             raise FanwatchError("a band profile needs at least one window")
-        return cls(windows=len(levels), level_mean=float(levels.mean()), level_std=float(levels.std()),
-                   band_mean=bands.mean(axis=0), band_std=bands.std(axis=0))
+        return cls(
+            windows=len(levels),
+            level_mean=float(levels.mean()),
+            level_std=float(levels.std()),
+            band_mean=bands.mean(axis=0),
+            band_std=bands.std(axis=0),
+        )
 
     def as_dict(self) -> dict:
-        out = {"windows": self.windows, "level_mean_dbfs": round(self.level_mean, 3),
-               "level_std_db": round(self.level_std, 3),
-               "band_mean_db": [round(float(v), 3) for v in self.band_mean],
-               "band_std_db": [round(float(v), 3) for v in self.band_std]}
+        out = {
+            "windows": self.windows,
+            "level_mean_dbfs": round(self.level_mean, 3),
+            "level_std_db": round(self.level_std, 3),
+            "band_mean_db": [round(float(v), 3) for v in self.band_mean],
+            "band_std_db": [round(float(v), 3) for v in self.band_std],
+        }
         if self.states:
             out["states"] = {label: p.as_dict() for label, p in self.states.items()}
         return out
@@ -150,7 +162,7 @@ class BandProfile:
             "sample_rate": config.SAMPLE_RATE,
             "window_samples": config.WINDOW_SAMPLES,
             "levels": "dB re full scale of the 16 kHz window the model hears: overall RMS (a full-scale "
-                      "square wave is 0 dBFS) and third-octave band power (Hann-windowed FFT)",
+            "square wave is 0 dBFS) and third-octave band power (Hann-windowed FFT)",
             "bands_hz": [[round(float(lo), 1), round(float(hi), 1)] for lo, hi in self.edges],
             "machines": {m: p.as_dict() for m, p in self.machines.items()},
         }
@@ -167,14 +179,17 @@ class BandProfile:
             if data.get("format") != PROFILE_FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {PROFILE_FORMAT}")
             edges = np.asarray(data["bands_hz"], dtype=np.float64).reshape(-1, 2)
-            machines = {str(name): MachineProfile.from_dict(p, len(edges), f"machine {name}")
-                        for name, p in data["machines"].items()}
+            machines = {
+                str(name): MachineProfile.from_dict(p, len(edges), f"machine {name}")
+                for name, p in data["machines"].items()
+            }
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise FanwatchError(f"{path}: unreadable band profile ({exc})") from None
         if not machines:
             raise FanwatchError(f"{path}: band profile lists no machines")
-        return cls(edges=edges, machines=machines, source=str(data.get("source", "")),
-                   created=str(data.get("created", "")))
+        return cls(
+            edges=edges, machines=machines, source=str(data.get("source", "")), created=str(data.get("created", ""))
+        )
 
     def for_machine(self, machine: str | None) -> tuple[str, MachineProfile] | None:
         if machine in self.machines:
@@ -190,8 +205,11 @@ def load_beside(model_path: str | os.PathLike) -> BandProfile | None:
     return BandProfile.load(path) if path.is_file() else None
 
 
-def fit_profile(windows_by_machine: dict[str, list[np.ndarray]], meter: BandMeter | None = None,
-                source: str = "normal training recordings") -> BandProfile:
+def fit_profile(
+    windows_by_machine: dict[str, list[np.ndarray]],
+    meter: BandMeter | None = None,
+    source: str = "normal training recordings",
+) -> BandProfile:
     """A profile from normal windows (16 kHz, ``WINDOW_SAMPLES`` each), grouped by machine id."""
     meter = meter or BandMeter()
     machines = {}
@@ -214,8 +232,14 @@ def hz_range(lo: float, hi: float) -> str:
     return f"{lo:.0f}-{hi:.0f} Hz"
 
 
-def explain(levels: np.ndarray, bands: np.ndarray, profile: BandProfile, machine: str | None = None,
-            state: str | None = None, top: int = TOP_BANDS) -> dict | None:
+def explain(
+    levels: np.ndarray,
+    bands: np.ndarray,
+    profile: BandProfile,
+    machine: str | None = None,
+    state: str | None = None,
+    top: int = TOP_BANDS,
+) -> dict | None:
     """What changed in ``levels`` ([k] dBFS) / ``bands`` ([k, n_bands] dB), the windows behind an alert,
     against the machine's normal profile: that of normal operating state ``state`` (the last one the loop
     reported) when the profile has it, else all its normal recordings. None when the profile has no entry
@@ -238,19 +262,34 @@ def explain(levels: np.ndarray, bands: np.ndarray, profile: BandProfile, machine
     picked = []
     for i in order[:top]:
         lo, hi = profile.edges[i]
-        picked.append({"low_hz": round(float(lo), 1), "high_hz": round(float(hi), 1),
-                       "range": hz_range(float(lo), float(hi)), "change_db": round(float(change[i]), 1),
-                       "level_db": round(float(now[i]), 1), "normal_db": round(float(normal.band_mean[i]), 1),
-                       "normal_std_db": round(float(normal.band_std[i]), 1), "z": round(float(z[i]), 1)})
+        picked.append(
+            {
+                "low_hz": round(float(lo), 1),
+                "high_hz": round(float(hi), 1),
+                "range": hz_range(float(lo), float(hi)),
+                "change_db": round(float(change[i]), 1),
+                "level_db": round(float(now[i]), 1),
+                "normal_db": round(float(normal.band_mean[i]), 1),
+                "normal_std_db": round(float(normal.band_std[i]), 1),
+                "z": round(float(z[i]), 1),
+            }
+        )
     level_change = level - normal.level_mean
     text = f"level {level_change:+.1f} dB vs {compared_with} ({level:.1f} dBFS, normally {normal.level_mean:.1f})"
     if picked:
         text += "; bands: " + ", ".join(f"{b['range']} {b['change_db']:+.1f} dB" for b in picked)
     else:
         text += f"; no band differs from normal by {MIN_CHANGE_DB:g} dB or more"
-    return {"machine": name, "compared_with": compared_with, "windows": len(levels), "level_dbfs": round(level, 1),
-            "normal_level_dbfs": round(normal.level_mean, 1), "level_change_db": round(level_change, 1),
-            "bands": picked, "text": text}
+    return {
+        "machine": name,
+        "compared_with": compared_with,
+        "windows": len(levels),
+        "level_dbfs": round(level, 1),
+        "normal_level_dbfs": round(normal.level_mean, 1),
+        "level_change_db": round(level_change, 1),
+        "bands": picked,
+        "text": text,
+    }
 
 
 def fit_from_recordings(recordings, channel: str | int = "mean", progress: bool = False) -> BandProfile:
@@ -280,8 +319,11 @@ def fit_from_recordings(recordings, channel: str | int = "mean", progress: bool 
             continue
         profile = MachineProfile.fit(np.array(levels), np.stack([b for _, bd in by_label.values() for b in bd]))
         if len(by_label) > 1:  # several normal states (off, low speed, high speed): each its own reference too
-            profile.states = {label: MachineProfile.fit(np.array(lv), np.stack(bd))
-                              for label, (lv, bd) in sorted(by_label.items()) if len(lv) >= MIN_STATE_WINDOWS}
+            profile.states = {
+                label: MachineProfile.fit(np.array(lv), np.stack(bd))
+                for label, (lv, bd) in sorted(by_label.items())
+                if len(lv) >= MIN_STATE_WINDOWS
+            }
         machines[machine] = profile
     if not machines:
         raise FanwatchError("no normal training window to fit the band profile on")

@@ -84,7 +84,7 @@ class KnnBaseline:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         z = (np.asarray(features, np.float64) - self.mean) / self.std
-        d2 = (z * z).sum(1)[:, None] + (self.references ** 2).sum(1)[None, :] - 2.0 * z @ self.references.T
+        d2 = (z * z).sum(1)[:, None] + (self.references**2).sum(1)[None, :] - 2.0 * z @ self.references.T
         d = np.sqrt(np.maximum(d2, 0.0))
         k = min(self.k, d.shape[1])
         return np.sort(d, axis=1)[:, :k].mean(axis=1)
@@ -97,9 +97,11 @@ def fit_and_score(train_features: list[np.ndarray], test_features: list[np.ndarr
 
 
 def describe() -> dict:
-    return {"loudness": "RMS dB of the clip (window), z-scored on normal training clips (windows), mean "
-                        f"distance to the {KNN_K} nearest",
-            "ltas": f"mean log power of {LTAS_BANDS} linear bands ({LTAS_FFT}-point FFT, hop {LTAS_HOP}) over the "
-                    f"clip (window), z-scored on normal training clips (windows), mean Euclidean distance to the "
-                    f"{KNN_K} nearest",
-            "sample_rate": config.SAMPLE_RATE}
+    return {
+        "loudness": "RMS dB of the clip (window), z-scored on normal training clips (windows), mean "
+        f"distance to the {KNN_K} nearest",
+        "ltas": f"mean log power of {LTAS_BANDS} linear bands ({LTAS_FFT}-point FFT, hop {LTAS_HOP}) over the "
+        f"clip (window), z-scored on normal training clips (windows), mean Euclidean distance to the "
+        f"{KNN_K} nearest",
+        "sample_rate": config.SAMPLE_RATE,
+    }

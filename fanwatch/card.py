@@ -78,8 +78,10 @@ class ModelCard:
             labels, machines = tuple(card["labels"]), tuple(card["anomaly"]["machines"])
             thresholds = tuple(float(card["anomaly"]["thresholds"][m]) for m in machines)
             anomaly, settings, yamnet = card["anomaly"], card.get("settings") or {}, card.get("yamnet") or {}
-            hop, window = int(card.get("hop_samples", config.HOP_SAMPLES)), int(card.get("window_samples",
-                                                                                      config.WINDOW_SAMPLES))
+            hop, window = (
+                int(card.get("hop_samples", config.HOP_SAMPLES)),
+                int(card.get("window_samples", config.WINDOW_SAMPLES)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise FanwatchError(f"{where}: not a fanwatch model card (missing or bad {exc})") from None
         if not labels or not machines:
@@ -104,13 +106,26 @@ class ModelCard:
             channel = None if channel is None else audio.parse_channel(channel)
         except FanwatchError:  # only matters when no --channel overrides it: see resolve_channel
             channel, bad_channel = None, repr(channel)
-        return cls(labels=labels, machines=machines, thresholds=thresholds, threshold_method=anomaly.get("method"),
-                   channel=channel, hop_samples=hop, window_samples=window,
-                   head_target=card.get("head_target", "label"), normal_labels=tuple(card.get("normal_labels", [])),
-                   quantization=card.get("quantization"), yamnet_path=yamnet.get("path"),
-                   yamnet_sha256=yamnet.get("sha256"), created=card.get("created"), bad_channel=bad_channel,
-                   score_file=score_file, embedding_thresholds=embedding_thresholds,
-                   alerts=card["alerts"] if isinstance(card.get("alerts"), dict) else {}, raw=card)
+        return cls(
+            labels=labels,
+            machines=machines,
+            thresholds=thresholds,
+            threshold_method=anomaly.get("method"),
+            channel=channel,
+            hop_samples=hop,
+            window_samples=window,
+            head_target=card.get("head_target", "label"),
+            normal_labels=tuple(card.get("normal_labels", [])),
+            quantization=card.get("quantization"),
+            yamnet_path=yamnet.get("path"),
+            yamnet_sha256=yamnet.get("sha256"),
+            created=card.get("created"),
+            bad_channel=bad_channel,
+            score_file=score_file,
+            embedding_thresholds=embedding_thresholds,
+            alerts=card["alerts"] if isinstance(card.get("alerts"), dict) else {},
+            raw=card,
+        )
 
 
 def resolve_channel(channel: str | int | None, card: ModelCard | None) -> tuple[str | int, str]:
@@ -119,8 +134,10 @@ def resolve_channel(channel: str | int | None, card: ModelCard | None) -> tuple[
     if channel is not None:
         return channel, "command line"
     if card is not None and card.bad_channel is not None:
-        raise FanwatchError(f"the model card records an invalid channel setting {card.bad_channel}; "
-                            f"pass --channel ({audio.CHANNEL_HELP})")
+        raise FanwatchError(
+            f"the model card records an invalid channel setting {card.bad_channel}; "
+            f"pass --channel ({audio.CHANNEL_HELP})"
+        )
     if card is None or card.channel is None:
         return "mean", "default"
     return card.channel, "model card"

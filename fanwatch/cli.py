@@ -12,13 +12,24 @@ from .errors import FanwatchError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--yamnet", metavar="PATH", default=None,
-                        help=f"YAMNet weights (yamnet.tflite); default ${config.YAMNET_ENV}, else models/yamnet.tflite")
-    parser.add_argument("--cache", metavar="DIR", default=None,
-                        help=f"embedding cache folder; default ${config.CACHE_ENV}, else artifacts/cache")
-    parser.add_argument("--channel", default="mean", type=channel_arg,
-                        help="multi-channel files: 'mean' averages all channels, N picks channel N (0-based); "
-                             "default mean")
+    parser.add_argument(
+        "--yamnet",
+        metavar="PATH",
+        default=None,
+        help=f"YAMNet weights (yamnet.tflite); default ${config.YAMNET_ENV}, else models/yamnet.tflite",
+    )
+    parser.add_argument(
+        "--cache",
+        metavar="DIR",
+        default=None,
+        help=f"embedding cache folder; default ${config.CACHE_ENV}, else artifacts/cache",
+    )
+    parser.add_argument(
+        "--channel",
+        default="mean",
+        type=channel_arg,
+        help="multi-channel files: 'mean' averages all channels, N picks channel N (0-based); default mean",
+    )
     parser.add_argument("--workers", type=int, default=None, help="embedding worker processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 

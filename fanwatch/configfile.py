@@ -68,8 +68,7 @@ def _convert(action: argparse.Action, option: str, value, where: str):
         name = getattr(action.type, "__name__", "")
         raise FanwatchError(f"{where}: {option}: invalid {name} value: {text!r}") from None
     if action.choices is not None and converted not in action.choices:
-        raise FanwatchError(f"{where}: {option} must be one of {', '.join(map(str, action.choices))}, "
-                            f"got {value!r}")
+        raise FanwatchError(f"{where}: {option} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
     return converted
 
 
@@ -100,11 +99,15 @@ def defaults(parser: argparse.ArgumentParser, config: str | os.PathLike | None, 
             option = key.replace("_", "-")
             action = actions.get(option)
             if action is None and option == "mqtt-password":
-                raise FanwatchError(f"config file {config}: no passwords in the config file; set "
-                                    "FANWATCH_MQTT_PASSWORD or use mqtt-password-file")
+                raise FanwatchError(
+                    f"config file {config}: no passwords in the config file; set "
+                    "FANWATCH_MQTT_PASSWORD or use mqtt-password-file"
+                )
             if action is None:
-                raise FanwatchError(f"config file {config}: unknown key {key!r} (keys are the long option names "
-                                    f"of --help, e.g. mqtt-user)")
+                raise FanwatchError(
+                    f"config file {config}: unknown key {key!r} (keys are the long option names "
+                    f"of --help, e.g. mqtt-user)"
+                )
             values[action.dest] = _convert(action, option, value, f"config file {config}")
     for option, action in actions.items():
         name = env_name(option)

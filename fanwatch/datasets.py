@@ -227,9 +227,7 @@ def _first_misfit(root: Path, files, layout: str) -> tuple[str, ...] | None:
 
 def _detect(root: Path, files) -> str:
     if not files:
-        raise FanwatchError(
-            f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found; {LAYOUT_HELP}"
-        )
+        raise FanwatchError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found; {LAYOUT_HELP}")
     misfit = None
     for layout in _DETECT_ORDER:
         misfit = _first_misfit(root, files, layout)
@@ -237,9 +235,7 @@ def _detect(root: Path, files) -> str:
             if layout == "folders":
                 _refuse_machine_folders_as_classes(root, files)
             return layout
-    raise FanwatchError(
-        f"{root}: cannot tell the dataset layout ({'/'.join(misfit)} fits none); {LAYOUT_HELP}"
-    )
+    raise FanwatchError(f"{root}: cannot tell the dataset layout ({'/'.join(misfit)} fits none); {LAYOUT_HELP}")
 
 
 def _refuse_machine_folders_as_classes(root: Path, files) -> None:
@@ -257,7 +253,8 @@ def _refuse_machine_folders_as_classes(root: Path, files) -> None:
                     f"{', '.join(o + '/' for o in others[:3])}{' ...' if len(others) > 3 else ''} which "
                     f"{'is' if len(others) == 1 else 'are'} not, so the folder-per-class reading would take "
                     f"each folder as one class; point --data at {root / name} (or at a folder holding only "
-                    "machine folders), or pass --layout folders if every folder really is one class")
+                    "machine folders), or pass --layout folders if every folder really is one class"
+                )
 
 
 def detect_layout(root) -> str:
@@ -292,8 +289,7 @@ def _normal_flags(classes: list[str], normal_classes, anomalous_classes) -> dict
         unknown = sorted((names or set()) - known)
         if unknown:
             raise FanwatchError(
-                f"{what} names class(es) that do not exist: {', '.join(unknown)} "
-                f"(classes found: {', '.join(classes)})"
+                f"{what} names class(es) that do not exist: {', '.join(unknown)} (classes found: {', '.join(classes)})"
             )
     if normal is not None and anomalous is not None:
         both = sorted(normal & anomalous)
@@ -318,8 +314,9 @@ def scan(root, layout: str = "auto", normal_classes=None, anomalous_classes=None
     return scan_dataset(root, layout, normal_classes, anomalous_classes)[0]
 
 
-def scan_dataset(root, layout: str = "auto", normal_classes=None,
-                 anomalous_classes=None) -> tuple[list[Recording], str]:
+def scan_dataset(
+    root, layout: str = "auto", normal_classes=None, anomalous_classes=None
+) -> tuple[list[Recording], str]:
     """All recordings below ``root``, sorted by path (deterministic), and the layout they were read with.
 
     ``layout`` is ``"auto"`` (see :func:`detect_layout`) or one of :data:`LAYOUTS` to force it; a forced
@@ -341,9 +338,7 @@ def scan_dataset(root, layout: str = "auto", normal_classes=None,
             raise FanwatchError(f"{root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) found")
         misfit = _first_misfit(root, files, layout)
         if misfit is not None:
-            raise FanwatchError(
-                f"{root}: {'/'.join(misfit)} does not fit the {layout} layout; {LAYOUT_HELP}"
-            )
+            raise FanwatchError(f"{root}: {'/'.join(misfit)} does not fit the {layout} layout; {LAYOUT_HELP}")
     if layout != "folders" and (normal_classes is not None or anomalous_classes is not None):
         raise FanwatchError(
             f"normal/anomalous class lists apply to the folders layout only; this dataset is {layout}, "
@@ -452,9 +447,14 @@ def split_recordings(
             raise FanwatchError(f"{rec.path}: listed twice with different labels")
         by_path[key] = rec
 
-    out = Splits({name: [] for name in SPLITS}, params={
-        "seed": int(seed), "val_fraction": val_fraction, "test_fraction": test_fraction,
-    })
+    out = Splits(
+        {name: [] for name in SPLITS},
+        params={
+            "seed": int(seed),
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+        },
+    )
     strata: dict[tuple, dict[tuple, list[Recording]]] = defaultdict(lambda: defaultdict(list))
     for rec in by_path.values():
         if rec.subset == "test":
@@ -502,14 +502,16 @@ def save_split(path, splits, root, params: dict | None = None) -> Path:
                 stored = file_path.relative_to(root).as_posix()
             except ValueError:
                 stored = str(file_path)
-            entries.append({
-                "path": stored,
-                "label": rec.label,
-                "machine": rec.machine,
-                "normal": bool(rec.normal),
-                "subset": rec.subset,
-                "snr": rec.snr,
-            })
+            entries.append(
+                {
+                    "path": stored,
+                    "label": rec.label,
+                    "machine": rec.machine,
+                    "normal": bool(rec.normal),
+                    "subset": rec.subset,
+                    "snr": rec.snr,
+                }
+            )
         doc["splits"][name] = entries
     write_json(path, doc, indent=1)
     return path
@@ -553,14 +555,16 @@ def load_split(path, root=None, must_exist=SPLITS) -> Splits:
                 file_path = stored if stored.is_absolute() else base / stored
                 if name in must_exist and not file_path.is_file():
                     missing.append(file_path)
-                recs.append(Recording(
-                    path=file_path,
-                    label=str(entry["label"]),
-                    machine=str(entry["machine"]),
-                    normal=bool(entry["normal"]),
-                    subset=entry.get("subset"),
-                    snr=entry.get("snr"),
-                ))
+                recs.append(
+                    Recording(
+                        path=file_path,
+                        label=str(entry["label"]),
+                        machine=str(entry["machine"]),
+                        normal=bool(entry["normal"]),
+                        subset=entry.get("subset"),
+                        snr=entry.get("snr"),
+                    )
+                )
             out[name] = recs
     except (KeyError, TypeError, AttributeError) as exc:
         raise FanwatchError(f"{path}: malformed split entry ({exc!r})") from None

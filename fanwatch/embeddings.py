@@ -90,15 +90,18 @@ class EmbeddingSet:
 
     def files(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per recording, its (embeddings, band levels) windows in order."""
-        return [(self.embeddings[self.file_index == i], self.bands[self.file_index == i])
-                for i in range(len(self.recordings))]
+        return [
+            (self.embeddings[self.file_index == i], self.bands[self.file_index == i])
+            for i in range(len(self.recordings))
+        ]
 
 
 class Extractor:
     """Embeds audio files with a front-end TFLite file, caching one .npz per file."""
 
-    def __init__(self, frontend: str | os.PathLike, frontend_id: str, cache_dir=None, channel="mean",
-                 workers: int | None = None):
+    def __init__(
+        self, frontend: str | os.PathLike, frontend_id: str, cache_dir=None, channel="mean", workers: int | None = None
+    ):
         self.frontend = Path(frontend)
         self.frontend_id = frontend_id
         self.cache_dir = config.resolve_cache_dir(cache_dir) / "embeddings"
@@ -134,8 +137,14 @@ class Extractor:
 
     def _key(self, path: Path) -> str:
         settings = json.dumps(
-            [config.sha256_file(path), str(self.channel), config.WINDOW_SAMPLES, config.HOP_SAMPLES,
-             self.frontend_id, CACHE_VERSION]
+            [
+                config.sha256_file(path),
+                str(self.channel),
+                config.WINDOW_SAMPLES,
+                config.HOP_SAMPLES,
+                self.frontend_id,
+                CACHE_VERSION,
+            ]
         )
         return hashlib.sha256(settings.encode()).hexdigest()
 
@@ -199,8 +208,9 @@ class Extractor:
         except BadAudioError as exc:
             return None, exc.reason
 
-    def embed_recordings(self, recordings: list[Recording], progress: bool = True,
-                         desc: str = "embeddings") -> EmbeddingSet:
+    def embed_recordings(
+        self, recordings: list[Recording], progress: bool = True, desc: str = "embeddings"
+    ) -> EmbeddingSet:
         """All windows of all usable recordings; bad files are reported in one line each and skipped."""
         from tqdm import tqdm
 
@@ -210,14 +220,17 @@ class Extractor:
         paths = [str(recordings[i].path) for i in todo]
         pool = None
         if self.workers > 1 and len(todo) >= 8:  # starting workers costs about a second
-            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(self,))
+            pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self,),
+            )
             outcomes = pool.map(_worker_embed, paths, chunksize=1)
         else:
             outcomes = map(self._embed_or_reason, paths)
         try:
-            with tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo,
-                      leave=False) as bar:
+            with tqdm(total=len(todo), desc=desc, unit="file", disable=not progress or not todo, leave=False) as bar:
                 for i, (emb, reason) in zip(todo, outcomes):
                     if reason is not None:
                         skipped.append((str(recordings[i].path), reason))
@@ -225,15 +238,22 @@ class Extractor:
                     results[i] = emb
                     bar.update(1)
         except BrokenProcessPool:
-            raise FanwatchError("an embedding worker process died (out of memory?); what was done is cached: "
-                                "run again, or with --workers 1") from None
+            raise FanwatchError(
+                "an embedding worker process died (out of memory?); what was done is cached: "
+                "run again, or with --workers 1"
+            ) from None
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         kept = [i for i, e in enumerate(results) if e is not None]
         if not kept:
-            return EmbeddingSet(np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int), [], skipped,
-                                np.zeros((0, spectral.BAND_FEATURES), np.float32))
+            return EmbeddingSet(
+                np.zeros((0, config.EMBEDDING_DIM), np.float32),
+                np.zeros(0, int),
+                [],
+                skipped,
+                np.zeros((0, spectral.BAND_FEATURES), np.float32),
+            )
         return EmbeddingSet(
             embeddings=np.concatenate([results[i][0] for i in kept]),
             file_index=np.concatenate([np.full(len(results[i][0]), n) for n, i in enumerate(kept)]),
@@ -255,8 +275,13 @@ def _worker_embed(path: str):
     return _WORKER._embed_or_reason(path)
 
 
-def make_extractor(yamnet_path=None, quantization: str = DEFAULT_QUANTIZATION, cache_dir=None, channel="mean",
-                   workers: int | None = None) -> tuple[Extractor, str]:
+def make_extractor(
+    yamnet_path=None,
+    quantization: str = DEFAULT_QUANTIZATION,
+    cache_dir=None,
+    channel="mean",
+    workers: int | None = None,
+) -> tuple[Extractor, str]:
     """An Extractor on the cached front end for these weights; also returns the weights' sha256."""
     frontend, sha = ensure_frontend(yamnet_path, quantization, cache_dir)
     return Extractor(frontend, f"{sha}:{quantization}", cache_dir, channel, workers), sha

@@ -74,13 +74,13 @@ PARITY_EXTRA_FILES = 4  # files whose front-end embeddings are computed for pari
 
 DEFINITIONS = {
     "accuracy": "window level: share of windows whose most probable class is the file's label "
-                "(files with one of the model's labels only)",
+    "(files with one of the model's labels only)",
     "macro_f1": "window level: mean F1 over the classes present in the labels or predictions",
     "anomaly_auc": "file level (mean window score per file, as DCASE 2020 Task 2), all machines pooled "
-                   "on score/threshold; ROC AUC, ties counted half",
+    "on score/threshold; ROC AUC, ties counted half",
     "anomaly_pauc": f"file level, pooled like anomaly_auc: DCASE 2020 Task 2 pAUC, area under the ROC "
-                    f"curve for FPR in [0, {PAUC_MAX_FPR}] divided by {PAUC_MAX_FPR} (not McClish-"
-                    "standardised; that variant is pauc_mcclish in the detailed sections)",
+    f"curve for FPR in [0, {PAUC_MAX_FPR}] divided by {PAUC_MAX_FPR} (not McClish-"
+    "standardised; that variant is pauc_mcclish in the detailed sections)",
     "false_alarm_rate": "window level: share of normal windows with score >= the model's threshold",
     "detection_rate": "window level: share of anomalous windows with score >= the model's threshold",
     "files": "files evaluated (bad files are in skipped, not counted)",
@@ -143,8 +143,10 @@ def _file_outputs(model: runtime.SoundClassifier, path: str, channel) -> tuple:
     scores = np.asarray([r.scores for r in results], np.float32).reshape(len(results), len(model.machines))
     embs = [r.embedding for r in results]
     bands = [r.band_levels for r in results]
-    extra = (np.asarray(embs, np.float32) if results and all(e is not None for e in embs) else None,
-             np.asarray(bands, np.float32) if results and all(b is not None for b in bands) else None)
+    extra = (
+        np.asarray(embs, np.float32) if results and all(e is not None for e in embs) else None,
+        np.asarray(bands, np.float32) if results and all(b is not None for b in bands) else None,
+    )
     return probs, (scores, extra), None
 
 
@@ -161,8 +163,13 @@ def _worker_run(path: str):
     return _file_outputs(model, path, channel)
 
 
-def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recording], channel,
-              workers: int | None = None, progress: bool = True) -> ModelOutputs:
+def run_model(
+    model: runtime.SoundClassifier,
+    recordings: list[datasets.Recording],
+    channel,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ModelOutputs:
     """Every window of every recording through the TFLite model; bad files skipped with one line each."""
     from tqdm import tqdm
 
@@ -170,8 +177,12 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
     paths = [str(r.path) for r in recordings]
     pool = None
     if workers > 1 and len(paths) >= MIN_FILES_FOR_POOL:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(str(model.model.path), channel))
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(model.model.path), channel),
+        )
         outcomes = pool.map(_worker_run, paths, chunksize=1)
     else:
         outcomes = (_file_outputs(model, p, channel) for p in paths)
@@ -196,11 +207,23 @@ def run_model(model: runtime.SoundClassifier, recordings: list[datasets.Recordin
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     if not kept:
-        return ModelOutputs([], np.zeros((0, len(model.labels)), np.float32),
-                            np.zeros((0, len(model.machines)), np.float32), np.zeros(0, int), skipped)
+        return ModelOutputs(
+            [],
+            np.zeros((0, len(model.labels)), np.float32),
+            np.zeros((0, len(model.machines)), np.float32),
+            np.zeros(0, int),
+            skipped,
+        )
     have = all(e is not None for e in embs) and all(b is not None for b in bands)
-    return ModelOutputs(kept, np.concatenate(probs), np.concatenate(scores), np.concatenate(index), skipped,
-                        np.concatenate(embs) if have else None, np.concatenate(bands) if have else None)
+    return ModelOutputs(
+        kept,
+        np.concatenate(probs),
+        np.concatenate(scores),
+        np.concatenate(index),
+        skipped,
+        np.concatenate(embs) if have else None,
+        np.concatenate(bands) if have else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +270,7 @@ def pauc_mcclish(normal_scores, anomalous_scores, max_fpr: float = PAUC_MAX_FPR)
     area = partial_auc_area(normal_scores, anomalous_scores, max_fpr)
     if area is None:
         return None
-    lo, hi = 0.5 * max_fpr ** 2, max_fpr
+    lo, hi = 0.5 * max_fpr**2, max_fpr
     return float(0.5 * (1 + (area - lo) / (hi - lo)))
 
 
@@ -277,8 +300,9 @@ def file_means(values: np.ndarray, file_index: np.ndarray, n_files: int) -> np.n
     counts = np.bincount(file_index, minlength=n_files).astype(np.float64)
     if values.ndim == 1:
         return np.bincount(file_index, weights=values, minlength=n_files) / np.maximum(counts, 1)
-    out = np.stack([np.bincount(file_index, weights=values[:, j], minlength=n_files)
-                    for j in range(values.shape[1])], axis=1)
+    out = np.stack(
+        [np.bincount(file_index, weights=values[:, j], minlength=n_files) for j in range(values.shape[1])], axis=1
+    )
     return out / np.maximum(counts, 1)[:, None]
 
 
@@ -297,8 +321,7 @@ def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list
     if len(y_true) == 0:
         return {"n": 0, "accuracy": None, "macro_f1": None, "per_class": {}, "confusion": None}
     present = sorted(set(np.unique(y_true).tolist()) | set(np.unique(y_pred).tolist()))
-    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(labels))),
-                                                       zero_division=0)
+    p, r, f, support = precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(labels))), zero_division=0)
     predicted = np.bincount(y_pred, minlength=len(labels))
     per_class = {}
     for i, name in enumerate(labels):
@@ -317,8 +340,11 @@ def _classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list
         "accuracy": float((y_true == y_pred).mean()),
         "macro_f1": float(f1_score(y_true, y_pred, labels=present, average="macro", zero_division=0)),
         "per_class": per_class,
-        "confusion": {"rows_true": [labels[i] for i in rows], "columns_predicted": list(labels),
-                      "counts": matrix.tolist()},
+        "confusion": {
+            "rows_true": [labels[i] for i in rows],
+            "columns_predicted": list(labels),
+            "counts": matrix.tolist(),
+        },
     }
 
 
@@ -328,8 +354,9 @@ def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], title
     if len(y_true) == 0:
         return f"{title}\n  no labelled {title.split()[0].lower()}s\n"
     present = sorted(set(np.unique(y_true).tolist()) | set(np.unique(y_pred).tolist()))
-    text = classification_report(y_true, y_pred, labels=present, target_names=[labels[i] for i in present],
-                                 digits=3, zero_division=0)
+    text = classification_report(
+        y_true, y_pred, labels=present, target_names=[labels[i] for i in present], digits=3, zero_division=0
+    )
     m = classification_metrics(y_true, y_pred, labels)["confusion"]
     corner = "true \\ predicted"
     width = max(len(x) for x in labels + [corner]) + 2
@@ -337,8 +364,11 @@ def report_text(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], title
     lines = [f"{corner:<{width}}" + "".join(f"{x:>{col}}" for x in m["columns_predicted"])]
     for name, row in zip(m["rows_true"], m["counts"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{col}d}" for v in row))
-    return f"{title}\n\n{text}\nconfusion matrix (counts; rows: true label, columns: predicted)\n" + \
-        "\n".join(lines) + "\n"
+    return (
+        f"{title}\n\n{text}\nconfusion matrix (counts; rows: true label, columns: predicted)\n"
+        + "\n".join(lines)
+        + "\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -373,9 +403,22 @@ def plot_confusion(confusion: dict, path: Path, title: str) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(2 * width, height))
     annot = len(cols) <= 20
     for ax, data, fmt, what in ((axes[0], counts, ".0f", "counts"), (axes[1], norm, ".2f", "row-normalised")):
-        sns.heatmap(data, ax=ax, annot=annot, fmt=fmt, cmap="Blues", cbar=True, square=False,
-                    xticklabels=cols, yticklabels=rows, vmin=0, vmax=None if what == "counts" else 1,
-                    linewidths=0.5, linecolor="white", annot_kws={"size": 9})
+        sns.heatmap(
+            data,
+            ax=ax,
+            annot=annot,
+            fmt=fmt,
+            cmap="Blues",
+            cbar=True,
+            square=False,
+            xticklabels=cols,
+            yticklabels=rows,
+            vmin=0,
+            vmax=None if what == "counts" else 1,
+            linewidths=0.5,
+            linecolor="white",
+            annot_kws={"size": 9},
+        )
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(what)
@@ -398,8 +441,13 @@ def plot_roc(curves: dict, path: Path, title: str, operating_point: tuple[float,
         fpr, tpr, _ = roc_curve(n, a)
         from .anomaly import roc_auc
 
-        ax.plot(fpr, tpr, lw=2 if name.startswith("file") else 1.2, drawstyle="default",
-                label=f"{name}: AUC {roc_auc(n, a):.3f}, pAUC {pauc_dcase(n, a):.3f}")
+        ax.plot(
+            fpr,
+            tpr,
+            lw=2 if name.startswith("file") else 1.2,
+            drawstyle="default",
+            label=f"{name}: AUC {roc_auc(n, a):.3f}, pAUC {pauc_dcase(n, a):.3f}",
+        )
     if operating_point is not None and None not in operating_point:
         ax.plot(*operating_point, "o", color="crimson", label="model threshold (windows)")
     ax.set_xlim(-0.01, 1)
@@ -414,8 +462,7 @@ def plot_roc(curves: dict, path: Path, title: str, operating_point: tuple[float,
     return path
 
 
-def plot_scores(normal: np.ndarray, anomalous: np.ndarray, threshold: float, path: Path, title: str,
-                unit: str) -> Path:
+def plot_scores(normal: np.ndarray, anomalous: np.ndarray, threshold: float, path: Path, title: str, unit: str) -> Path:
     """Histogram of window scores, normal vs anomalous, each normalised to its own area, threshold line."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.0))
@@ -425,8 +472,14 @@ def plot_scores(normal: np.ndarray, anomalous: np.ndarray, threshold: float, pat
     if len(normal):
         ax.hist(normal, bins=bins, density=True, alpha=0.6, color="tab:blue", label=f"normal ({len(normal)} windows)")
     if len(anomalous):
-        ax.hist(anomalous, bins=bins, density=True, alpha=0.6, color="tab:red",
-                label=f"anomalous ({len(anomalous)} windows)")
+        ax.hist(
+            anomalous,
+            bins=bins,
+            density=True,
+            alpha=0.6,
+            color="tab:red",
+            label=f"anomalous ({len(anomalous)} windows)",
+        )
     ax.axvline(threshold, color="black", ls="--", lw=1.5, label=f"threshold {threshold:.3g}")
     ax.set_xlabel(unit)
     ax.set_ylabel("density (area of each group = 1)")
@@ -490,9 +543,15 @@ def load_reference(model_dir: Path, card: ModelCard) -> tuple[tuple | None, str 
     return (head, params), None
 
 
-def parity_check(s: EvalSettings, card: ModelCard, reference: tuple, outputs: ModelOutputs, channel,
-                 thresholds: np.ndarray,
-                 model: runtime.SoundClassifier | None = None) -> tuple[dict | None, str | None]:
+def parity_check(
+    s: EvalSettings,
+    card: ModelCard,
+    reference: tuple,
+    outputs: ModelOutputs,
+    channel,
+    thresholds: np.ndarray,
+    model: runtime.SoundClassifier | None = None,
+) -> tuple[dict | None, str | None]:
     """Largest differences between the deployed model's outputs and the Keras head + numpy score.
 
     ``reference`` is what :func:`load_reference` returned. Uses the files whose front-end embeddings are
@@ -506,13 +565,16 @@ def parity_check(s: EvalSettings, card: ModelCard, reference: tuple, outputs: Mo
     if not s.yamnet and (not yamnet_path or not Path(yamnet_path).is_file()):
         yamnet_path = str(config.resolve_yamnet_path(None))
     try:
-        extractor, sha = embeddings.make_extractor(yamnet_path, card.quantization or DEFAULT_QUANTIZATION,
-                                                   s.cache, channel, s.workers)
+        extractor, sha = embeddings.make_extractor(
+            yamnet_path, card.quantization or DEFAULT_QUANTIZATION, s.cache, channel, s.workers
+        )
     except FanwatchError as exc:
         return None, f"parity check skipped: {exc}"
     if card.yamnet_sha256 not in (None, sha):
-        return None, ("parity check skipped: the YAMNet weights found differ from the ones the model was "
-                      f"built with (sha256 {sha[:12]} vs {card.yamnet_sha256[:12]}); pass --yamnet")
+        return None, (
+            "parity check skipped: the YAMNet weights found differ from the ones the model was "
+            f"built with (sha256 {sha[:12]} vs {card.yamnet_sha256[:12]}); pass --yamnet"
+        )
     counts = np.bincount(outputs.file_index, minlength=len(outputs.recordings))
     cached = [i for i, r in enumerate(outputs.recordings) if extractor.cached(r.path) is not None]
     if not cached:
@@ -553,15 +615,21 @@ def parity_check(s: EvalSettings, card: ModelCard, reference: tuple, outputs: Mo
         "windows": int(len(sel)),
         "files": int(len(set(outputs.file_index[sel].tolist()))),
         "compared": "deployed TFLite end to end vs Keras head + numpy anomaly score on the cached "
-                    f"{card.quantization} front-end embeddings of the same windows",
+        f"{card.quantization} front-end embeddings of the same windows",
         "max_probability_diff": float(np.abs(p - ref_p).max()),
         "max_score_diff": float(np.abs(sc - ref_s).max()),
         "max_relative_score_diff": float((np.abs(sc - ref_s) / np.maximum(np.abs(ref_s), 1e-6)).max()),
         "max_score_diff_over_threshold": float((np.abs(sc - ref_s) / thresholds).max()),
         "argmax_agreement": float((p.argmax(1) == ref_p.argmax(1)).mean()),
         "decision_agreement": float(((sc >= thresholds) == (ref_s >= thresholds)).mean()),
-        **({"max_band_level_diff": float(np.abs(outputs.bands[sel] - np.concatenate(ref_bands)).max()),
-            "max_relative_fused_diff": max(fused_diff)} if fused_diff else {}),
+        **(
+            {
+                "max_band_level_diff": float(np.abs(outputs.bands[sel] - np.concatenate(ref_bands)).max()),
+                "max_relative_fused_diff": max(fused_diff),
+            }
+            if fused_diff
+            else {}
+        ),
     }, None
 
 
@@ -599,8 +667,15 @@ def embedding_ratio(model: runtime.SoundClassifier, outputs: ModelOutputs, col_f
     return np.where(known, ratio[rows, np.clip(col, 0, ratio.shape[1] - 1)], ratio.min(axis=1))
 
 
-def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, channel, machines: list[str],
-                     normal_file: np.ndarray, embedding_win: np.ndarray) -> tuple[dict | None, str | None]:
+def baseline_metrics(
+    s: EvalSettings,
+    model_dir: Path,
+    outputs: ModelOutputs,
+    channel,
+    machines: list[str],
+    normal_file: np.ndarray,
+    embedding_win: np.ndarray,
+) -> tuple[dict | None, str | None]:
     """Loudness and long-term-spectrum 5-NN baselines (fanwatch.baselines) on the evaluated files, fitted on the
     model's normal training files (split.json) per machine, all of them for an unknown machine."""
     from tqdm import tqdm
@@ -621,8 +696,10 @@ def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, ch
         except FanwatchError:
             return None
         wins = audio.frame_windows(sig)
-        return {b: (baselines.clip_features(b, sig)[None, :], np.stack([baselines.clip_features(b, w) for w in wins]))
-                for b in baselines.BASELINES}
+        return {
+            b: (baselines.clip_features(b, sig)[None, :], np.stack([baselines.clip_features(b, w) for w in wins]))
+            for b in baselines.BASELINES
+        }
 
     ref: dict[str, list] = {}
     for r in tqdm(train, desc="baselines", unit="file", disable=not s.progress, leave=False):
@@ -633,8 +710,10 @@ def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, ch
         return None, "baselines not computed: no normal training file of the model could be read"
     pooled = [f for fs in ref.values() for f in fs]
     counts = np.bincount(outputs.file_index, minlength=len(outputs.recordings))
-    block: dict = {"fitted_on": f"{len(pooled)} normal training files of the model ({split.name})",
-                   "definitions": baselines.describe()}
+    block: dict = {
+        "fitted_on": f"{len(pooled)} normal training files of the model ({split.name})",
+        "definitions": baselines.describe(),
+    }
     normal_win = normal_file[outputs.file_index]
     test = [feats(r.path) for r in outputs.recordings]
     for b in baselines.BASELINES:
@@ -646,8 +725,10 @@ def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, ch
             key = key if key in ref else None
             if key not in models:
                 src = ref[key] if key is not None else pooled
-                models[key] = (baselines.KnnBaseline.fit(np.concatenate([x[b][0] for x in src])),
-                               baselines.KnnBaseline.fit(np.concatenate([x[b][1] for x in src])))
+                models[key] = (
+                    baselines.KnnBaseline.fit(np.concatenate([x[b][0] for x in src])),
+                    baselines.KnnBaseline.fit(np.concatenate([x[b][1] for x in src])),
+                )
             sel = outputs.file_index == i
             if f is None or len(f[b][1]) != counts[i]:
                 file_v[i], win_v[sel] = np.nan, np.nan
@@ -655,17 +736,20 @@ def baseline_metrics(s: EvalSettings, model_dir: Path, outputs: ModelOutputs, ch
             file_v[i] = models[key][0].score(f[b][0])[0]
             win_v[sel] = models[key][1].score(f[b][1])
         ok_f, ok_w = np.isfinite(file_v), np.isfinite(win_v)
-        block[b] = {"file_level": {"auc": _auc(file_v, normal_file, ok_f),
-                                   "pauc_dcase": _pauc(file_v, normal_file, ok_f)},
-                    "window_level": {"auc": _auc(win_v, normal_win, ok_w),
-                                     "pauc_dcase": _pauc(win_v, normal_win, ok_w)}}
+        block[b] = {
+            "file_level": {"auc": _auc(file_v, normal_file, ok_f), "pauc_dcase": _pauc(file_v, normal_file, ok_f)},
+            "window_level": {"auc": _auc(win_v, normal_win, ok_w), "pauc_dcase": _pauc(win_v, normal_win, ok_w)},
+        }
     file_e = file_means(embedding_win, outputs.file_index, len(outputs.recordings))
     ok_f, ok_w = np.ones(len(file_e), bool), np.ones(len(embedding_win), bool)
     block["embedding_knn"] = {
         "file_level": {"auc": _auc(file_e, normal_file, ok_f), "pauc_dcase": _pauc(file_e, normal_file, ok_f)},
-        "window_level": {"auc": _auc(embedding_win, normal_win, ok_w),
-                         "pauc_dcase": _pauc(embedding_win, normal_win, ok_w)},
-        "definition": "the model's anomaly_score output (embedding k-NN of one window) over its threshold"}
+        "window_level": {
+            "auc": _auc(embedding_win, normal_win, ok_w),
+            "pauc_dcase": _pauc(embedding_win, normal_win, ok_w),
+        },
+        "definition": "the model's anomaly_score output (embedding k-NN of one window) over its threshold",
+    }
     return block, None
 
 
@@ -684,13 +768,16 @@ def _recordings(s: EvalSettings, card: ModelCard, model_dir: Path) -> tuple[list
     if s.data is None:
         split = model_dir / SPLIT_NAME
         if not split.is_file():
-            raise FanwatchError(f"{split} not found: train.py writes it beside the model; "
-                                "pass --data DIR to evaluate the recordings of a folder")
+            raise FanwatchError(
+                f"{split} not found: train.py writes it beside the model; "
+                "pass --data DIR to evaluate the recordings of a folder"
+            )
         # only the test files matter here; a vanished test file is skipped and listed like any bad file
         recs = list(datasets.load_split(split, must_exist=())["test"])
         if not recs:
-            raise FanwatchError(f"{split}: the split holds no test recordings (trained with --test-fraction 0?); "
-                                "pass --data DIR")
+            raise FanwatchError(
+                f"{split}: the split holds no test recordings (trained with --test-fraction 0?); pass --data DIR"
+            )
         return recs, {"source": "test split", "split": str(split)}
     data = Path(s.data).expanduser()
     recs, layout = datasets.scan_dataset(data, s.layout)
@@ -698,8 +785,12 @@ def _recordings(s: EvalSettings, card: ModelCard, model_dir: Path) -> tuple[list
     if layout == "folders" and card.head_target == "label":
         # the card knows which of its labels are normal (training may have used --normal-classes)
         labels, normal = set(card.labels), set(card.normal_labels)
-        recs = [datasets.Recording(r.path, r.label, r.machine, r.label in normal, r.subset, r.snr)
-                if r.label in labels else r for r in recs]
+        recs = [
+            datasets.Recording(r.path, r.label, r.machine, r.label in normal, r.subset, r.snr)
+            if r.label in labels
+            else r
+            for r in recs
+        ]
         info["normal_from"] = "model card normal_labels for the model's labels, folder-name rule for others"
     return recs, info
 
@@ -739,10 +830,13 @@ def evaluate(s: EvalSettings) -> dict:
     notes: list[str] = []
     overlap = _training_overlap(model_dir, recs) if s.data is not None else 0
     if overlap:
-        notes.append(f"{overlap} of the evaluated files were used in training or validation: "
-                     "the figures are optimistic")
-    log(f"evaluating {model_path} ({card.quantization}, runtime {model.runtime}) on {len(recs)} files "
-        f"({source['source']}: {source.get('root') or source.get('split')})")
+        notes.append(
+            f"{overlap} of the evaluated files were used in training or validation: the figures are optimistic"
+        )
+    log(
+        f"evaluating {model_path} ({card.quantization}, runtime {model.runtime}) on {len(recs)} files "
+        f"({source['source']}: {source.get('root') or source.get('split')})"
+    )
 
     outputs = run_model(model, recs, channel, s.workers, s.progress)
     if not outputs.recordings:
@@ -764,22 +858,27 @@ def evaluate(s: EvalSettings) -> dict:
     cls_file = classification_metrics(y_file[known_f], pred_file[known_f], labels)
     not_labelled = sorted({key(r) for r, y in zip(outputs.recordings, y_file) if y < 0})
     if not known_f.any():
-        notes.append(f"no evaluated file has one of the model's labels ({', '.join(labels)}): "
-                     "classification metrics not defined")
+        notes.append(
+            f"no evaluated file has one of the model's labels ({', '.join(labels)}): classification metrics not defined"
+        )
     elif not_labelled:
-        notes.append(f"{int((~known_f).sum())} file(s) with labels the model does not know "
-                     f"({', '.join(not_labelled)}) are left out of the classification metrics")
+        notes.append(
+            f"{int((~known_f).sum())} file(s) with labels the model does not know "
+            f"({', '.join(not_labelled)}) are left out of the classification metrics"
+        )
     written: list[str] = []
     if known_f.any():
         (out / REPORT_NAME).write_text(
             report_text(y_win[known_w], pred_win[known_w], labels, "WINDOW level (one decision per window)")
-            + "\n" + report_text(y_file[known_f], pred_file[known_f], labels,
-                                 "FILE level (mean probability per file)"))
+            + "\n"
+            + report_text(y_file[known_f], pred_file[known_f], labels, "FILE level (mean probability per file)")
+        )
         written.append(REPORT_NAME)
         for level, m in (("windows", cls_window), ("files", cls_file)):
             name = f"confusion_{level}.png"
-            plot_confusion(m["confusion"], out / name,
-                           f"{model_path.name}: confusion at {level[:-1]} level ({m['n']} {level})")
+            plot_confusion(
+                m["confusion"], out / name, f"{model_path.name}: confusion at {level[:-1]} level ({m['n']} {level})"
+            )
             written.append(name)
 
     # --- anomaly score -----------------------------------------------------------------------------
@@ -790,7 +889,7 @@ def evaluate(s: EvalSettings) -> dict:
     col_file = np.array([machines.index(m) if m in machines else unknown_col for m in as_machine])
     col_win = col_file[outputs.file_index]
     rows = np.arange(len(ratio))
-    win_ratio = np.where(col_win >= 0, ratio[rows, np.maximum(col_win, 0)], ratio[:, :len(machines)].min(axis=1))
+    win_ratio = np.where(col_win >= 0, ratio[rows, np.maximum(col_win, 0)], ratio[:, : len(machines)].min(axis=1))
     win_raw = np.where(col_win >= 0, deployed[rows, np.maximum(col_win, 0)], win_ratio)
     normal_file = np.array([r.normal for r in outputs.recordings], bool)
     normal_win = normal_file[outputs.file_index]
@@ -798,19 +897,25 @@ def evaluate(s: EvalSettings) -> dict:
     file_raw = file_means(win_raw, outputs.file_index, n_files)
     unknown = sorted({r.machine for r, c in zip(outputs.recordings, col_file) if c < 0 or c == pooled_col})
     if unknown and pooled_col is not None:
-        notes.append(f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the pooled normal "
-                     "reference of all known machines with its own threshold, as the runtime does; pass --machine "
-                     "to choose one")
+        notes.append(
+            f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the pooled normal "
+            "reference of all known machines with its own threshold, as the runtime does; pass --machine "
+            "to choose one"
+        )
     elif unknown:
-        notes.append(f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the closest "
-                     f"known machine (smallest score/threshold), as the runtime does; pass --machine to choose one")
+        notes.append(
+            f"machine id(s) unknown to the model ({', '.join(unknown)}): scored against the closest "
+            f"known machine (smallest score/threshold), as the runtime does; pass --machine to choose one"
+        )
 
     def anomaly_block(win_sel, file_sel, win_values, file_values, threshold) -> dict:
         return {
-            "file_level": score_metrics(file_values[file_sel & normal_file], file_values[file_sel & ~normal_file],
-                                        threshold),
-            "window_level": score_metrics(win_values[win_sel & normal_win], win_values[win_sel & ~normal_win],
-                                          threshold),
+            "file_level": score_metrics(
+                file_values[file_sel & normal_file], file_values[file_sel & ~normal_file], threshold
+            ),
+            "window_level": score_metrics(
+                win_values[win_sel & normal_win], win_values[win_sel & ~normal_win], threshold
+            ),
         }
 
     def undefined_notes(block: dict, where: str) -> list[str]:
@@ -837,21 +942,37 @@ def evaluate(s: EvalSettings) -> dict:
             threshold, unit, win_v, file_v = 1.0, "score / threshold (closest known machine)", win_ratio, file_ratio
             scored_as = "closest known machine"
         block = anomaly_block(win_sel, file_sel, win_v, file_v, threshold)
-        block.update({"scored_as": scored_as, "score_unit": unit, "threshold": threshold, "files": int(file_sel.sum()),
-                      "windows": int(win_sel.sum())})
+        block.update(
+            {
+                "scored_as": scored_as,
+                "score_unit": unit,
+                "threshold": threshold,
+                "files": int(file_sel.sum()),
+                "windows": int(win_sel.sum()),
+            }
+        )
         block["notes"] = undefined_notes(block, f" for {name}")
         stem = safe_name(name)
         n_w, a_w = win_v[win_sel & normal_win], win_v[win_sel & ~normal_win]
-        plot_scores(n_w, a_w, threshold, out / f"scores_{stem}.png",
-                    f"{name}: window scores (scored as {scored_as})", unit)
+        plot_scores(
+            n_w, a_w, threshold, out / f"scores_{stem}.png", f"{name}: window scores (scored as {scored_as})", unit
+        )
         block["plots"] = [f"scores_{stem}.png"]
         if len(n_w) and len(a_w):
-            curves = {f"files ({block['file_level']['normal']}+{block['file_level']['anomalous']})":
-                      (file_v[file_sel & normal_file], file_v[file_sel & ~normal_file]),
-                      f"windows ({len(n_w)}+{len(a_w)})": (n_w, a_w)}
+            curves = {
+                f"files ({block['file_level']['normal']}+{block['file_level']['anomalous']})": (
+                    file_v[file_sel & normal_file],
+                    file_v[file_sel & ~normal_file],
+                ),
+                f"windows ({len(n_w)}+{len(a_w)})": (n_w, a_w),
+            }
             w = block["window_level"]
-            plot_roc(curves, out / f"roc_{stem}.png", f"{name}: ROC (scored as {scored_as})",
-                     (w["false_alarm_rate"], w["detection_rate"]))
+            plot_roc(
+                curves,
+                out / f"roc_{stem}.png",
+                f"{name}: ROC (scored as {scored_as})",
+                (w["false_alarm_rate"], w["detection_rate"]),
+            )
             block["plots"].insert(0, f"roc_{stem}.png")
         written += block["plots"]
         per_machine[name] = block
@@ -860,9 +981,11 @@ def evaluate(s: EvalSettings) -> dict:
     overall["score_unit"] = "score / threshold of the recording's machine (1.0 = threshold)"
     aucs = [b["file_level"]["auc"] for b in per_machine.values() if b["file_level"]["auc"] is not None]
     paucs = [b["file_level"]["pauc_dcase"] for b in per_machine.values() if b["file_level"]["pauc_dcase"] is not None]
-    overall["mean_over_machines"] = {"auc": float(np.mean(aucs)) if aucs else None,
-                                     "pauc_dcase": float(np.mean(paucs)) if paucs else None,
-                                     "machines": len(aucs)}
+    overall["mean_over_machines"] = {
+        "auc": float(np.mean(aucs)) if aucs else None,
+        "pauc_dcase": float(np.mean(paucs)) if paucs else None,
+        "machines": len(aucs),
+    }
     overall_notes = undefined_notes(overall, "")
     notes += overall_notes
     if len(per_machine) > 1:  # per machine only what the overall notes do not already say
@@ -870,13 +993,15 @@ def evaluate(s: EvalSettings) -> dict:
         notes += [n for b in per_machine.values() for n in b["notes"] if n.split(" for ")[0] not in said]
 
     # --- baselines on the same files ----------------------------------------------------------------
-    baselines_block, why = baseline_metrics(s, model_dir, outputs, channel, machines, normal_file,
-                                            embedding_ratio(model, outputs, col_file))
+    baselines_block, why = baseline_metrics(
+        s, model_dir, outputs, channel, machines, normal_file, embedding_ratio(model, outputs, col_file)
+    )
     if why:
         notes.append(why)
     else:
-        baselines_block["deployed"] = {k: {m: overall[k][m] for m in ("auc", "pauc_dcase")}
-                                       for k in ("file_level", "window_level")}
+        baselines_block["deployed"] = {
+            k: {m: overall[k][m] for m in ("auc", "pauc_dcase")} for k in ("file_level", "window_level")
+        }
 
     # --- alerts: the recordings as continuous streams through the live Analyzer ----------------------
     alerts = None
@@ -887,28 +1012,55 @@ def evaluate(s: EvalSettings) -> dict:
     # --- parity ------------------------------------------------------------------------------------
     parity = None
     if s.parity:
-        parity, why = parity_check(s, card, reference, outputs, channel,
-                                        model.embedding_thresholds, model) if reference else \
-            (None, reference_note)
+        parity, why = (
+            parity_check(s, card, reference, outputs, channel, model.embedding_thresholds, model)
+            if reference
+            else (None, reference_note)
+        )
         if why:
             notes.append(why)
         elif parity["argmax_agreement"] < PARITY_AGREEMENT or parity["max_probability_diff"] > PARITY_MAX_DP:
-            notes.append(f"parity: the deployed model and the Keras head disagree on the most probable class of "
-                         f"{100 * (1 - parity['argmax_agreement']):.1f}% of the compared windows (largest "
-                         f"probability difference {parity['max_probability_diff']:.2f}); see parity in metrics.json")
+            notes.append(
+                f"parity: the deployed model and the Keras head disagree on the most probable class of "
+                f"{100 * (1 - parity['argmax_agreement']):.1f}% of the compared windows (largest "
+                f"probability difference {parity['max_probability_diff']:.2f}); see parity in metrics.json"
+            )
     else:
         notes.append("parity check not run (--no-parity)")
 
     # --- files.csv ---------------------------------------------------------------------------------
     with open(out / FILES_NAME, "w", newline="") as handle:
         w = csv.writer(handle)
-        w.writerow(["path", "label", "machine", "normal", "windows", "predicted", "probability",
-                    "mean_score", "mean_score_over_threshold", "flagged"])
+        w.writerow(
+            [
+                "path",
+                "label",
+                "machine",
+                "normal",
+                "windows",
+                "predicted",
+                "probability",
+                "mean_score",
+                "mean_score_over_threshold",
+                "flagged",
+            ]
+        )
         counts = np.bincount(outputs.file_index, minlength=n_files)
         for i, r in enumerate(outputs.recordings):
-            w.writerow([str(r.path), r.label, r.machine, int(r.normal), int(counts[i]), labels[pred_file[i]],
-                        f"{mean_probs[i, pred_file[i]]:.4f}", f"{file_raw[i]:.6g}", f"{file_ratio[i]:.4f}",
-                        int(file_ratio[i] >= 1.0)])
+            w.writerow(
+                [
+                    str(r.path),
+                    r.label,
+                    r.machine,
+                    int(r.normal),
+                    int(counts[i]),
+                    labels[pred_file[i]],
+                    f"{mean_probs[i, pred_file[i]]:.4f}",
+                    f"{file_raw[i]:.6g}",
+                    f"{file_ratio[i]:.4f}",
+                    int(file_ratio[i] >= 1.0),
+                ]
+            )
     written.append(FILES_NAME)
 
     metrics = {
@@ -925,27 +1077,45 @@ def evaluate(s: EvalSettings) -> dict:
         "skipped": [{"file": f, "reason": r} for f, r in outputs.skipped],
         "notes": notes,
         "definitions": DEFINITIONS,
-        "classification": {"head_target": card.head_target, "labels": labels,
-                           "window_level": cls_window, "file_level": cls_file,
-                           "labels_not_in_model": not_labelled},
+        "classification": {
+            "head_target": card.head_target,
+            "labels": labels,
+            "window_level": cls_window,
+            "file_level": cls_file,
+            "labels_not_in_model": not_labelled,
+        },
         "anomaly": overall,
         "per_machine": per_machine,
         "unknown_machines": unknown,
         "unknown_machine_rule": (card.raw["anomaly"].get("score") or {}).get(
-            "unknown_machine_rule", "smallest score/threshold over the known machines"),
+            "unknown_machine_rule", "smallest score/threshold over the known machines"
+        ),
         "baselines": baselines_block,
         "parity": parity,
         "alerts": alerts,
-        "model": {"path": str(model_path.resolve()), "sha256": config.sha256_file(model_path),
-                  "quantization": card.quantization, "runtime": model.runtime,
-                  "yamnet_sha256": card.yamnet_sha256, "card_created": card.created,
-                  "labels": labels, "machines": machines,
-                  "thresholds": {m: float(t) for m, t in zip(machines, thresholds)},
-                  "anomaly_method": card.threshold_method,
-                  "anomaly_score": "fused" if card.score_file else "embedding"},
+        "model": {
+            "path": str(model_path.resolve()),
+            "sha256": config.sha256_file(model_path),
+            "quantization": card.quantization,
+            "runtime": model.runtime,
+            "yamnet_sha256": card.yamnet_sha256,
+            "card_created": card.created,
+            "labels": labels,
+            "machines": machines,
+            "thresholds": {m: float(t) for m, t in zip(machines, thresholds)},
+            "anomaly_method": card.threshold_method,
+            "anomaly_score": "fused" if card.score_file else "embedding",
+        },
         "data": {**source, "summary": datasets.summarize(outputs.recordings)},
-        "settings": {**s.as_dict(), "channel_used": channel, "out": str(out), "window_samples": config.WINDOW_SAMPLES,
-                     "hop_samples": config.HOP_SAMPLES, "pauc_max_fpr": PAUC_MAX_FPR, "fanwatch": __version__},
+        "settings": {
+            **s.as_dict(),
+            "channel_used": channel,
+            "out": str(out),
+            "window_samples": config.WINDOW_SAMPLES,
+            "hop_samples": config.HOP_SAMPLES,
+            "pauc_max_fpr": PAUC_MAX_FPR,
+            "fanwatch": __version__,
+        },
         "outputs": written + [METRICS_NAME],
         "seconds": None,
     }
@@ -955,8 +1125,9 @@ def evaluate(s: EvalSettings) -> dict:
     return metrics
 
 
-def alert_level(s: EvalSettings, model_path: Path, model: runtime.SoundClassifier, recordings, channel,
-                out: Path) -> tuple[dict, list[str]]:
+def alert_level(
+    s: EvalSettings, model_path: Path, model: runtime.SoundClassifier, recordings, channel, out: Path
+) -> tuple[dict, list[str]]:
     """Alert-level figures (:mod:`fanwatch.alert_eval`): per machine id, the normal recordings as one stream
     and each anomalous one as a fault stream, through the live Analyzer with the model card's alert rules
     (and the site calibration beside the model unless ``s.site`` is off)."""
@@ -966,8 +1137,10 @@ def alert_level(s: EvalSettings, model_path: Path, model: runtime.SoundClassifie
 
     site_model = site.load(model_path) if s.site else None
     if site_model is not None:
-        log(f"alerts: applying the site calibration beside the model ({site.describe(site_model)}); "
-            "--no-site ignores it")
+        log(
+            f"alerts: applying the site calibration beside the model ({site.describe(site_model)}); "
+            "--no-site ignores it"
+        )
     classifiers: dict[str, runtime.SoundClassifier] = {}
 
     def make_analyzer(machine: str):
@@ -1001,30 +1174,40 @@ def print_summary(m: dict, out: Path) -> None:
     src = m["data"]
     where = src.get("split") if src["source"] == "test split" else src.get("root")
     log("")
-    log(f"evaluated {m['files']} files ({m['windows']} windows) from the {src['source']} {where}; "
-        f"{len(m['skipped'])} skipped")
+    log(
+        f"evaluated {m['files']} files ({m['windows']} windows) from the {src['source']} {where}; "
+        f"{len(m['skipped'])} skipped"
+    )
     cw, cf = m["classification"]["window_level"], m["classification"]["file_level"]
     if cw["accuracy"] is not None:
-        log(f"classification ({len(m['classification']['labels'])} labels): window accuracy {_f(cw['accuracy'])}, "
+        log(
+            f"classification ({len(m['classification']['labels'])} labels): window accuracy {_f(cw['accuracy'])}, "
             f"macro F1 {_f(cw['macro_f1'])} ({cw['n']} windows); file accuracy {_f(cf['accuracy'])}, "
-            f"macro F1 {_f(cf['macro_f1'])} ({cf['n']} files)")
+            f"macro F1 {_f(cf['macro_f1'])} ({cf['n']} files)"
+        )
     else:
         log("classification: not defined (no file with one of the model's labels)")
     a = m["anomaly"]
-    log(f"anomaly, file level (DCASE): AUC {_f(m['anomaly_auc'])}, pAUC(FPR<={PAUC_MAX_FPR}) "
+    log(
+        f"anomaly, file level (DCASE): AUC {_f(m['anomaly_auc'])}, pAUC(FPR<={PAUC_MAX_FPR}) "
         f"{_f(m['anomaly_pauc'])}; at the model's thresholds: false alarms {_pct(m['false_alarm_rate'])} of "
         f"{a['window_level']['normal']} normal windows, detections {_pct(m['detection_rate'])} of "
-        f"{a['window_level']['anomalous']} anomalous windows")
+        f"{a['window_level']['anomalous']} anomalous windows"
+    )
     if len(m["per_machine"]) > 1 or m["unknown_machines"]:
         for name, b in m["per_machine"].items():
             f, w = b["file_level"], b["window_level"]
-            log(f"  {name} (as {b['scored_as']}): AUC {_f(f['auc'])}, pAUC {_f(f['pauc_dcase'])}, "
+            log(
+                f"  {name} (as {b['scored_as']}): AUC {_f(f['auc'])}, pAUC {_f(f['pauc_dcase'])}, "
                 f"false alarms {_pct(w['false_alarm_rate'])}, detections {_pct(w['detection_rate'])} "
-                f"({f['normal']}+{f['anomalous']} files)")
+                f"({f['normal']}+{f['anomalous']} files)"
+            )
     b = m.get("baselines")
     if b:
-        log("same test files, file AUC / pAUC, window AUC / pAUC (baselines fitted on the model's normal "
-            "training files):")
+        log(
+            "same test files, file AUC / pAUC, window AUC / pAUC (baselines fitted on the model's normal "
+            "training files):"
+        )
         for name in ("deployed", "embedding_knn", "loudness", "ltas"):
             if name in b:
                 f, w = b[name]["file_level"], b[name]["window_level"]
@@ -1032,19 +1215,27 @@ def print_summary(m: dict, out: Path) -> None:
 
     a = m.get("alerts")
     if a:
-        log(f"alerts (test recordings as streams through the live loop): {a['false_alerts']} false alert(s) in "
+        log(
+            f"alerts (test recordings as streams through the live loop): {a['false_alerts']} false alert(s) in "
             f"{a['normal_hours'] * 60:.1f} min of normal audio ({_f(a['false_alerts_per_hour'], '.2f')} per hour); "
             f"{a['faults_alerted']} of {a['fault_streams']} fault recordings alerted, "
             f"{_pct(a['share_alerted_within_horizon'])} within {a['horizon_s']:g} s, time to alert median "
             f"{_f(a['median_time_to_alert_s'], '.1f')} s, p95 {_f(a['p95_time_to_alert_s'], '.1f')} s"
-            + (" (site calibration applied)" if a.get("site") else ""))
+            + (" (site calibration applied)" if a.get("site") else "")
+        )
     p = m["parity"]
     if p:
-        log(f"parity TFLite vs Keras head ({p['windows']} windows): max |dp| {p['max_probability_diff']:.2e}, "
+        log(
+            f"parity TFLite vs Keras head ({p['windows']} windows): max |dp| {p['max_probability_diff']:.2e}, "
             f"max |d score| {p['max_score_diff']:.2e} ({p['max_score_diff_over_threshold']:.2e} of the threshold), "
             f"decisions agree on {_pct(p['decision_agreement'])} of windows"
-            + (f"; band levels max |d| {p['max_band_level_diff']:.1e}, fused score max relative diff "
-               f"{p['max_relative_fused_diff']:.1e}" if "max_band_level_diff" in p else ""))
+            + (
+                f"; band levels max |d| {p['max_band_level_diff']:.1e}, fused score max relative diff "
+                f"{p['max_relative_fused_diff']:.1e}"
+                if "max_band_level_diff" in p
+                else ""
+            )
+        )
     for note in m["notes"]:
         log(f"note: {note}")
     if m["skipped"]:

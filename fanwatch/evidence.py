@@ -69,8 +69,10 @@ class EvidenceRule:
         need(self.method in METHODS, f"unknown evidence method {self.method!r} (choose from {', '.join(METHODS)})")
         for name in ("reference", "clip", "threshold", "cap_s", "horizon_s", "clear_s"):
             value = getattr(self, name)
-            need(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                 f"alert rule: {name} must be a positive number, got {value!r}")
+            need(
+                isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                f"alert rule: {name} must be a positive number, got {value!r}",
+            )
         need(0 < self.clear_fraction < 1, f"alert rule: clear_fraction must be in (0, 1), got {self.clear_fraction}")
 
     def to_dict(self) -> dict:
@@ -91,10 +93,14 @@ class EvidenceRule:
 
     def describe(self) -> str:
         if self.method == "cusum":
-            return (f"cusum of ln(ratio/{self.reference:g}) >= {self.threshold:.3g}, "
-                    f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s")
-        return (f"mean ln(ratio/{self.reference:g}) over {self.horizon_s:g} s >= {self.threshold:.3g}, "
-                f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s")
+            return (
+                f"cusum of ln(ratio/{self.reference:g}) >= {self.threshold:.3g}, "
+                f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s"
+            )
+        return (
+            f"mean ln(ratio/{self.reference:g}) over {self.horizon_s:g} s >= {self.threshold:.3g}, "
+            f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s"
+        )
 
 
 def _windows(seconds: float, hop_s: float) -> int:
@@ -321,17 +327,24 @@ def tail_bound(streams, rule: EvidenceRule, hop_s: float, seed: int = 0) -> dict
 
     theta = lundberg_exponent(np.append(x, pseudo)) if len(x) else 0.0
     rng = np.random.default_rng(seed)
-    boot = [lundberg_exponent(np.append(rng.choice(x, len(x)), pseudo)) for _ in range(BOOTSTRAP)] if len(x) \
-        else [0.0]
+    boot = [lundberg_exponent(np.append(rng.choice(x, len(x)), pseudo)) for _ in range(BOOTSTRAP)] if len(x) else [0.0]
     theta_low = float(np.quantile(boot, 1 - CONFIDENCE))
     days = hours / 24.0
     starts_upper = _poisson_upper(starts, CONFIDENCE)
-    return {"windows": int(windows), "hours": hours, "blocks": int(len(x)), "block_windows": BLOCK_WINDOWS,
-            "mean_block_increment": float(x.mean()) if len(x) else None,
-            "positive_blocks": int((x > 0).sum()), "excursions": int(starts),
-            "excursions_per_day": starts / days if days > 0 else math.inf,
-            "excursions_per_day_upper": starts_upper / days if days > 0 else math.inf,
-            "theta": theta, "theta_lower": theta_low, "offset": clip}
+    return {
+        "windows": int(windows),
+        "hours": hours,
+        "blocks": int(len(x)),
+        "block_windows": BLOCK_WINDOWS,
+        "mean_block_increment": float(x.mean()) if len(x) else None,
+        "positive_blocks": int((x > 0).sum()),
+        "excursions": int(starts),
+        "excursions_per_day": starts / days if days > 0 else math.inf,
+        "excursions_per_day_upper": starts_upper / days if days > 0 else math.inf,
+        "theta": theta,
+        "theta_lower": theta_low,
+        "offset": clip,
+    }
 
 
 def _poisson_upper(k: int, confidence: float) -> float:
@@ -344,23 +357,44 @@ def _poisson_upper(k: int, confidence: float) -> float:
 
 def _normal_quantile(p: float) -> float:
     """Inverse standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
-    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
-         -3.066479806614716e+01, 2.506628277459239e+00)
-    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
-         -1.328068155288572e+01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
-         4.374664141464968e+00, 2.938163982698783e+00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
     if p < 0.02425:
         q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
-            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+        )
     if p > 1 - 0.02425:
         return -_normal_quantile(1 - p)
     q = p - 0.5
     r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
-        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    return (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
 
 
 def rate_per_day(tail: dict, level: float, upper: bool = False) -> float:
@@ -382,9 +416,14 @@ def reference_from_normal(streams, quantile: float = REFERENCE_QUANTILE) -> floa
     return float(min(np.quantile(values, quantile), 1.0))
 
 
-def calibrate(streams, rule: EvidenceRule | None = None, hop_s: float = 0.5,
-              false_alerts_per_day: float = DEFAULT_FALSE_ALERTS_PER_DAY, reference: float | None = None,
-              floor: float | None = None) -> Calibration:
+def calibrate(
+    streams,
+    rule: EvidenceRule | None = None,
+    hop_s: float = 0.5,
+    false_alerts_per_day: float = DEFAULT_FALSE_ALERTS_PER_DAY,
+    reference: float | None = None,
+    floor: float | None = None,
+) -> Calibration:
     """The CUSUM rule for ``false_alerts_per_day`` on these normal streams (per-window ratios, each one
     continuous stream): its reference from the streams (unless given), its threshold from the cautious tail
     bound (:func:`tail_bound`), never below ``floor`` nor below the highest evidence the streams reach (the
@@ -402,14 +441,19 @@ def calibrate(streams, rule: EvidenceRule | None = None, hop_s: float = 0.5,
     tail = tail_bound(streams, rule, hop_s)
     if tail["blocks"] < MIN_CALIBRATION_BLOCKS:
         chosen = replace(rule, threshold=DEFAULT_THRESHOLD)
-        return Calibration(rule=chosen, target_false_alerts_per_day=false_alerts_per_day,
-                           expected_false_alerts_per_day=math.nan, upper_false_alerts_per_day=math.nan,
-                           observed_false_alerts=count_alerts(streams, chosen, hop_s), normal_hours=tail["hours"],
-                           streams=len(streams),
-                           method=f"not calibrated: only {tail['hours'] * 3600:.0f} s of normal audio (need "
-                                  f"{MIN_CALIBRATION_BLOCKS * BLOCK_WINDOWS * hop_s:.0f} s); default alert level "
-                                  f"{DEFAULT_THRESHOLD:g}",
-                           tail={k: _round(v, 5) if isinstance(v, float) else v for k, v in tail.items()})
+        return Calibration(
+            rule=chosen,
+            target_false_alerts_per_day=false_alerts_per_day,
+            expected_false_alerts_per_day=math.nan,
+            upper_false_alerts_per_day=math.nan,
+            observed_false_alerts=count_alerts(streams, chosen, hop_s),
+            normal_hours=tail["hours"],
+            streams=len(streams),
+            method=f"not calibrated: only {tail['hours'] * 3600:.0f} s of normal audio (need "
+            f"{MIN_CALIBRATION_BLOCKS * BLOCK_WINDOWS * hop_s:.0f} s); default alert level "
+            f"{DEFAULT_THRESHOLD:g}",
+            tail={k: _round(v, 5) if isinstance(v, float) else v for k, v in tail.items()},
+        )
     rate, theta = tail["excursions_per_day_upper"], tail["theta_lower"]
     if theta > 0:
         h = tail["offset"] + max(math.log(max(rate, 1e-300) / false_alerts_per_day), 0.0) / theta
@@ -423,11 +467,17 @@ def calibrate(streams, rule: EvidenceRule | None = None, hop_s: float = 0.5,
     h = max(h, peak * 1.1, floor or 0.0, 1e-3)
     chosen = replace(rule, threshold=float(h))
     observed = count_alerts(streams, chosen, hop_s)
-    return Calibration(rule=chosen, target_false_alerts_per_day=false_alerts_per_day,
-                       expected_false_alerts_per_day=rate_per_day(tail, h),
-                       upper_false_alerts_per_day=rate_per_day(tail, h, upper=True),
-                       observed_false_alerts=int(observed), normal_hours=tail["hours"], streams=len(streams),
-                       method=how, tail={k: _round(v, 5) if isinstance(v, float) else v for k, v in tail.items()})
+    return Calibration(
+        rule=chosen,
+        target_false_alerts_per_day=false_alerts_per_day,
+        expected_false_alerts_per_day=rate_per_day(tail, h),
+        upper_false_alerts_per_day=rate_per_day(tail, h, upper=True),
+        observed_false_alerts=int(observed),
+        normal_hours=tail["hours"],
+        streams=len(streams),
+        method=how,
+        tail={k: _round(v, 5) if isinstance(v, float) else v for k, v in tail.items()},
+    )
 
 
 # --------------------------------------------------------------------------------------------------

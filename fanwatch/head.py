@@ -59,8 +59,9 @@ def build_head(n_classes: int, train_embeddings: np.ndarray | None = None, hidde
     if hidden:
         x = layers.Dense(hidden, activation="relu", kernel_regularizer=keras.regularizers.l2(L2), name="hidden")(x)
         x = layers.Dropout(DROPOUT, name="dropout")(x)
-    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=keras.regularizers.l2(L2),
-                           name="probabilities")(x)
+    outputs = layers.Dense(
+        n_classes, activation="softmax", kernel_regularizer=keras.regularizers.l2(L2), name="probabilities"
+    )(x)
     return keras.Model(inputs, outputs, name="head")
 
 
@@ -70,8 +71,12 @@ def constant_head(label_count: int = 1):
     from keras import layers
 
     inputs = keras.Input(shape=(config.EMBEDDING_DIM,), name="embedding")
-    dense = layers.Dense(label_count, name="probabilities", kernel_initializer="zeros",
-                         bias_initializer=keras.initializers.Constant(1.0 / label_count))
+    dense = layers.Dense(
+        label_count,
+        name="probabilities",
+        kernel_initializer="zeros",
+        bias_initializer=keras.initializers.Constant(1.0 / label_count),
+    )
     return keras.Model(inputs, dense(inputs), name="head")
 
 
@@ -83,9 +88,19 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-               labels: list[str], seed: int = 0, epochs: int = 200, patience: int = 15,
-               batch_size: int = 64, verbose: int = 0, hidden: int = HIDDEN) -> HeadResult:
+def train_head(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    labels: list[str],
+    seed: int = 0,
+    epochs: int = 200,
+    patience: int = 15,
+    batch_size: int = 64,
+    verbose: int = 0,
+    hidden: int = HIDDEN,
+) -> HeadResult:
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -104,11 +119,15 @@ def train_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_va
         )
     ]
     history = model.fit(
-        x_train, y_train,
+        x_train,
+        y_train,
         validation_data=(x_val, y_val) if has_val else None,
-        epochs=epochs, batch_size=batch_size, shuffle=True,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
         class_weight=class_weights(y_train, len(labels)),
-        callbacks=callbacks, verbose=verbose,
+        callbacks=callbacks,
+        verbose=verbose,
     )
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     return HeadResult(model, labels, len(hist.get("loss", [])), hist)

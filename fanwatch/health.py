@@ -59,8 +59,17 @@ class Heartbeat:
         try:
             if self.path is not None:
                 tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text(json.dumps({"last_window": time.time(), "time": record.get("time"),
-                                           "windows": self.windows, "pid": os.getpid()}) + "\n")
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "last_window": time.time(),
+                            "time": record.get("time"),
+                            "windows": self.windows,
+                            "pid": os.getpid(),
+                        }
+                    )
+                    + "\n"
+                )
                 os.replace(tmp, self.path)
             if self._notify is not None:
                 _sd_notify(self._notify, b"WATCHDOG=1")
@@ -104,18 +113,30 @@ def check(path: str | os.PathLike, max_age: float, now: float | None = None) -> 
     age = now - last
     stamp = datetime.fromtimestamp(last, UTC).isoformat(timespec="seconds")
     if age > max_age:
-        return False, (f"unhealthy: no audio analysed for {age:.0f} s (last window {stamp}; limit {max_age:g} s): "
-                       "microphone gone or the loop stuck")
+        return False, (
+            f"unhealthy: no audio analysed for {age:.0f} s (last window {stamp}; limit {max_age:g} s): "
+            "microphone gone or the loop stuck"
+        )
     return True, f"healthy: last window {age:.1f} s ago ({data.get('windows', '?')} windows)"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fanwatch.health",
-                                description="Exit 0 if the fanwatch loop analysed audio recently, else 1.")
-    p.add_argument("--heartbeat", default=os.environ.get(HEARTBEAT_ENV), metavar="FILE",
-                   help=f"the loop's --heartbeat file (default ${HEARTBEAT_ENV})")
-    p.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE, metavar="SECONDS",
-                   help=f"unhealthy when the last analysed window is older (default {DEFAULT_MAX_AGE:g})")
+    p = argparse.ArgumentParser(
+        prog="python -m fanwatch.health", description="Exit 0 if the fanwatch loop analysed audio recently, else 1."
+    )
+    p.add_argument(
+        "--heartbeat",
+        default=os.environ.get(HEARTBEAT_ENV),
+        metavar="FILE",
+        help=f"the loop's --heartbeat file (default ${HEARTBEAT_ENV})",
+    )
+    p.add_argument(
+        "--max-age",
+        type=float,
+        default=DEFAULT_MAX_AGE,
+        metavar="SECONDS",
+        help=f"unhealthy when the last analysed window is older (default {DEFAULT_MAX_AGE:g})",
+    )
     args = p.parse_args(argv)
     if not args.heartbeat:
         print(f"unhealthy: no heartbeat file given (--heartbeat or ${HEARTBEAT_ENV})")

@@ -116,8 +116,10 @@ def parse_url(url: str) -> tuple[str, int, bool, str | None]:
     if scheme not in DEFAULT_PORTS:
         raise FanwatchError(f"--mqtt {url!r}: use mqtt://host[:port] or mqtts://host[:port]")
     if parts.password is not None:
-        raise FanwatchError(f"--mqtt: no password in the URL (it would be visible to every user of the "
-                            f"machine); set {PASSWORD_ENV} or use --mqtt-password-file")
+        raise FanwatchError(
+            f"--mqtt: no password in the URL (it would be visible to every user of the "
+            f"machine); set {PASSWORD_ENV} or use --mqtt-password-file"
+        )
     try:
         port = parts.port or DEFAULT_PORTS[scheme]
     except ValueError:
@@ -145,10 +147,24 @@ def read_password(password_file: str | os.PathLike | None, environ=None) -> str 
     return environ.get(PASSWORD_ENV) or None
 
 
-def settings_from(url: str, *, user: str | None = None, password_file=None, ca=None, cert=None, key=None,
-                  insecure: bool = False, topic: str = DEFAULT_TOPIC, device_name: str | None = None,
-                  discovery: bool = True, discovery_prefix: str = DISCOVERY_PREFIX, state_interval: float = 5.0,
-                  queue_max: int = 1000, retry_max: float = 30.0, environ=None) -> MqttSettings:
+def settings_from(
+    url: str,
+    *,
+    user: str | None = None,
+    password_file=None,
+    ca=None,
+    cert=None,
+    key=None,
+    insecure: bool = False,
+    topic: str = DEFAULT_TOPIC,
+    device_name: str | None = None,
+    discovery: bool = True,
+    discovery_prefix: str = DISCOVERY_PREFIX,
+    state_interval: float = 5.0,
+    queue_max: int = 1000,
+    retry_max: float = 30.0,
+    environ=None,
+) -> MqttSettings:
     """Check the ``--mqtt*`` options and build the settings; every problem is one :class:`FanwatchError` line."""
     host, port, tls, url_user = parse_url(url)
     if user and url_user and user != url_user:
@@ -172,11 +188,23 @@ def settings_from(url: str, *, user: str | None = None, password_file=None, ca=N
     if not retry_max >= 1:
         raise FanwatchError(f"--mqtt-retry-max must be at least 1 second, got {retry_max}")
     return MqttSettings(
-        host=host, port=port, tls=tls, user=user or url_user, password=read_password(password_file, environ),
-        ca=Path(ca) if ca else None, cert=Path(cert) if cert else None, key=Path(key) if key else None,
-        insecure=insecure, topic=topic, device_name=device_name or default_device_name(), discovery=discovery,
-        discovery_prefix=discovery_prefix, state_interval=state_interval, queue_max=queue_max,
-        retry_max=retry_max)
+        host=host,
+        port=port,
+        tls=tls,
+        user=user or url_user,
+        password=read_password(password_file, environ),
+        ca=Path(ca) if ca else None,
+        cert=Path(cert) if cert else None,
+        key=Path(key) if key else None,
+        insecure=insecure,
+        topic=topic,
+        device_name=device_name or default_device_name(),
+        discovery=discovery,
+        discovery_prefix=discovery_prefix,
+        state_interval=state_interval,
+        queue_max=queue_max,
+        retry_max=retry_max,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,31 +240,87 @@ def discovery_messages(settings: MqttSettings, start: dict | None) -> list[tuple
         "qos": 1,
     }
     entities = [
-        ("binary_sensor", "alert", {
-            "name": "Anomaly alert", "device_class": "problem",
-            "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}", "payload_on": "ON",
-            "payload_off": "OFF", "json_attributes_topic": state_topic,
-            "json_attributes_template": "{{ {'kind': value_json.alert_kind, 'anomaly': value_json.anomaly,"
-                                        " 'state': value_json.state} | tojson }}"}),
-        ("sensor", "state", {
-            "name": "Operating state", "device_class": "enum", "options": labels,
-            "value_template": "{{ value_json.state }}", "icon": "mdi:fan"}),
-        ("sensor", "anomaly", {
-            "name": "Anomaly ratio", "state_class": "measurement", "suggested_display_precision": 2,
-            "value_template": "{{ value_json.anomaly }}", "icon": "mdi:waveform"}),
-        ("sensor", "inference_ms", {
-            "name": "Inference time", "device_class": "duration", "unit_of_measurement": "ms",
-            "state_class": "measurement", "entity_category": "diagnostic",
-            "value_template": "{{ value_json.inference_ms }}"}),
-        ("sensor", "dropped_audio", {
-            "name": "Dropped audio blocks", "state_class": "total_increasing", "entity_category": "diagnostic",
-            "value_template": "{{ value_json.dropped_blocks }}", "icon": "mdi:microphone-off"}),
-        ("sensor", "device_losses", {
-            "name": "Microphone losses", "state_class": "total_increasing", "entity_category": "diagnostic",
-            "value_template": "{{ value_json.device_losses }}", "icon": "mdi:microphone-question"}),
-        ("sensor", "mqtt_dropped", {
-            "name": "MQTT messages dropped", "state_class": "total_increasing", "entity_category": "diagnostic",
-            "value_template": "{{ value_json.mqtt_dropped }}", "icon": "mdi:message-alert"}),
+        (
+            "binary_sensor",
+            "alert",
+            {
+                "name": "Anomaly alert",
+                "device_class": "problem",
+                "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "json_attributes_topic": state_topic,
+                "json_attributes_template": "{{ {'kind': value_json.alert_kind, 'anomaly': value_json.anomaly,"
+                " 'state': value_json.state} | tojson }}",
+            },
+        ),
+        (
+            "sensor",
+            "state",
+            {
+                "name": "Operating state",
+                "device_class": "enum",
+                "options": labels,
+                "value_template": "{{ value_json.state }}",
+                "icon": "mdi:fan",
+            },
+        ),
+        (
+            "sensor",
+            "anomaly",
+            {
+                "name": "Anomaly ratio",
+                "state_class": "measurement",
+                "suggested_display_precision": 2,
+                "value_template": "{{ value_json.anomaly }}",
+                "icon": "mdi:waveform",
+            },
+        ),
+        (
+            "sensor",
+            "inference_ms",
+            {
+                "name": "Inference time",
+                "device_class": "duration",
+                "unit_of_measurement": "ms",
+                "state_class": "measurement",
+                "entity_category": "diagnostic",
+                "value_template": "{{ value_json.inference_ms }}",
+            },
+        ),
+        (
+            "sensor",
+            "dropped_audio",
+            {
+                "name": "Dropped audio blocks",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+                "value_template": "{{ value_json.dropped_blocks }}",
+                "icon": "mdi:microphone-off",
+            },
+        ),
+        (
+            "sensor",
+            "device_losses",
+            {
+                "name": "Microphone losses",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+                "value_template": "{{ value_json.device_losses }}",
+                "icon": "mdi:microphone-question",
+            },
+        ),
+        (
+            "sensor",
+            "mqtt_dropped",
+            {
+                "name": "MQTT messages dropped",
+                "state_class": "total_increasing",
+                "entity_category": "diagnostic",
+                "value_template": "{{ value_json.mqtt_dropped }}",
+                "icon": "mdi:message-alert",
+            },
+        ),
     ]
     out = []
     for component, object_id, specific in entities:
@@ -318,8 +402,9 @@ class MqttPublisher:
     # ---- paho setup ----------------------------------------------------------------------------
     def _make_client(self):
         s, paho = self.settings, self._paho
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=s.client_id, clean_session=True,
-                             protocol=paho.MQTTv311)
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=s.client_id, clean_session=True, protocol=paho.MQTTv311
+        )
         client.connect_timeout = s.connect_timeout
         if s.user:
             client.username_pw_set(s.user, s.password)
@@ -329,8 +414,9 @@ class MqttPublisher:
                 if s.cert:
                     context.load_cert_chain(str(s.cert), str(s.key))
             except (OSError, ssl.SSLError) as exc:
-                raise FanwatchError(f"MQTT TLS files (--mqtt-ca/--mqtt-cert/--mqtt-key): "
-                                    f"{describe_error(exc)}") from None
+                raise FanwatchError(
+                    f"MQTT TLS files (--mqtt-ca/--mqtt-cert/--mqtt-key): {describe_error(exc)}"
+                ) from None
             if s.insecure:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
@@ -367,8 +453,7 @@ class MqttPublisher:
                 self._device_losses += 1
             elif event in ALERT_EVENTS:
                 self._alert_kind = record.get("kind") if event == "alert_raised" else None
-            self._put(Message(f"{base}/events", _dumps(record), False,
-                              "alert" if event in ALERT_EVENTS else "event"))
+            self._put(Message(f"{base}/events", _dumps(record), False, "alert" if event in ALERT_EVENTS else "event"))
             if event in ALERT_EVENTS and self._state:
                 # the window before this event already says alert on/off; the event adds its kind
                 active = event == "alert_raised"
@@ -385,11 +470,20 @@ class MqttPublisher:
         alert = bool(r.get("alert"))
         kind = r.get("alert_kind", self._alert_kind) if alert else None
         self._state = {
-            "state": r.get("state"), "label": r.get("label"), "confidence": r.get("confidence"),
-            "anomaly": r.get("anomaly"), "alert": alert, "alert_kind": kind, "updated_at": r.get("time"),
-            "t": r.get("t"), "model_sha256": start.get("model_sha256"), "inference_ms": r.get("inference_ms"),
-            "dropped_blocks": r.get("drops"), "overflows": r.get("overflows"),
-            "device_losses": self._device_losses, "mqtt_dropped": sum(self.dropped.values()),
+            "state": r.get("state"),
+            "label": r.get("label"),
+            "confidence": r.get("confidence"),
+            "anomaly": r.get("anomaly"),
+            "alert": alert,
+            "alert_kind": kind,
+            "updated_at": r.get("time"),
+            "t": r.get("t"),
+            "model_sha256": start.get("model_sha256"),
+            "inference_ms": r.get("inference_ms"),
+            "dropped_blocks": r.get("drops"),
+            "overflows": r.get("overflows"),
+            "device_losses": self._device_losses,
+            "mqtt_dropped": sum(self.dropped.values()),
         }
         self._state_dirty = True
         key = (self._state["state"], alert, kind)
@@ -427,16 +521,19 @@ class MqttPublisher:
     # ---- paho callbacks (in the publisher thread, inside client.loop) ------------------------------
     def _on_connect(self, client, _userdata, _flags, reason_code, _properties) -> None:
         if reason_code.is_failure:
-            self._problem(f"the broker refused the connection: {reason_code}"
-                          + (" (check --mqtt-user and the password)" if reason_code.value in (4, 5, 134, 135)
-                             else ""))
+            self._problem(
+                f"the broker refused the connection: {reason_code}"
+                + (" (check --mqtt-user and the password)" if reason_code.value in (4, 5, 134, 135) else "")
+            )
             self._refused = True
             return
         self._connected = True
         self.connections += 1
         if self._last_problem is not None or self.connections == 1:
-            self._log(f"mqtt: connected to {self.settings.address} as {self.settings.client_id}"
-                      + (f", publishing under {self.settings.base}/" if self.connections == 1 else ""))
+            self._log(
+                f"mqtt: connected to {self.settings.address} as {self.settings.client_id}"
+                + (f", publishing under {self.settings.base}/" if self.connections == 1 else "")
+            )
         self._last_problem = None
         self._announce = True
 
@@ -450,8 +547,10 @@ class MqttPublisher:
     def _problem(self, text: str) -> None:
         if text != self._last_problem:
             self._last_problem = text
-            self._log(f"mqtt: {self.settings.address}: {text}; retrying (backoff up to "
-                      f"{self.settings.retry_max:g} s), decisions are queued meanwhile")
+            self._log(
+                f"mqtt: {self.settings.address}: {text}; retrying (backoff up to "
+                f"{self.settings.retry_max:g} s), decisions are queued meanwhile"
+            )
 
     # ---- the publisher thread -----------------------------------------------------------------------
     def _publish(self, topic: str, payload: str, retain: bool) -> bool:
@@ -484,13 +583,29 @@ class MqttPublisher:
             if dropped > self._dropped_reported:
                 new = dropped - self._dropped_reported
                 self._dropped_reported = dropped
-                report = (f"mqtt: the outbox was full (broker unreachable too long): {new} message(s) dropped, "
-                          f"{self.dropped['state']} state update(s), {self.dropped['event']} event(s), "
-                          f"{self.dropped['alert']} alert(s) in all")
-                self._outbox.append(Message(f"{s.base}/events", _dumps({
-                    "type": "event", "event": "mqtt_dropped", "time": _utc_now(), "dropped": new,
-                    "total_dropped_state": self.dropped["state"], "total_dropped_events": self.dropped["event"],
-                    "total_dropped_alerts": self.dropped["alert"]}), False, "event"))
+                report = (
+                    f"mqtt: the outbox was full (broker unreachable too long): {new} message(s) dropped, "
+                    f"{self.dropped['state']} state update(s), {self.dropped['event']} event(s), "
+                    f"{self.dropped['alert']} alert(s) in all"
+                )
+                self._outbox.append(
+                    Message(
+                        f"{s.base}/events",
+                        _dumps(
+                            {
+                                "type": "event",
+                                "event": "mqtt_dropped",
+                                "time": _utc_now(),
+                                "dropped": new,
+                                "total_dropped_state": self.dropped["state"],
+                                "total_dropped_events": self.dropped["event"],
+                                "total_dropped_alerts": self.dropped["alert"],
+                            }
+                        ),
+                        False,
+                        "event",
+                    )
+                )
         if report:
             self._log(report)
         if discovery:
@@ -523,8 +638,9 @@ class MqttPublisher:
         self._refused = False
         self._announce = False
         while True:
-            if self._stop_at is not None and (not socket_up or time.monotonic() >= self._stop_at
-                                              or (not self._outbox and not self._inflight)):
+            if self._stop_at is not None and (
+                not socket_up or time.monotonic() >= self._stop_at or (not self._outbox and not self._inflight)
+            ):
                 break
             if not socket_up:
                 if self._stop_at is not None:
@@ -579,8 +695,10 @@ class MqttPublisher:
             self.undelivered = len(self._outbox) + len(self._inflight)
             alerts = sum(m.kind == "alert" for m in self._outbox)
         if self.undelivered:
-            self._log(f"mqtt: {self.undelivered} message(s) not delivered at exit ({alerts} alert(s) among those "
-                      f"waiting) to {self.settings.address}: {self._last_problem or 'not connected'}")
+            self._log(
+                f"mqtt: {self.undelivered} message(s) not delivered at exit ({alerts} alert(s) among those "
+                f"waiting) to {self.settings.address}: {self._last_problem or 'not connected'}"
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Deliver what waits (up to ``timeout`` s while connected), say ``offline``, disconnect."""

@@ -54,14 +54,19 @@ class RecordSettings:
 
     def validate(self) -> None:
         if not LABEL_RE.match(self.label or ""):
-            raise FanwatchError(f"--label {self.label!r}: use letters, digits, '_', '-', '.' or '+' (it becomes a "
-                                "folder name, e.g. on_state or fault_bearing)")
+            raise FanwatchError(
+                f"--label {self.label!r}: use letters, digits, '_', '-', '.' or '+' (it becomes a "
+                "folder name, e.g. on_state or fault_bearing)"
+            )
         if not (math.isfinite(self.clip_seconds) and self.clip_seconds >= 1.0):
-            raise FanwatchError(f"--clip-seconds must be at least 1 (a model window is {config.WINDOW_SECONDS:g} s), "
-                                f"got {self.clip_seconds:g}")
+            raise FanwatchError(
+                f"--clip-seconds must be at least 1 (a model window is {config.WINDOW_SECONDS:g} s), "
+                f"got {self.clip_seconds:g}"
+            )
         if not (math.isfinite(self.seconds) and self.seconds >= self.clip_seconds):
-            raise FanwatchError(f"--seconds must be at least --clip-seconds ({self.clip_seconds:g}), got "
-                                f"{self.seconds:g}")
+            raise FanwatchError(
+                f"--seconds must be at least --clip-seconds ({self.clip_seconds:g}), got {self.seconds:g}"
+            )
         if self.channels is not None and self.channels < 1:
             raise FanwatchError(f"--channels must be at least 1, got {self.channels}")
 
@@ -75,14 +80,18 @@ def check_input(x: np.ndarray, what: str) -> None:
     """One line when ``x`` ([frames, channels]) is silent or clipping."""
     level = level_dbfs(x)
     if level < SILENT_DBFS:
-        raise FanwatchError(f"the input is silent ({what}: {level:.0f} dBFS RMS, below {SILENT_DBFS:.0f}): check "
-                            "that the microphone is connected, unmuted and its gain up (alsamixer); nothing "
-                            "was written for it")
+        raise FanwatchError(
+            f"the input is silent ({what}: {level:.0f} dBFS RMS, below {SILENT_DBFS:.0f}): check "
+            "that the microphone is connected, unmuted and its gain up (alsamixer); nothing "
+            "was written for it"
+        )
     clipped = float(np.mean(np.abs(x) >= CLIP_LEVEL)) if x.size else 0.0
     if clipped > CLIP_FRACTION:
-        raise FanwatchError(f"the input is clipping ({what}: {clipped:.1%} of the samples at full scale): lower "
-                            "the microphone gain (alsamixer) or move it away from the machine; nothing was "
-                            "written for it")
+        raise FanwatchError(
+            f"the input is clipping ({what}: {clipped:.1%} of the samples at full scale): lower "
+            "the microphone gain (alsamixer) or move it away from the machine; nothing was "
+            "written for it"
+        )
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
@@ -102,8 +111,10 @@ def write_wav(path: Path, x: np.ndarray, rate: int) -> None:
 def _meter(level: float, peak: float, left: float, clip: int, clips: int, width: int = 24) -> str:
     filled = int(round(width * min(max((level + 60.0) / 60.0, 0.0), 1.0)))
     bar = "#" * filled + "." * (width - filled)
-    return (f"[{bar}] {level:6.1f} dBFS (peak {peak:6.1f})  clip {clip}/{clips}  "
-            f"{int(left) // 60}:{int(left) % 60:02d} left")
+    return (
+        f"[{bar}] {level:6.1f} dBFS (peak {peak:6.1f})  clip {clip}/{clips}  "
+        f"{int(left) // 60}:{int(left) % 60:02d} left"
+    )
 
 
 def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
@@ -143,19 +154,23 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
     peak_recent = 0.0
     gaps = 0
     settle = int(round(SETTLE_SECONDS * rate_i))
-    print(f"recording {s.label}: {goal / rate_i:g} s from {info['device']} at {rate_i} Hz ({info['channels']} "
-          f"channel(s) opened) into {folder}/ as {len(targets)} clip(s)", file=err, flush=True)
+    print(
+        f"recording {s.label}: {goal / rate_i:g} s from {info['device']} at {rate_i} Hz ({info['channels']} "
+        f"channel(s) opened) into {folder}/ as {len(targets)} clip(s)",
+        file=err,
+        flush=True,
+    )
 
     def finish_clip(frames: np.ndarray, index: int) -> None:
         check_input(frames, f"clip {index}")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{s.label}_{stamp}_{index:03d}.wav"
         write_wav(path, frames, rate_i)
-        written.append({"file": path.name, "seconds": round(len(frames) / rate_i, 3),
-                        "level_dbfs": round(level_dbfs(frames), 1)})
+        written.append(
+            {"file": path.name, "seconds": round(len(frames) / rate_i, 3), "level_dbfs": round(level_dbfs(frames), 1)}
+        )
         if not tty:
-            print(f"wrote {path} ({len(frames) / rate_i:.1f} s, {level_dbfs(frames):.1f} dBFS)", file=err,
-                  flush=True)
+            print(f"wrote {path} ({len(frames) / rate_i:.1f} s, {level_dbfs(frames):.1f} dBFS)", file=err, flush=True)
 
     try:
         while len(written) < len(targets):
@@ -175,8 +190,11 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
             if block.gap and pending:  # audio was lost: the clip in progress would splice across the gap
                 gaps += 1
                 pending, pending_frames = [], 0
-                print("\nnote: audio was lost (driver overflow or a full queue); the clip in progress starts "
-                      "again", file=err, flush=True)
+                print(
+                    "\nnote: audio was lost (driver overflow or a full queue); the clip in progress starts again",
+                    file=err,
+                    flush=True,
+                )
             pending.append(data)
             pending_frames += len(data)
             peak_recent = max(peak_recent, float(np.max(np.abs(data))) if data.size else 0.0)
@@ -196,8 +214,13 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
                 recent = np.concatenate(pending[-3:]) if pending else data
                 recent = recent[:, keep] if keep is not None else recent
                 done = sum(round(w["seconds"] * rate_i) for w in written) + pending_frames
-                line = _meter(level_dbfs(recent), 20 * math.log10(max(peak_recent, 1e-6)),
-                              max(0.0, (goal - done) / rate_i), min(len(written) + 1, len(targets)), len(targets))
+                line = _meter(
+                    level_dbfs(recent),
+                    20 * math.log10(max(peak_recent, 1e-6)),
+                    max(0.0, (goal - done) / rate_i),
+                    min(len(written) + 1, len(targets)),
+                    len(targets),
+                )
                 print("\r" + line, end="", file=err, flush=True)
                 last_meter, peak_recent = now, 0.0
     finally:
@@ -205,13 +228,24 @@ def record(s: RecordSettings, out=None, err=None, source=None) -> dict:
         if tty:
             print(file=err)
         if written:
-            entry = {"time": stamp, "label": s.label, "device": info.get("device"), "rate": rate_i,
-                     "channels": int(len(keep)) if keep is not None else info.get("channels"),
-                     "device_channels_opened": info.get("channels"), "files": written, "gaps": gaps,
-                     "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()}}
+            entry = {
+                "time": stamp,
+                "label": s.label,
+                "device": info.get("device"),
+                "rate": rate_i,
+                "channels": int(len(keep)) if keep is not None else info.get("channels"),
+                "device_channels_opened": info.get("channels"),
+                "files": written,
+                "gaps": gaps,
+                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(s).items()},
+            }
             with open(folder / LOG_NAME, "a", encoding="utf-8") as log:
                 log.write(json.dumps(entry) + "\n")
     seconds = sum(w["seconds"] for w in written)
-    print(f"wrote {len(written)} clip(s), {seconds:.1f} s at {rate_i} Hz, "
-          f"{len(keep) if keep is not None else '?'} channel(s), to {folder}/", file=out, flush=True)
+    print(
+        f"wrote {len(written)} clip(s), {seconds:.1f} s at {rate_i} Hz, "
+        f"{len(keep) if keep is not None else '?'} channel(s), to {folder}/",
+        file=out,
+        flush=True,
+    )
     return {"folder": str(folder), "rate": rate_i, "files": written}

@@ -67,8 +67,9 @@ def interpreter_class(prefer: str | None = None):
             return Interpreter, name
         except ImportError as exc:
             errors.append(f"{name}: {exc}")
-    raise FanwatchError(f"no TFLite runtime found ({'; '.join(errors)}); install ai-edge-litert "
-                        "(pip install ai-edge-litert)")
+    raise FanwatchError(
+        f"no TFLite runtime found ({'; '.join(errors)}); install ai-edge-litert (pip install ai-edge-litert)"
+    )
 
 
 _NOISE = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
@@ -152,8 +153,9 @@ class TFLiteModel:
 class SoundClassifier:
     """The deployed end-to-end model plus its card: window in, label and anomaly decision out."""
 
-    def __init__(self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None,
-                 machine: str | None = None):
+    def __init__(
+        self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None, machine: str | None = None
+    ):
         self.card: ModelCard = read_card(path)
         self.model = TFLiteModel(path, num_threads, runtime)
         self.labels: list[str] = list(self.card.labels)
@@ -161,11 +163,16 @@ class SoundClassifier:
         self.thresholds = np.asarray(self.card.thresholds, np.float32)
         if self.card.window_samples != config.WINDOW_SAMPLES:
             raise FanwatchError(f"{path}: model was built for another window length")
-        outputs = {name: self.model.output_shapes[name][-1] for name in ("probabilities", "anomaly_score")
-                   if name in self.model.output_shapes}
+        outputs = {
+            name: self.model.output_shapes[name][-1]
+            for name in ("probabilities", "anomaly_score")
+            if name in self.model.output_shapes
+        }
         if outputs != {"probabilities": len(self.labels), "anomaly_score": len(self.machines)}:
-            raise FanwatchError(f"{path}: model outputs {outputs} do not match its card "
-                                f"({len(self.labels)} labels, {len(self.machines)} machines)")
+            raise FanwatchError(
+                f"{path}: model outputs {outputs} do not match its card "
+                f"({len(self.labels)} labels, {len(self.machines)} machines)"
+            )
         self.scorer = self._load_scorer(Path(path))
         self.machine = machine
         self.machine_index: int | None = None
@@ -211,17 +218,25 @@ class SoundClassifier:
         """Which reference the anomaly score compares with: for the start event, the console and metrics."""
         unknown = self.unknown_machine
         if self.scorer is None:
-            return {"machine": self.machine, "unknown_machine": unknown,
-                    "scored_as": "closest known machine" if unknown else self.machines[self.machine_index],
-                    "rule": "smallest score/threshold over the known machines (a model without a fused score)"
-                    if unknown else "this machine's normal reference"}
+            return {
+                "machine": self.machine,
+                "unknown_machine": unknown,
+                "scored_as": "closest known machine" if unknown else self.machines[self.machine_index],
+                "rule": "smallest score/threshold over the known machines (a model without a fused score)"
+                if unknown
+                else "this machine's normal reference",
+            }
         from .scorer import UNKNOWN_MACHINE_RULE
 
         target = self.score_target()
-        return {"machine": self.machine, "unknown_machine": unknown,
-                "scored_as": "pooled normal reference of all known machines" if unknown else target,
-                "rule": UNKNOWN_MACHINE_RULE if unknown else "this machine's normal reference",
-                "threshold": self.scorer.threshold(target), "horizon_windows": self.scorer.config.horizon}
+        return {
+            "machine": self.machine,
+            "unknown_machine": unknown,
+            "scored_as": "pooled normal reference of all known machines" if unknown else target,
+            "rule": UNKNOWN_MACHINE_RULE if unknown else "this machine's normal reference",
+            "threshold": self.scorer.threshold(target),
+            "horizon_windows": self.scorer.config.horizon,
+        }
 
     def anomaly_stream(self) -> AnomalyStream | StatelessAnomaly:
         """A new running anomaly state (one per continuous recording): ``update(prediction)`` -> (machine index,

@@ -83,8 +83,10 @@ STD_FLOOR = {"shape": 0.1, "level": 1.0, "bands": 0.1}
 SCALE_QUANTILE = 0.95
 POOLED = "*pooled*"
 FORMAT = "fanwatch-scorer/1"
-UNKNOWN_MACHINE_RULE = ("a recording of a machine the model does not know is scored against the pooled normal "
-                        "reference of all known machines, with its own threshold (never the closest known machine)")
+UNKNOWN_MACHINE_RULE = (
+    "a recording of a machine the model does not know is scored against the pooled normal "
+    "reference of all known machines, with its own threshold (never the closest known machine)"
+)
 MIN_WINDOWS_FOR_GAMMA = 20
 DEFAULT_FALSE_ALARM_RATE = 0.01
 
@@ -100,8 +102,9 @@ class ScoreConfig:
     def __post_init__(self):
         bad = [c for c in self.weights if c not in COMPONENTS]
         if bad or not self.weights or any(w <= 0 for w in self.weights.values()):
-            raise FanwatchError(f"score components must be some of {', '.join(COMPONENTS)} with positive weights, "
-                                f"not {self.weights}")
+            raise FanwatchError(
+                f"score components must be some of {', '.join(COMPONENTS)} with positive weights, not {self.weights}"
+            )
         if not isinstance(self.horizon, int) or self.horizon < 1 or self.k < 1:
             raise FanwatchError(f"score horizon and k must be at least 1 (horizon {self.horizon}, k {self.k})")
 
@@ -111,8 +114,7 @@ class ScoreConfig:
 
     def as_dict(self) -> dict:
         total = sum(self.weights.values())
-        return {"weights": {c: self.weights[c] / total for c in self.components}, "horizon": self.horizon,
-                "k": self.k}
+        return {"weights": {c: self.weights[c] / total for c in self.components}, "horizon": self.horizon, "k": self.k}
 
 
 def parse_components(text: str) -> dict:
@@ -137,9 +139,9 @@ def features(component: str, bands: np.ndarray) -> np.ndarray:
     if component == "shape":
         return lin - lin.mean(axis=1, keepdims=True)
     if component == "level":
-        return b[:, spectral.LEVEL_INDEX:spectral.LEVEL_INDEX + 1]
+        return b[:, spectral.LEVEL_INDEX : spectral.LEVEL_INDEX + 1]
     if component == "bands":
-        return np.concatenate([lin, b[:, spectral.LEVEL_INDEX:spectral.LEVEL_INDEX + 1]], axis=1)
+        return np.concatenate([lin, b[:, spectral.LEVEL_INDEX : spectral.LEVEL_INDEX + 1]], axis=1)
     raise FanwatchError(f"no band features for component {component!r}")
 
 
@@ -149,8 +151,9 @@ def running_median(x: np.ndarray, horizon: int) -> np.ndarray:
     A median, not a mean: one odd window (a start-up glitch of the sound card, a door slam) then moves
     none of the next ``horizon`` scores once three windows are in the horizon."""
     x = np.asarray(x, np.float64)
-    return np.stack([np.median(x[max(0, i + 1 - horizon):i + 1], axis=0) for i in range(len(x))]) if len(x) \
-        else x.copy()
+    return (
+        np.stack([np.median(x[max(0, i + 1 - horizon) : i + 1], axis=0) for i in range(len(x))]) if len(x) else x.copy()
+    )
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -220,9 +223,16 @@ def _build_reference(emb_rows, emb_files, feat_rows, feat_files, cfg: ScoreConfi
     for c, rows in feat_rows.items():
         mean[c] = rows.mean(axis=0)
         std[c] = np.maximum(rows.std(axis=0), STD_FLOOR[c])
-    ref = Reference(embeddings=emb_rows.astype(np.float32), embedding_files=emb_files.astype(np.int64),
-                    feature_rows={c: r.astype(np.float32) for c, r in feat_rows.items()},
-                    feature_files=feat_files.astype(np.int64), mean=mean, std=std, scales={}, files=int(n_files))
+    ref = Reference(
+        embeddings=emb_rows.astype(np.float32),
+        embedding_files=emb_files.astype(np.int64),
+        feature_rows={c: r.astype(np.float32) for c, r in feat_rows.items()},
+        feature_files=feat_files.astype(np.int64),
+        mean=mean,
+        std=std,
+        scales={},
+        files=int(n_files),
+    )
     scales = {}
     for c in cfg.components:
         raw = _lofo_scores(ref, c, cfg)
@@ -272,23 +282,44 @@ def _gamma_quantile(scores: np.ndarray, q: float) -> tuple[float, str]:
 
 def _normal_quantile(p: float) -> float:
     """Inverse standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
-    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02, 1.383577518672690e02,
-         -3.066479806614716e01, 2.506628277459239e00)
-    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02, 6.680131188771972e01,
-         -1.328068155288572e01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00, -2.549732539343734e00,
-         4.374664141464968e00, 2.938163982698783e00)
+    a = (
+        -3.969683028665376e01,
+        2.209460984245205e02,
+        -2.759285104469687e02,
+        1.383577518672690e02,
+        -3.066479806614716e01,
+        2.506628277459239e00,
+    )
+    b = (
+        -5.447609879822406e01,
+        1.615858368580409e02,
+        -1.556989798598866e02,
+        6.680131188771972e01,
+        -1.328068155288572e01,
+    )
+    c = (
+        -7.784894002430293e-03,
+        -3.223964580411365e-01,
+        -2.400758277161838e00,
+        -2.549732539343734e00,
+        4.374664141464968e00,
+        2.938163982698783e00,
+    )
     d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00, 3.754408661907416e00)
     if p < 0.02425:
         q = math.sqrt(-2 * math.log(p))
-        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
-            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+        return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / (
+            (((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1
+        )
     if p > 1 - 0.02425:
         return -_normal_quantile(1 - p)
     q = p - 0.5
     r = q * q
-    return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
-        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    return (
+        (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5])
+        * q
+        / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -316,24 +347,33 @@ class Scorer:
         for name in sorted(files_by_machine):
             files = [f for f in files_by_machine[name] if len(f[0])]
             if sum(len(f[0]) for f in files) < cfg.k:
-                raise FanwatchError(f"machine {name}: only {sum(len(f[0]) for f in files)} normal window(s), "
-                                    f"need at least {cfg.k} to fit")
+                raise FanwatchError(
+                    f"machine {name}: only {sum(len(f[0]) for f in files)} normal window(s), "
+                    f"need at least {cfg.k} to fit"
+                )
             refs[name] = cls._reference_of(files, cfg, seed, name)
         pooled = [f for name in sorted(files_by_machine) for f in files_by_machine[name] if len(f[0])]
         refs[POOLED] = refs[next(iter(refs))] if len(refs) == 1 else cls._reference_of(pooled, cfg, seed, POOLED)
         return cls(cfg, refs)
 
     @staticmethod
-    def _reference_of(files: list[FileFeatures], cfg: ScoreConfig, seed: int, name: str,
-                      base: Reference | None = None) -> Reference:
+    def _reference_of(
+        files: list[FileFeatures], cfg: ScoreConfig, seed: int, name: str, base: Reference | None = None
+    ) -> Reference:
         import zlib
 
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        offset = 0 if base is None else int(max(base.embedding_files.max(initial=-1),
-                                                base.feature_files.max(initial=-1)) + 1)
+        offset = (
+            0
+            if base is None
+            else int(max(base.embedding_files.max(initial=-1), base.feature_files.max(initial=-1)) + 1)
+        )
         emb = np.concatenate([_unit(e) for e, _ in files]) if files else np.zeros((0, config.EMBEDDING_DIM))
-        emb_files = np.concatenate([np.full(len(e), offset + i) for i, (e, _) in enumerate(files)]) \
-            if files else np.zeros(0, np.int64)
+        emb_files = (
+            np.concatenate([np.full(len(e), offset + i) for i, (e, _) in enumerate(files)])
+            if files
+            else np.zeros(0, np.int64)
+        )
         band_components = [c for c in cfg.components if c != "embedding"]
         feat = {c: np.concatenate(_file_rows(files, c, cfg.horizon)) if files else None for c in band_components}
         feat_files = emb_files.copy()
@@ -341,24 +381,30 @@ class Scorer:
             emb = np.concatenate([base.embeddings, emb]) if len(emb) else base.embeddings
             emb_files = np.concatenate([base.embedding_files, emb_files])
             for c in band_components:
-                feat[c] = np.concatenate([base.feature_rows[c], feat[c]]) if feat[c] is not None else \
-                    base.feature_rows[c]
+                feat[c] = (
+                    np.concatenate([base.feature_rows[c], feat[c]]) if feat[c] is not None else base.feature_rows[c]
+                )
             feat_files = np.concatenate([base.feature_files, feat_files])
         keep = _subsample(len(emb), EMBEDDING_BANK, rng)
         keep_f = _subsample(len(feat_files), FEATURE_BANK, rng)
         n_files = len(np.unique(emb_files))
-        return _build_reference(emb[keep], emb_files[keep], {c: feat[c][keep_f] for c in band_components},
-                                feat_files[keep_f], cfg, n_files)
+        return _build_reference(
+            emb[keep], emb_files[keep], {c: feat[c][keep_f] for c in band_components}, feat_files[keep_f], cfg, n_files
+        )
 
-    def with_references(self, machine: str, files: list[FileFeatures], replace_existing: bool = False,
-                        seed: int = 0) -> Scorer:
+    def with_references(
+        self, machine: str, files: list[FileFeatures], replace_existing: bool = False, seed: int = 0
+    ) -> Scorer:
         """A scorer whose ``machine`` also (or, with replace_existing, only) has these normal recordings as
         references; a new machine name creates it (its threshold is the pooled one until with_threshold)."""
         files = [f for f in files if len(f[0])]
         if not files:
             raise FanwatchError(f"enrollment of {machine}: no window to add")
-        base = None if replace_existing or machine not in self.references or machine == POOLED \
+        base = (
+            None
+            if replace_existing or machine not in self.references or machine == POOLED
             else self.references[machine]
+        )
         ref = self._reference_of(files, self.config, seed, machine, base)
         refs = dict(self.references)
         refs[machine] = ref
@@ -369,23 +415,37 @@ class Scorer:
         if machine not in thresholds and POOLED in thresholds:
             thresholds[machine] = thresholds[POOLED]
         if machine in thresholds:
-            info[machine] = {**info.get(machine, {}), "note": "references changed after the threshold was set; "
-                             "re-set it with with_threshold on held-apart normal recordings"}
+            info[machine] = {
+                **info.get(machine, {}),
+                "note": "references changed after the threshold was set; "
+                "re-set it with with_threshold on held-apart normal recordings",
+            }
         return Scorer(self.config, refs, thresholds, info)
 
-    def with_threshold(self, machine: str, files: list[FileFeatures],
-                       false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE) -> Scorer:
+    def with_threshold(
+        self, machine: str, files: list[FileFeatures], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    ) -> Scorer:
         """A scorer whose ``machine`` threshold is re-set on normal recordings held apart from its references."""
         scores = np.concatenate([self.score_file(machine, e, b) for e, b in files if len(e)]) if files else []
         if len(scores) == 0:
             raise FanwatchError(f"threshold of {machine}: no window of normal audio to set it on")
         value, rule = _gamma_quantile(scores, 1.0 - false_alarm_rate)
-        return Scorer(self.config, self.references, {**self.thresholds, machine: value},
-                      {**self.threshold_info, machine: {"rule": rule, "windows": len(scores),
-                                                        "target_false_alarm_rate": false_alarm_rate}})
+        return Scorer(
+            self.config,
+            self.references,
+            {**self.thresholds, machine: value},
+            {
+                **self.threshold_info,
+                machine: {"rule": rule, "windows": len(scores), "target_false_alarm_rate": false_alarm_rate},
+            },
+        )
 
-    def set_thresholds(self, files_by_machine: dict, false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
-                       source: str = "validation normal windows") -> Scorer:
+    def set_thresholds(
+        self,
+        files_by_machine: dict,
+        false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+        source: str = "validation normal windows",
+    ) -> Scorer:
         """Thresholds of every machine and of the pooled reference from normal validation recordings."""
         thresholds, info = {}, {}
         for name in [*self.machines, POOLED]:
@@ -394,12 +454,18 @@ class Scorer:
             if not scores:
                 raise FanwatchError(
                     f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
-                    "training recordings would be too low); add normal recordings of it or raise --val-fraction")
+                    "training recordings would be too low); add normal recordings of it or raise --val-fraction"
+                )
             s = np.concatenate(scores)
             value, rule = _gamma_quantile(s, 1.0 - false_alarm_rate)
             thresholds[name] = value
-            info[name] = {"threshold": value, "rule": rule, "windows": len(s), "source": source,
-                          "empirical_quantile": float(np.quantile(s, 1.0 - false_alarm_rate, method="higher"))}
+            info[name] = {
+                "threshold": value,
+                "rule": rule,
+                "windows": len(s),
+                "source": source,
+                "empirical_quantile": float(np.quantile(s, 1.0 - false_alarm_rate, method="higher")),
+            }
         return Scorer(self.config, self.references, thresholds, info)
 
     # ---- scoring ------------------------------------------------------------------------------------
@@ -459,11 +525,21 @@ class Scorer:
                 arrays[f"r{i}_{c}_rows"] = r.feature_rows[c]
                 arrays[f"r{i}_{c}_mean"] = r.mean[c]
                 arrays[f"r{i}_{c}_std"] = r.std[c]
-        meta = {"format": FORMAT, "config": {"weights": self.config.weights, "horizon": self.config.horizon,
-                                             "k": self.config.k},
-                "references": [{"name": n, "scales": self.references[n].scales, "files": self.references[n].files,
-                                "components": list(self.references[n].feature_rows)} for n in names],
-                "thresholds": self.thresholds, "threshold_info": self.threshold_info}
+        meta = {
+            "format": FORMAT,
+            "config": {"weights": self.config.weights, "horizon": self.config.horizon, "k": self.config.k},
+            "references": [
+                {
+                    "name": n,
+                    "scales": self.references[n].scales,
+                    "files": self.references[n].files,
+                    "components": list(self.references[n].feature_rows),
+                }
+                for n in names
+            ],
+            "thresholds": self.thresholds,
+            "threshold_info": self.threshold_info,
+        }
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, meta=np.asarray(json.dumps(meta)), **arrays)
         tmp.replace(path)
@@ -477,29 +553,44 @@ class Scorer:
                 meta = json.loads(str(d["meta"]))
                 if meta.get("format") != FORMAT:
                     raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
-                cfg = ScoreConfig(weights=dict(meta["config"]["weights"]), horizon=int(meta["config"]["horizon"]),
-                                  k=int(meta["config"]["k"]))
+                cfg = ScoreConfig(
+                    weights=dict(meta["config"]["weights"]),
+                    horizon=int(meta["config"]["horizon"]),
+                    k=int(meta["config"]["k"]),
+                )
                 refs = {}
                 for i, r in enumerate(meta["references"]):
                     comps = r["components"]
                     refs[r["name"]] = Reference(
-                        embeddings=d[f"r{i}_embeddings"], embedding_files=d[f"r{i}_embedding_files"],
+                        embeddings=d[f"r{i}_embeddings"],
+                        embedding_files=d[f"r{i}_embedding_files"],
                         feature_rows={c: d[f"r{i}_{c}_rows"] for c in comps},
                         feature_files=d[f"r{i}_feature_files"],
-                        mean={c: d[f"r{i}_{c}_mean"] for c in comps}, std={c: d[f"r{i}_{c}_std"] for c in comps},
-                        scales={c: float(v) for c, v in r["scales"].items()}, files=int(r["files"]))
+                        mean={c: d[f"r{i}_{c}_mean"] for c in comps},
+                        std={c: d[f"r{i}_{c}_std"] for c in comps},
+                        scales={c: float(v) for c, v in r["scales"].items()},
+                        files=int(r["files"]),
+                    )
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise FanwatchError(f"{path}: not a readable anomaly-score state ({exc})") from None
         if POOLED not in refs:
             raise FanwatchError(f"{path}: anomaly-score state without the pooled reference")
-        return cls(cfg, refs, {k: float(v) for k, v in meta.get("thresholds", {}).items()},
-                   dict(meta.get("threshold_info", {})))
+        return cls(
+            cfg,
+            refs,
+            {k: float(v) for k, v in meta.get("thresholds", {}).items()},
+            dict(meta.get("threshold_info", {})),
+        )
 
     def describe(self) -> dict:
-        return {"config": self.config.as_dict(), "machines": self.machines, "pooled": POOLED,
-                "scales": {n: r.scales for n, r in self.references.items()},
-                "reference_windows": {n: len(r.embeddings) for n, r in self.references.items()},
-                "reference_files": {n: r.files for n, r in self.references.items()}}
+        return {
+            "config": self.config.as_dict(),
+            "machines": self.machines,
+            "pooled": POOLED,
+            "scales": {n: r.scales for n, r in self.references.items()},
+            "reference_windows": {n: len(r.embeddings) for n, r in self.references.items()},
+            "reference_files": {n: r.files for n, r in self.references.items()},
+        }
 
 
 class ScoreStream:

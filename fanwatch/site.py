@@ -80,7 +80,7 @@ class KnnSiteScorer:
         e = np.atleast_2d(np.asarray(embeddings, np.float32))
         unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         sims = unit @ self.bank.T
-        top = -np.partition(-sims, self.k - 1, axis=1)[:, :self.k]
+        top = -np.partition(-sims, self.k - 1, axis=1)[:, : self.k]
         return (1.0 - top.mean(axis=1)).astype(np.float64)
 
 
@@ -111,8 +111,15 @@ class SiteModel:
     def save(self, model_path: str | Path) -> tuple[Path, Path]:
         folder = Path(model_path).parent
         json_path, npz_path = folder / SITE_JSON, folder / SITE_NPZ
-        doc = {"format": SITE_FORMAT, "model": Path(model_path).name, "model_sha256": self.model_sha256,
-               "site_threshold": self.threshold, "k": self.scorer.k, "rule": self.rule.to_dict(), **self.info}
+        doc = {
+            "format": SITE_FORMAT,
+            "model": Path(model_path).name,
+            "model_sha256": self.model_sha256,
+            "site_threshold": self.threshold,
+            "k": self.scorer.k,
+            "rule": self.rule.to_dict(),
+            **self.info,
+        }
         try:
             tmp = npz_path.with_name(npz_path.name + ".tmp.npz")
             np.savez(tmp, bank=self.scorer.bank.astype(np.float32))
@@ -121,8 +128,9 @@ class SiteModel:
             tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
             tmp.replace(json_path)
         except OSError as exc:
-            raise FanwatchError(f"cannot write the site calibration beside the model in {folder}: "
-                                f"{exc.strerror or exc}") from None
+            raise FanwatchError(
+                f"cannot write the site calibration beside the model in {folder}: {exc.strerror or exc}"
+            ) from None
         return json_path, npz_path
 
 
@@ -148,19 +156,26 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
         if bank.ndim != 2 or len(bank) < k or not (threshold > 0 and math.isfinite(threshold)):
             raise ValueError("bad reference embeddings or threshold")
     except FileNotFoundError:
-        raise FanwatchError(f"{json_path}: its reference embeddings {npz_path.name} are missing; enroll again "
-                            "or pass --no-site") from None
+        raise FanwatchError(
+            f"{json_path}: its reference embeddings {npz_path.name} are missing; enroll again or pass --no-site"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise FanwatchError(f"{json_path}: unreadable site calibration ({exc}); enroll again or pass --no-site") \
-            from None
+        raise FanwatchError(
+            f"{json_path}: unreadable site calibration ({exc}); enroll again or pass --no-site"
+        ) from None
     sha = model_sha256 or config.sha256_file(model_path)
     if doc.get("model_sha256") != sha:
-        raise FanwatchError(f"{json_path} was made for another model (sha256 {str(doc.get('model_sha256'))[:12]}, "
-                            f"this one is {sha[:12]}); enroll again or pass --no-site")
+        raise FanwatchError(
+            f"{json_path} was made for another model (sha256 {str(doc.get('model_sha256'))[:12]}, "
+            f"this one is {sha[:12]}); enroll again or pass --no-site"
+        )
     scorer = KnnSiteScorer(k)
     scorer.bank = bank
-    info = {key: v for key, v in doc.items()
-            if key not in ("format", "model", "model_sha256", "site_threshold", "k", "rule")}
+    info = {
+        key: v
+        for key, v in doc.items()
+        if key not in ("format", "model", "model_sha256", "site_threshold", "k", "rule")
+    }
     return SiteModel(scorer, threshold, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info)
 
 
@@ -189,9 +204,17 @@ def lognormal_quantile(values: np.ndarray, q: float) -> float:
     return float(math.exp(v.mean() + evidence._normal_quantile(q) * (v.std(ddof=1) if len(v) > 1 else 0.0)))
 
 
-def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabilities: np.ndarray,
-           rms: float, model_sha256: str, force: bool = False, hop_s: float = config.HOP_SECONDS,
-           source: str = "") -> SiteModel:
+def enroll(
+    classifier,
+    embeddings: np.ndarray,
+    model_ratios: np.ndarray,
+    probabilities: np.ndarray,
+    rms: float,
+    model_sha256: str,
+    force: bool = False,
+    hop_s: float = config.HOP_SECONDS,
+    source: str = "",
+) -> SiteModel:
     """A site calibration from the enrollment windows (outputs of the deployed model on normal running).
 
     Refuses (FanwatchError, one line) when the audio is shorter than MIN_SECONDS, silent, or already sounds
@@ -206,20 +229,24 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     short = MIN_SECONDS if not force else ABSOLUTE_MIN_SECONDS
     if not force and not (rms >= SILENT_RMS):  # first: silence gives no windows at all (input faults)
         level = 20 * math.log10(rms) if rms > 0 else -math.inf
-        raise FanwatchError(f"the enrollment audio is silent ({level:.0f} dBFS): check the microphone "
-                            "(--force to enroll anyway)")
+        raise FanwatchError(
+            f"the enrollment audio is silent ({level:.0f} dBFS): check the microphone (--force to enroll anyway)"
+        )
     if seconds < short - hop_s:
-        raise FanwatchError(f"enrollment needs at least {short:g} s of normal running, got {seconds:.1f} s"
-                            + ("" if force else " (--force to enroll from less; 1 min was measured to raise false "
-                               "alerts)"))
+        raise FanwatchError(
+            f"enrollment needs at least {short:g} s of normal running, got {seconds:.1f} s"
+            + ("" if force else " (--force to enroll from less; 1 min was measured to raise false alerts)")
+        )
     if embeddings.ndim != 2 or len(embeddings) != n:
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
     if not force:
         share_high = float((model_ratios >= 1.0).mean())
         if share_high > ANOMALOUS_SHARE:
-            raise FanwatchError(f"the enrollment audio already sounds anomalous to the model ({share_high:.0%} of "
-                                "windows above the threshold): enroll while the machine runs normally "
-                                "(--force if you are sure it is healthy)")
+            raise FanwatchError(
+                f"the enrollment audio already sounds anomalous to the model ({share_high:.0%} of "
+                "windows above the threshold): enroll while the machine runs normally "
+                "(--force if you are sure it is healthy)"
+            )
         labels = list(getattr(classifier, "labels", []))
         normal_labels = set(card.get("normal_labels") or labels)
         if len(probabilities) and labels:
@@ -227,9 +254,11 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
             faults = [p for p in predicted if p not in normal_labels]
             if len(faults) > ANOMALOUS_SHARE * n:
                 top = max(set(faults), key=faults.count)
-                raise FanwatchError(f"the enrollment audio sounds like a known fault ({top} in "
-                                    f"{len(faults) / n:.0%} of windows): enroll while the machine runs normally "
-                                    "(--force if you are sure it is healthy)")
+                raise FanwatchError(
+                    f"the enrollment audio sounds like a known fault ({top} in "
+                    f"{len(faults) / n:.0%} of windows): enroll while the machine runs normally "
+                    "(--force if you are sure it is healthy)"
+                )
     ref_blocks, held_blocks = split_blocks(n)
     ref_idx = np.concatenate(ref_blocks)
     scorer = KnnSiteScorer()
@@ -238,8 +267,9 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     pooled = np.concatenate(held_scores)
     rate = float((card.get("anomaly") or {}).get("target_false_alarm_rate", 0.01))
     site_threshold = max(lognormal_quantile(pooled, 1.0 - rate), float(pooled.max()))
-    held_ratios = [np.sqrt(np.maximum(model_ratios[idx], 0.0) * s / site_threshold)
-                   for idx, s in zip(held_blocks, held_scores)]
+    held_ratios = [
+        np.sqrt(np.maximum(model_ratios[idx], 0.0) * s / site_threshold) for idx, s in zip(held_blocks, held_scores)
+    ]
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
@@ -251,8 +281,11 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
     before = [model_ratios[idx] for idx in held_blocks]
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": source, "seconds": round(seconds, 2), "windows": int(n),
-        "reference_windows": int(len(ref_idx)), "held_apart_windows": int(sum(len(i) for i in held_blocks)),
+        "source": source,
+        "seconds": round(seconds, 2),
+        "windows": int(n),
+        "reference_windows": int(len(ref_idx)),
+        "held_apart_windows": int(sum(len(i) for i in held_blocks)),
         "forced": bool(force),
         "card_threshold": card_rule.threshold,
         "held_apart": {
@@ -260,8 +293,9 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
             "combined_ratio_median": float(np.median(np.concatenate(held_ratios))),
             "windows_above_threshold_before": float((np.concatenate(before) >= 1).mean()),
             "windows_above_threshold_after": float((np.concatenate(held_ratios) >= 1).mean()),
-            "evidence_peak_before": max(float(evidence.evidence_series(r, replace(card_rule, threshold=1e9),
-                                                                       hop_s).max()) for r in before),
+            "evidence_peak_before": max(
+                float(evidence.evidence_series(r, replace(card_rule, threshold=1e9), hop_s).max()) for r in before
+            ),
             "evidence_peak_after": peak,
         },
         "expected_false_alerts_per_day_card": card_cal.get("expected_false_alerts_per_day"),
@@ -275,14 +309,16 @@ def enroll(classifier, embeddings: np.ndarray, model_ratios: np.ndarray, probabi
 def describe(site_model: SiteModel) -> str:
     i = site_model.info
     h = i.get("held_apart", {})
-    return (f"site calibration: {i.get('seconds', 0):.0f} s enrolled ({i.get('reference_windows')} reference, "
-            f"{i.get('held_apart_windows')} held-apart windows); held-apart windows above the threshold "
-            f"{h.get('windows_above_threshold_before', 0):.1%} -> {h.get('windows_above_threshold_after', 0):.1%}, "
-            f"evidence peak {h.get('evidence_peak_before', 0):.2f} -> {h.get('evidence_peak_after', 0):.2f}; alert "
-            f"threshold {i.get('card_threshold', 0):.3g} -> {site_model.rule.threshold:.3g}; expected false alerts "
-            f"per day {_f(i.get('expected_false_alerts_per_day_card'))} (model card), site bound "
-            f"{_f(i.get('expected_false_alerts_per_day_site_bound'))} from {60 * (i.get('site_bound_hours') or 0):.1f}"
-            " min held apart")
+    return (
+        f"site calibration: {i.get('seconds', 0):.0f} s enrolled ({i.get('reference_windows')} reference, "
+        f"{i.get('held_apart_windows')} held-apart windows); held-apart windows above the threshold "
+        f"{h.get('windows_above_threshold_before', 0):.1%} -> {h.get('windows_above_threshold_after', 0):.1%}, "
+        f"evidence peak {h.get('evidence_peak_before', 0):.2f} -> {h.get('evidence_peak_after', 0):.2f}; alert "
+        f"threshold {i.get('card_threshold', 0):.3g} -> {site_model.rule.threshold:.3g}; expected false alerts "
+        f"per day {_f(i.get('expected_false_alerts_per_day_card'))} (model card), site bound "
+        f"{_f(i.get('expected_false_alerts_per_day_site_bound'))} from {60 * (i.get('site_bound_hours') or 0):.1f}"
+        " min held apart"
+    )
 
 
 def _f(value) -> str:

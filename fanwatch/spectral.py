@@ -36,7 +36,7 @@ def linear_band_matrix() -> np.ndarray:
     m = np.zeros((bins, LINEAR_BANDS), np.float32)
     per = (bins - 1) // LINEAR_BANDS
     for b in range(LINEAR_BANDS):
-        m[1 + b * per:1 + (b + 1) * per, b] = 1.0
+        m[1 + b * per : 1 + (b + 1) * per, b] = 1.0
     return m
 
 
@@ -47,7 +47,7 @@ def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     idx = np.arange(config.STFT_WINDOW)[None, :] + config.STFT_HOP * np.arange(n_frames)[:, None]
     hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)
     spec = np.fft.rfft(w[:, idx] * hann, n=config.FFT_LENGTH, axis=-1)  # [n, frames, 257]
-    power = spec.real ** 2 + spec.imag ** 2
+    power = spec.real**2 + spec.imag**2
     mel = np.log(np.sqrt(power) @ np.asarray(mel_matrix, np.float64) + config.LOG_OFFSET).mean(axis=1)
     lin = np.log(power @ linear_band_matrix().astype(np.float64) + POWER_FLOOR).mean(axis=1)
     level = 10.0 * np.log10((w * w).mean(axis=1) + POWER_FLOOR)

@@ -29,11 +29,34 @@ RECENT_WINDOWS = 120  # for the median inference time on the page
 # Prometheus histogram buckets for the inference and decision latency, in seconds
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # events shown in the page's list (others, e.g. "drops" or "start", only update counters)
-LISTED_EVENTS = ("state", "alert_raised", "alert_cleared", "device_opened", "device_reopened", "device_lost",
-                 "device_error", "drops", "silent_channels", "stop")
+LISTED_EVENTS = (
+    "state",
+    "alert_raised",
+    "alert_cleared",
+    "device_opened",
+    "device_reopened",
+    "device_lost",
+    "device_error",
+    "drops",
+    "silent_channels",
+    "stop",
+)
 # fields of the start record that say which model and which site calibration are running
-IDENTITY_FIELDS = ("model", "model_sha256", "runtime", "threads", "labels", "machines", "thresholds",
-                   "threshold_method", "threshold_scale", "hop_s", "alert", "channel", "source")
+IDENTITY_FIELDS = (
+    "model",
+    "model_sha256",
+    "runtime",
+    "threads",
+    "labels",
+    "machines",
+    "thresholds",
+    "threshold_method",
+    "threshold_scale",
+    "hop_s",
+    "alert",
+    "channel",
+    "source",
+)
 CALIBRATION_FIELDS = ("site_calibration", "calibration", "enrollment")
 
 
@@ -63,8 +86,7 @@ class _Buckets:
 class StatusBoard:
     """Consumes the loop's records; publishes what the status page, the API and /metrics read."""
 
-    def __init__(self, hop_seconds: float = 0.5, stale_seconds: float = 15.0, clock=time.monotonic,
-                 wall=time.time):
+    def __init__(self, hop_seconds: float = 0.5, stale_seconds: float = 15.0, clock=time.monotonic, wall=time.time):
         self._clock, self._wall = clock, wall
         self.stale_seconds = float(stale_seconds)
         self._lock = threading.Lock()
@@ -84,8 +106,17 @@ class StatusBoard:
         self.input: dict = {}
         self.window: dict | None = None
         self.alert: dict = {"active": False, "since": None, "since_t": None, "kind": None, "event": None}
-        self.counters = {"windows": 0, "alerts": 0, "state_changes": 0, "device_losses": 0, "device_errors": 0,
-                         "dropped_blocks": 0, "dropped_seconds": 0.0, "overflows": 0, "gap_restarts": 0}
+        self.counters = {
+            "windows": 0,
+            "alerts": 0,
+            "state_changes": 0,
+            "device_losses": 0,
+            "device_errors": 0,
+            "dropped_blocks": 0,
+            "dropped_seconds": 0.0,
+            "overflows": 0,
+            "gap_restarts": 0,
+        }
         self.last_window_at: float | None = None  # monotonic time of the last analysed window
         self.summary: dict | None = None
         self.closed = False
@@ -124,8 +155,11 @@ class StatusBoard:
             self.last_window_at = now
             c = self.counters
             c["windows"] += 1
-            for key, field in (("dropped_blocks", "drops"), ("overflows", "overflows"),
-                               ("gap_restarts", "gap_restarts")):
+            for key, field in (
+                ("dropped_blocks", "drops"),
+                ("overflows", "overflows"),
+                ("gap_restarts", "gap_restarts"),
+            ):
                 if isinstance(r.get(field), int):
                     c[key] = max(c[key], r[field])
             self._timeline.append(point)
@@ -147,8 +181,13 @@ class StatusBoard:
                 c["state_changes"] += 1
             elif name == "alert_raised":
                 c["alerts"] += 1
-                self.alert = {"active": True, "since": r.get("time"), "since_t": r.get("t"),
-                              "kind": r.get("kind"), "event": dict(r)}
+                self.alert = {
+                    "active": True,
+                    "since": r.get("time"),
+                    "since_t": r.get("t"),
+                    "kind": r.get("kind"),
+                    "event": dict(r),
+                }
             elif name == "alert_cleared":
                 self.alert = dict(self.alert, active=False, cleared=r.get("time"))
             elif name == "device_lost":
@@ -184,9 +223,14 @@ class StatusBoard:
             "uptime_s": round(self._clock() - self.started, 1),
             "window": self.window,
             "alert": self.alert,
-            "health": {"healthy": ok, "reason": reason, "last_window_age_s": None if age is None else round(age, 2),
-                       "stale_seconds": self.stale_seconds, "inference_ms_median": median,
-                       **self.counters},
+            "health": {
+                "healthy": ok,
+                "reason": reason,
+                "last_window_age_s": None if age is None else round(age, 2),
+                "stale_seconds": self.stale_seconds,
+                "inference_ms_median": median,
+                **self.counters,
+            },
             "model": self.identity,
             "calibration": self.calibration,
             "input": self.input,

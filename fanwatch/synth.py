@@ -106,12 +106,36 @@ class MachineSpec:
 
 
 MACHINES: dict[str, MachineSpec] = {
-    "id_00": MachineSpec("id_00", blades=7, mains_hz=50.0, low_speed_hz=12.5, high_speed_hz=24.0,
-                         rotor_slots=28, bearing_ratio=3.58, housing_hz=420.0),
-    "id_02": MachineSpec("id_02", blades=5, mains_hz=60.0, low_speed_hz=15.5, high_speed_hz=28.0,
-                         rotor_slots=22, bearing_ratio=3.05, housing_hz=610.0),
-    "id_04": MachineSpec("id_04", blades=9, mains_hz=50.0, low_speed_hz=13.0, high_speed_hz=23.0,
-                         rotor_slots=34, bearing_ratio=4.10, housing_hz=330.0),
+    "id_00": MachineSpec(
+        "id_00",
+        blades=7,
+        mains_hz=50.0,
+        low_speed_hz=12.5,
+        high_speed_hz=24.0,
+        rotor_slots=28,
+        bearing_ratio=3.58,
+        housing_hz=420.0,
+    ),
+    "id_02": MachineSpec(
+        "id_02",
+        blades=5,
+        mains_hz=60.0,
+        low_speed_hz=15.5,
+        high_speed_hz=28.0,
+        rotor_slots=22,
+        bearing_ratio=3.05,
+        housing_hz=610.0,
+    ),
+    "id_04": MachineSpec(
+        "id_04",
+        blades=9,
+        mains_hz=50.0,
+        low_speed_hz=13.0,
+        high_speed_hz=23.0,
+        rotor_slots=34,
+        bearing_ratio=4.10,
+        housing_hz=330.0,
+    ),
 }
 DEFAULT_MACHINE = MACHINES["id_00"]
 
@@ -164,10 +188,14 @@ SESSION_SPEED_SPREAD = 0.015
 def draw_session(seed: int, index: int, key: str = "") -> SessionSpec:
     """Session ``index`` of dataset seed ``seed`` for ``key`` (a machine id; depends on nothing else)."""
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(f"session/{key}".encode()), int(index)]))
-    return SessionSpec(index=int(index), gain_db=rng.uniform(-SESSION_GAIN_SPREAD_DB, SESSION_GAIN_SPREAD_DB),
-                       snr_offset_db=rng.uniform(-SESSION_SNR_SPREAD_DB, SESSION_SNR_SPREAD_DB),
-                       speed_offset=rng.uniform(-SESSION_SPEED_SPREAD, SESSION_SPEED_SPREAD),
-                       mic_eq=tuple(float(v) for v in _mic_eq_params(rng, SESSION_EQ_SCALE)), room=_room_tone(rng))
+    return SessionSpec(
+        index=int(index),
+        gain_db=rng.uniform(-SESSION_GAIN_SPREAD_DB, SESSION_GAIN_SPREAD_DB),
+        snr_offset_db=rng.uniform(-SESSION_SNR_SPREAD_DB, SESSION_SNR_SPREAD_DB),
+        speed_offset=rng.uniform(-SESSION_SPEED_SPREAD, SESSION_SPEED_SPREAD),
+        mic_eq=tuple(float(v) for v in _mic_eq_params(rng, SESSION_EQ_SCALE)),
+        room=_room_tone(rng),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,8 +248,9 @@ def _band_power(x: np.ndarray, f: np.ndarray, lo: float, hi: float) -> float:
     return float(np.sum(np.abs(spec[sel]) ** 2)) * 2.0 / (x.size**2)
 
 
-def _calibrate(component: np.ndarray, healthy: np.ndarray, f: np.ndarray, band: tuple[float, float],
-               rise_db: float) -> np.ndarray:
+def _calibrate(
+    component: np.ndarray, healthy: np.ndarray, f: np.ndarray, band: tuple[float, float], rise_db: float
+) -> np.ndarray:
     """Scale `component` so that adding it raises the band power of `healthy` by rise_db."""
     p_c = _band_power(component, f, *band)
     p_h = _band_power(healthy, f, *band)
@@ -230,8 +259,9 @@ def _calibrate(component: np.ndarray, healthy: np.ndarray, f: np.ndarray, band: 
     return component * math.sqrt((10.0 ** (rise_db / 10.0) - 1.0) * p_h / p_c)
 
 
-def _slow_wander(rng: np.random.Generator, t: np.ndarray, std: float, fmin: float = 0.05,
-                 fmax: float = 0.8, parts: int = 4) -> np.ndarray:
+def _slow_wander(
+    rng: np.random.Generator, t: np.ndarray, std: float, fmin: float = 0.05, fmax: float = 0.8, parts: int = 4
+) -> np.ndarray:
     """Smooth zero-mean random fluctuation (sum of slow sinusoids) with about `std` standard deviation.
 
     Evaluated on a 200 Hz control grid and interpolated: it only ever moves a few times a second.
@@ -280,14 +310,20 @@ def _harmonics(phase: np.ndarray, amps: np.ndarray, phases: np.ndarray, top_hz: 
 
 def _room_tone(rng: np.random.Generator) -> dict:
     """The stationary character of a room: background slope, HVAC rumble, a distant machine."""
-    return {"slope": rng.uniform(0.8, 1.3), "rumble_hz": rng.uniform(40.0, 120.0), "rumble_db": rng.uniform(0.0, 6.0),
-            "distant_on": bool(rng.random() < 0.8),
-            "distant_hz": math.exp(rng.uniform(math.log(70.0), math.log(700.0))),
-            "distant_amps": (1.0, rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4)), "distant_db": rng.uniform(-14.0, -6.0)}
+    return {
+        "slope": rng.uniform(0.8, 1.3),
+        "rumble_hz": rng.uniform(40.0, 120.0),
+        "rumble_db": rng.uniform(0.0, 6.0),
+        "distant_on": bool(rng.random() < 0.8),
+        "distant_hz": math.exp(rng.uniform(math.log(70.0), math.log(700.0))),
+        "distant_amps": (1.0, rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4)),
+        "distant_db": rng.uniform(-14.0, -6.0),
+    }
 
 
-def _background(rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: np.ndarray,
-                room: dict | None = None) -> tuple[np.ndarray, dict]:
+def _background(
+    rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: np.ndarray, room: dict | None = None
+) -> tuple[np.ndarray, dict]:
     """Room / factory noise: unit-RMS stationary part plus occasional transients on top.
 
     ``room`` (a session's ``_room_tone``) fixes the stationary character; else it is drawn per file.
@@ -345,7 +381,7 @@ def _background(rng: np.random.Generator, n: int, sr: float, t: np.ndarray, f: n
         ev = np.asarray(ev, dtype=np.float64)
         peak = np.max(np.abs(ev))
         if peak > 0:
-            out[start:start + length] += ev / peak * level
+            out[start : start + length] += ev / peak * level
         events.append(name)
     return out, {"bg_slope": slope, "distant_hz": d_hz if distant_on else 0.0, "transients": events}
 
@@ -357,8 +393,16 @@ def _rotor(rng: np.random.Generator, t: np.ndarray, sr: float, f0: float) -> tup
     return speed, phase
 
 
-def _fan_components(rng: np.random.Generator, kind: str, machine: MachineSpec, f0: float, n: int, sr: float,
-                    t: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, dict]:
+def _fan_components(
+    rng: np.random.Generator,
+    kind: str,
+    machine: MachineSpec,
+    f0: float,
+    n: int,
+    sr: float,
+    t: np.ndarray,
+    f: np.ndarray,
+) -> tuple[np.ndarray, dict]:
     """Healthy-reference-normalised machine sound (RMS ~1 for the healthy weights) plus the fault."""
     limit = 0.45 * sr
     speed, phase = _rotor(rng, t, sr, f0)
@@ -463,7 +507,8 @@ def _fan_components(rng: np.random.Generator, kind: str, machine: MachineSpec, f
         period = 1.0 / (machine.bearing_ratio * f0)
         jitter = rng.normal(0.0, 0.01 * period * sr, hits.size)
         amps = rng.lognormal(0.0, 0.4, hits.size) * np.maximum(
-            1.0 + 0.6 * np.cos(phase[hits] + rng.uniform(0.0, TWO_PI)), 0.1)
+            1.0 + 0.6 * np.cos(phase[hits] + rng.uniform(0.0, TWO_PI)), 0.1
+        )
         idx = np.clip(np.round(hits + jitter).astype(np.int64), 0, n - 1)
         spikes = np.zeros(n, dtype=np.float32)
         np.add.at(spikes, idx, amps)
@@ -492,7 +537,7 @@ def _fan_components(rng: np.random.Generator, kind: str, machine: MachineSpec, f
             on[i] = state
             state = (u[i] < stay_on) if state else (u[i] >= stay_off)
         if not on.any():
-            on[int(rng.integers(0, n_rev)):] = True
+            on[int(rng.integers(0, n_rev)) :] = True
         gains = (on * rng.lognormal(0.0, 0.35, n_rev)).astype(np.float32)
         contact = rng.uniform(0.0, TWO_PI)
         width = TWO_PI * rng.uniform(0.08, 0.3)
@@ -525,9 +570,16 @@ def _fan_components(rng: np.random.Generator, kind: str, machine: MachineSpec, f
 
 def _mic_eq_params(rng: np.random.Generator, scale: float = 1.0) -> tuple[float, ...]:
     """(low shelf gain, freq, high shelf gain, freq, peak gain, freq, width, high-pass corner); gains x scale."""
-    return (scale * rng.uniform(-4.0, 3.0), rng.uniform(80.0, 300.0), scale * rng.uniform(-6.0, 3.0),
-            rng.uniform(2000.0, 6000.0), scale * rng.uniform(-3.0, 3.0),
-            math.exp(rng.uniform(math.log(300.0), math.log(5000.0))), rng.uniform(0.3, 0.8), rng.uniform(15.0, 30.0))
+    return (
+        scale * rng.uniform(-4.0, 3.0),
+        rng.uniform(80.0, 300.0),
+        scale * rng.uniform(-6.0, 3.0),
+        rng.uniform(2000.0, 6000.0),
+        scale * rng.uniform(-3.0, 3.0),
+        math.exp(rng.uniform(math.log(300.0), math.log(5000.0))),
+        rng.uniform(0.3, 0.8),
+        rng.uniform(15.0, 30.0),
+    )
 
 
 def _mic_eq(rng: np.random.Generator, f: np.ndarray, params: tuple[float, ...] | None = None) -> np.ndarray:
@@ -577,14 +629,22 @@ def _check_common(seconds: float, sample_rate: int, channels: int, snr_db: float
         raise FanwatchError(f"seconds must be a positive number, not {seconds!r}")
     n = int(round(seconds_f * sample_rate))
     if n < MIN_SAMPLES:
-        raise FanwatchError(f"{seconds_f:g} s at {sample_rate} Hz is too short to synthesise "
-                            f"(at least {MIN_SAMPLES} samples)")
+        raise FanwatchError(
+            f"{seconds_f:g} s at {sample_rate} Hz is too short to synthesise (at least {MIN_SAMPLES} samples)"
+        )
     return n
 
 
-def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = SAMPLE_RATE,
-                     machine: MachineSpec | str | None = None, snr_db: float = 6.0,
-                     channels: int = 1, session: SessionSpec | None = None) -> tuple[np.ndarray, RenderInfo]:
+def render_with_info(
+    kind: str,
+    seconds: float,
+    rng_or_seed,
+    sample_rate: int = SAMPLE_RATE,
+    machine: MachineSpec | str | None = None,
+    snr_db: float = 6.0,
+    channels: int = 1,
+    session: SessionSpec | None = None,
+) -> tuple[np.ndarray, RenderInfo]:
     """render(), plus a RenderInfo saying what was drawn (speed, SNR, gain, fault parameters)."""
     if kind not in KINDS:
         raise FanwatchError(f"unknown sound kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -676,14 +736,29 @@ def render_with_info(kind: str, seconds: float, rng_or_seed, sample_rate: int = 
     audio = out.astype(np.float32)
     if channels == 1:
         audio = audio[:, 0]
-    info = RenderInfo(kind=kind, state=state, machine_id=machine.machine_id, shaft_hz=shaft_hz,
-                      blade_pass_hz=shaft_hz * machine.blades, snr_db=snr_eff, gain_db=gain_db, details=details)
+    info = RenderInfo(
+        kind=kind,
+        state=state,
+        machine_id=machine.machine_id,
+        shaft_hz=shaft_hz,
+        blade_pass_hz=shaft_hz * machine.blades,
+        snr_db=snr_eff,
+        gain_db=gain_db,
+        details=details,
+    )
     return audio, info
 
 
-def render(kind: str, seconds: float, rng_or_seed, sample_rate: int = SAMPLE_RATE,
-           machine: MachineSpec | str | None = None, snr_db: float = 6.0, channels: int = 1,
-           session: SessionSpec | None = None) -> np.ndarray:
+def render(
+    kind: str,
+    seconds: float,
+    rng_or_seed,
+    sample_rate: int = SAMPLE_RATE,
+    machine: MachineSpec | str | None = None,
+    snr_db: float = 6.0,
+    channels: int = 1,
+    session: SessionSpec | None = None,
+) -> np.ndarray:
     """One synthetic recording: float32 in [-1, 1], shape [n] (mono) or [n, channels].
 
     kind is one of STATES (normal) or FAULTS (anomalous); rng_or_seed a numpy Generator, SeedSequence
@@ -722,22 +797,50 @@ def snr_label(snr_db: float) -> str:
     return f"{value:g}dB"
 
 
-def _plan(layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1,
-          machine_ids: tuple[str, ...] = LAYOUT_MACHINE_IDS) -> list[_Planned]:
+def _plan(
+    layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1, machine_ids: tuple[str, ...] = LAYOUT_MACHINE_IDS
+) -> list[_Planned]:
     plan: list[_Planned] = []
     if sessions >= 2:  # dcase only (checked by the caller): train days 0..S-2 in turn, test day S-1
         test_day = sessions - 1
         for mid in machine_ids:
             m = MACHINES[mid]
             for i in range(n_a):
-                plan.append(_Planned(f"fan/train/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
-                                     f"{mid}/train/normal", i, f"{mid}/train/normal", i % test_day))
+                plan.append(
+                    _Planned(
+                        f"fan/train/normal_{mid}_{i:08d}.wav",
+                        RUNNING_STATES[i % 2],
+                        m,
+                        f"{mid}/train/normal",
+                        i,
+                        f"{mid}/train/normal",
+                        i % test_day,
+                    )
+                )
             for i in range(n_b):
-                plan.append(_Planned(f"fan/test/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
-                                     f"{mid}/test/normal", i, f"{mid}/test/normal", test_day))
+                plan.append(
+                    _Planned(
+                        f"fan/test/normal_{mid}_{i:08d}.wav",
+                        RUNNING_STATES[i % 2],
+                        m,
+                        f"{mid}/test/normal",
+                        i,
+                        f"{mid}/test/normal",
+                        test_day,
+                    )
+                )
             for i in range(n_b):
-                plan.append(_Planned(f"fan/test/anomaly_{mid}_{i:08d}.wav", SESSION_FAULTS[i % len(SESSION_FAULTS)],
-                                     m, f"{mid}/test/anomaly", i, f"{mid}/test/anomaly", test_day))
+                plan.append(
+                    _Planned(
+                        f"fan/test/anomaly_{mid}_{i:08d}.wav",
+                        SESSION_FAULTS[i % len(SESSION_FAULTS)],
+                        m,
+                        f"{mid}/test/anomaly",
+                        i,
+                        f"{mid}/test/anomaly",
+                        test_day,
+                    )
+                )
         return plan
     if layout == "folders":
         m = DEFAULT_MACHINE
@@ -753,23 +856,63 @@ def _plan(layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1,
         for mid in LAYOUT_MACHINE_IDS:
             m = MACHINES[mid]
             for i in range(n_a):
-                plan.append(_Planned(f"{root}/{mid}/normal/{i:08d}.wav", RUNNING_STATES[i % 2], m,
-                                     f"{mid}/normal", i, f"{mid}/normal"))
+                plan.append(
+                    _Planned(
+                        f"{root}/{mid}/normal/{i:08d}.wav",
+                        RUNNING_STATES[i % 2],
+                        m,
+                        f"{mid}/normal",
+                        i,
+                        f"{mid}/normal",
+                    )
+                )
             for i in range(n_b):
-                plan.append(_Planned(f"{root}/{mid}/abnormal/{i:08d}.wav", FAULTS[i % len(FAULTS)], m,
-                                     f"{mid}/abnormal", i, f"{mid}/abnormal"))
+                plan.append(
+                    _Planned(
+                        f"{root}/{mid}/abnormal/{i:08d}.wav",
+                        FAULTS[i % len(FAULTS)],
+                        m,
+                        f"{mid}/abnormal",
+                        i,
+                        f"{mid}/abnormal",
+                    )
+                )
     elif layout == "dcase":
         for mid in LAYOUT_MACHINE_IDS:
             m = MACHINES[mid]
             for i in range(n_a):
-                plan.append(_Planned(f"fan/train/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
-                                     f"{mid}/train/normal", i, f"{mid}/train/normal"))
+                plan.append(
+                    _Planned(
+                        f"fan/train/normal_{mid}_{i:08d}.wav",
+                        RUNNING_STATES[i % 2],
+                        m,
+                        f"{mid}/train/normal",
+                        i,
+                        f"{mid}/train/normal",
+                    )
+                )
             for i in range(n_b):
-                plan.append(_Planned(f"fan/test/normal_{mid}_{i:08d}.wav", RUNNING_STATES[i % 2], m,
-                                     f"{mid}/test/normal", i, f"{mid}/test/normal"))
+                plan.append(
+                    _Planned(
+                        f"fan/test/normal_{mid}_{i:08d}.wav",
+                        RUNNING_STATES[i % 2],
+                        m,
+                        f"{mid}/test/normal",
+                        i,
+                        f"{mid}/test/normal",
+                    )
+                )
             for i in range(n_b):
-                plan.append(_Planned(f"fan/test/anomaly_{mid}_{i:08d}.wav", FAULTS[i % len(FAULTS)], m,
-                                     f"{mid}/test/anomaly", i, f"{mid}/test/anomaly"))
+                plan.append(
+                    _Planned(
+                        f"fan/test/anomaly_{mid}_{i:08d}.wav",
+                        FAULTS[i % len(FAULTS)],
+                        m,
+                        f"{mid}/test/anomaly",
+                        i,
+                        f"{mid}/test/anomaly",
+                    )
+                )
     else:
         raise FanwatchError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     return plan
@@ -784,8 +927,10 @@ def _read_manifest(out: Path) -> dict | None:
     manifest = out / MANIFEST_NAME
     if not manifest.is_file():
         if any(out.iterdir()):
-            raise FanwatchError(f"{out}: folder is not empty and has no {MANIFEST_NAME}, so it is not synthetic "
-                                "output; refusing to write into it (choose an empty or new folder)")
+            raise FanwatchError(
+                f"{out}: folder is not empty and has no {MANIFEST_NAME}, so it is not synthetic "
+                "output; refusing to write into it (choose an empty or new folder)"
+            )
         return None
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
@@ -838,11 +983,20 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
         raise FanwatchError(f"{path}: cannot write WAV ({exc})") from None
 
 
-def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: float = 6.0,
-                     files_per_state: int | None = None, files_per_fault: int | None = None,
-                     sample_rate: int = SAMPLE_RATE, channels: int = 1, snr_db: float = 6.0,
-                     progress: bool = True, sessions: int = 1,
-                     machine_ids: tuple[str, ...] | None = None) -> dict[str, int]:
+def generate_dataset(
+    out_dir,
+    layout: str = "folders",
+    seed: int = 0,
+    seconds: float = 6.0,
+    files_per_state: int | None = None,
+    files_per_fault: int | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    channels: int = 1,
+    snr_db: float = 6.0,
+    progress: bool = True,
+    sessions: int = 1,
+    machine_ids: tuple[str, ...] | None = None,
+) -> dict[str, int]:
     """Write a synthetic dataset into out_dir and return the number of files per class.
 
     Layouts (None counts take DEFAULT_COUNTS[layout]):
@@ -885,8 +1039,7 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
     out = Path(out_dir).expanduser()
     previous = _read_manifest(out)
     plan = _plan(layout, int(n_a), int(n_b), snr_db, int(sessions), ids)
-    specs = {(mid, i): draw_session(seed, i, mid) for mid in ids for i in range(sessions)} \
-        if sessions >= 2 else {}
+    specs = {(mid, i): draw_session(seed, i, mid) for mid in ids for i in range(sessions)} if sessions >= 2 else {}
 
     counts: dict[str, int] = {}
     for item in plan:
@@ -896,9 +1049,17 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
         "generator": "fanwatch.synth",
         "fanwatch_version": __version__,
         "complete": False,
-        "settings": {"layout": layout, "seed": int(seed), "seconds": float(seconds), "sample_rate": int(sample_rate),
-                     "channels": int(channels), "snr_db": float(snr_db), "files_per_state": int(n_a),
-                     "files_per_fault": int(n_b), "sessions": int(sessions)},
+        "settings": {
+            "layout": layout,
+            "seed": int(seed),
+            "seconds": float(seconds),
+            "sample_rate": int(sample_rate),
+            "channels": int(channels),
+            "snr_db": float(snr_db),
+            "files_per_state": int(n_a),
+            "files_per_fault": int(n_b),
+            "sessions": int(sessions),
+        },
         "machines": {mid: asdict(MACHINES[mid]) for mid in used},
         "counts": counts,
         "total_files": len(plan),
@@ -925,9 +1086,16 @@ def generate_dataset(out_dir, layout: str = "folders", seed: int = 0, seconds: f
     try:
         for item in items:
             session = None if item.session is None else specs[(item.machine.machine_id, item.session)]
-            audio = render(item.kind, seconds, np.random.default_rng(file_seed(seed, item.class_key, item.index)),
-                           sample_rate=sample_rate, machine=item.machine, snr_db=snr_db, channels=channels,
-                           session=session)
+            audio = render(
+                item.kind,
+                seconds,
+                np.random.default_rng(file_seed(seed, item.class_key, item.index)),
+                sample_rate=sample_rate,
+                machine=item.machine,
+                snr_db=snr_db,
+                channels=channels,
+                session=session,
+            )
             path = out / item.relpath
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -954,24 +1122,37 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m fanwatch.synth",
         description="Write a seeded synthetic dataset of fan recordings (normal states and faults).",
         epilog="Layouts: folders = <out>/<class>/<class>_NNNN.wav (off, low_speed, high_speed, fault_*); "
-               "mimii = <out>/<snr>_fan/fan/id_XX/{normal,abnormal}/NNNNNNNN.wav; "
-               "dcase = <out>/fan/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav.")
+        "mimii = <out>/<snr>_fan/fan/id_XX/{normal,abnormal}/NNNNNNNN.wav; "
+        "dcase = <out>/fan/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav.",
+    )
     p.add_argument("out", help="output folder (new, empty, or an earlier synthetic output)")
     p.add_argument("--layout", choices=LAYOUTS, default="folders", help="folder layout (default: folders)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     p.add_argument("--seconds", type=float, default=6.0, help="length of each file (default: 6)")
-    p.add_argument("--files-per-state", type=int, default=None,
-                   help="folders: files per normal state; mimii: normal files per id; dcase: train files per id "
-                        "(defaults: 24 / 20 / 20)")
-    p.add_argument("--files-per-fault", type=int, default=None,
-                   help="folders: files per fault; mimii: abnormal files per id; dcase: test files of each label "
-                        "per id (defaults: 8 / 6 / 6)")
+    p.add_argument(
+        "--files-per-state",
+        type=int,
+        default=None,
+        help="folders: files per normal state; mimii: normal files per id; dcase: train files per id "
+        "(defaults: 24 / 20 / 20)",
+    )
+    p.add_argument(
+        "--files-per-fault",
+        type=int,
+        default=None,
+        help="folders: files per fault; mimii: abnormal files per id; dcase: test files of each label "
+        "per id (defaults: 8 / 6 / 6)",
+    )
     p.add_argument("--sample-rate", type=int, default=SAMPLE_RATE, help=f"Hz (default: {SAMPLE_RATE})")
     p.add_argument("--channels", type=int, default=1, help="channels, >1 simulates a mic array (default: 1)")
     p.add_argument("--snr-db", type=float, default=6.0, help="machine-to-room SNR in dB (MIMII: -6, 0, 6; default: 6)")
-    p.add_argument("--sessions", type=int, default=1,
-                   help="dcase layout: recording sessions (room, microphone, level, speed); train on the first "
-                        "ones, test on the last (default: 1, every file its own)")
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=1,
+        help="dcase layout: recording sessions (room, microphone, level, speed); train on the first "
+        "ones, test on the last (default: 1, every file its own)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -979,10 +1160,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        counts = generate_dataset(args.out, layout=args.layout, seed=args.seed, seconds=args.seconds,
-                                  files_per_state=args.files_per_state, files_per_fault=args.files_per_fault,
-                                  sample_rate=args.sample_rate, channels=args.channels, snr_db=args.snr_db,
-                                  progress=not args.quiet, sessions=args.sessions)
+        counts = generate_dataset(
+            args.out,
+            layout=args.layout,
+            seed=args.seed,
+            seconds=args.seconds,
+            files_per_state=args.files_per_state,
+            files_per_fault=args.files_per_fault,
+            sample_rate=args.sample_rate,
+            channels=args.channels,
+            snr_db=args.snr_db,
+            progress=not args.quiet,
+            sessions=args.sessions,
+        )
     except FanwatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -36,8 +36,13 @@ PARITY_WINDOWS = 24  # windows checked Keras vs TFLite after export
 # The deployed file must reproduce the Keras head + numpy score on the cached front-end embeddings
 # (measured: probabilities 1e-6, scores 1e-5 relative, embedding cosine 1.0); beyond these it is not
 # deployed.
-PARITY_LIMITS = {"max_probability_diff": 1e-3, "max_relative_score_diff": 1e-3, "min_embedding_cosine": 0.9999,
-                 "max_band_level_diff": 1e-2, "max_relative_fused_diff": 1e-3}
+PARITY_LIMITS = {
+    "max_probability_diff": 1e-3,
+    "max_relative_score_diff": 1e-3,
+    "min_embedding_cosine": 0.9999,
+    "max_band_level_diff": 1e-2,
+    "max_relative_fused_diff": 1e-3,
+}
 
 EMPTY_DATA_HELP = """no recordings found in {data}.
 Lay out recordings in one of these ways (WAV/FLAC/OGG, any rate, any channel count):
@@ -80,8 +85,11 @@ class TrainSettings:
         """Bad values end the run before any work, in one line."""
         if self.seed < 0:
             raise FanwatchError(f"--seed must be 0 or more, not {self.seed}")
-        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or \
-                self.val_fraction + self.test_fraction >= 1:
+        if (
+            not 0 <= self.val_fraction < 1
+            or not 0 <= self.test_fraction < 1
+            or self.val_fraction + self.test_fraction >= 1
+        ):
             raise FanwatchError("--val-fraction and --test-fraction must be in [0, 1) and leave files to train on")
         if not 0 < self.false_alarm_rate < 0.5:
             raise FanwatchError(f"--false-alarm-rate must be between 0 and 0.5, not {self.false_alarm_rate}")
@@ -136,8 +144,16 @@ def _library_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "fanwatch": __version__}
-    for name in ("tensorflow", "tensorflow-cpu", "keras", "numpy", "ai-edge-litert", "soxr", "soundfile",
-                 "scikit-learn"):
+    for name in (
+        "tensorflow",
+        "tensorflow-cpu",
+        "keras",
+        "numpy",
+        "ai-edge-litert",
+        "soxr",
+        "soundfile",
+        "scikit-learn",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -145,8 +161,16 @@ def _library_versions() -> dict:
     return out
 
 
-OUTPUT_NAMES = (SPLIT_NAME, HEAD_NAME, ANOMALY_NAME, SCORER_NAME, bands.PROFILE_NAME, FLOAT_NAME,
-                runtime.MODEL_NAME, runtime.CARD_NAME)
+OUTPUT_NAMES = (
+    SPLIT_NAME,
+    HEAD_NAME,
+    ANOMALY_NAME,
+    SCORER_NAME,
+    bands.PROFILE_NAME,
+    FLOAT_NAME,
+    runtime.MODEL_NAME,
+    runtime.CARD_NAME,
+)
 """What a run writes into --out; the model card moves into place last (it names the others)."""
 STALE_NAMES = ("site_calibration.json", "site_calibration.npz")
 """Made for an earlier model (its sha256) and refused with any other: removed when a new one is written."""
@@ -162,8 +186,10 @@ def train(s: TrainSettings) -> dict:
     s.validate()
     data = Path(s.data)
     if not data.exists():
-        raise FanwatchError(f"{data}: folder not found, so no recordings found (give --data the folder that "
-                            "holds them, or try the synthetic fan demo: python train.py --demo)")
+        raise FanwatchError(
+            f"{data}: folder not found, so no recordings found (give --data the folder that "
+            "holds them, or try the synthetic fan demo: python train.py --demo)"
+        )
     if not datasets.has_audio_files(data):  # also follows symlinked folders; "not a folder" comes from there
         raise FanwatchError(EMPTY_DATA_HELP.format(data=data))
     out = Path(s.out).expanduser()
@@ -194,13 +220,14 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     started = time.time()
     data = Path(s.data)
     recs, layout = datasets.scan_dataset(data, s.layout, s.normal_classes, s.anomalous_classes)
-    splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction,
-                                       test_fraction=s.test_fraction)
+    splits = datasets.split_recordings(recs, seed=s.seed, val_fraction=s.val_fraction, test_fraction=s.test_fraction)
     datasets.save_split(out / SPLIT_NAME, splits, data, params={"layout": layout})
     summary = datasets.summarize(recs)
-    log(f"data: {summary['files']} files in {data} ({layout} layout), {summary['normal']} normal, "
+    log(
+        f"data: {summary['files']} files in {data} ({layout} layout), {summary['normal']} normal, "
         f"{summary['anomalous']} anomalous; split train/val/test = "
-        f"{len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} files")
+        f"{len(splits['train'])}/{len(splits['val'])}/{len(splits['test'])} files"
+    )
 
     extractor, yamnet_sha = embeddings.make_extractor(s.yamnet, s.quantization, s.cache, s.channel, s.workers)
     sets = {}
@@ -232,10 +259,21 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     from .head import train_head
 
     if len(train_labels) < 2:
-        log(f"head: one class only ({train_labels[0] if train_labels else 'none'}); "
-            "the head always answers it and the anomaly score does the work")
-    head = train_head(train_set.embeddings, y_train, val_set.embeddings[val_known], y_val[val_known],
-                      train_labels, seed=s.seed, epochs=s.epochs, patience=s.patience, hidden=s.hidden)
+        log(
+            f"head: one class only ({train_labels[0] if train_labels else 'none'}); "
+            "the head always answers it and the anomaly score does the work"
+        )
+    head = train_head(
+        train_set.embeddings,
+        y_train,
+        val_set.embeddings[val_known],
+        y_val[val_known],
+        train_labels,
+        seed=s.seed,
+        epochs=s.epochs,
+        patience=s.patience,
+        hidden=s.hidden,
+    )
     validation: dict = {"head_target": target, "epochs": head.epochs}
     if len(val_set.embeddings):
         probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
@@ -243,16 +281,19 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         validation["window"] = evaluation.classification_metrics(y_val[val_known], pred[val_known], train_labels)
         file_pred = evaluation.file_means(probs, val_set.file_index, len(val_set.recordings)).argmax(axis=1)
         known_files = y_val_file >= 0
-        validation["file"] = evaluation.classification_metrics(y_val_file[known_files], file_pred[known_files],
-                                                               train_labels)
+        validation["file"] = evaluation.classification_metrics(
+            y_val_file[known_files], file_pred[known_files], train_labels
+        )
         unknown = sorted({key(r) for r, y in zip(val_set.recordings, y_val_file) if y < 0})
         if unknown:
             validation["classes_not_in_training"] = unknown
         w = validation["window"]
         if w["accuracy"] is not None:
-            log(f"head: validation accuracy {w['accuracy']:.3f}, macro F1 {w['macro_f1']:.3f} "
+            log(
+                f"head: validation accuracy {w['accuracy']:.3f}, macro F1 {w['macro_f1']:.3f} "
                 f"(window level, {w['n']} windows); file level accuracy {validation['file']['accuracy']:.3f}, "
-                f"macro F1 {validation['file']['macro_f1']:.3f}")
+                f"macro F1 {validation['file']['macro_f1']:.3f}"
+            )
     else:
         log("head: no validation recordings, so no validation metrics")
 
@@ -264,12 +305,17 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     val_machines, val_normal = val_set.machines(), val_set.normal()
     thresholds = anomaly.thresholds_from_normal(
         val_scores[val_normal] if len(val_scores) else val_scores,
-        val_machines[val_normal] if len(val_scores) else val_machines, anom, s.false_alarm_rate)
+        val_machines[val_normal] if len(val_scores) else val_machines,
+        anom,
+        s.false_alarm_rate,
+    )
     anom.thresholds = {m: t["threshold"] for m, t in thresholds.items()}
     bad = [m for m, t in anom.thresholds.items() if not (np.isfinite(t) and t > 0)]
     if bad:
-        raise FanwatchError(f"the anomaly threshold of {', '.join(bad)} is not a positive number "
-                            f"({anom.thresholds[bad[0]]}); nothing written")
+        raise FanwatchError(
+            f"the anomaly threshold of {', '.join(bad)} is not a positive number "
+            f"({anom.thresholds[bad[0]]}); nothing written"
+        )
     embedding_info = _anomaly_validation(anom, val_scores, val_machines, val_normal, val_set)
     embedding_info["method_comparison"] = _compare_methods(s, train_set, val_set, anom)
 
@@ -278,8 +324,10 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     score = score.set_thresholds(_normal_files(val_set), s.false_alarm_rate)
     bad = [m for m, t in score.thresholds.items() if not (np.isfinite(t) and t > 0)]
     if bad:
-        raise FanwatchError(f"the anomaly score's threshold of {', '.join(bad)} is not a positive number "
-                            f"({score.thresholds[bad[0]]}); nothing written")
+        raise FanwatchError(
+            f"the anomaly score's threshold of {', '.join(bad)} is not a positive number "
+            f"({score.thresholds[bad[0]]}); nothing written"
+        )
     anomaly_info = _fused_validation(score, val_set)
     anomaly_info["embedding_knn"] = {m: b.get("auc") for m, b in embedding_info["per_machine"].items()}
     for m in [*score.machines, scorer.POOLED]:
@@ -287,30 +335,39 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         auc = anomaly_info["per_machine"].get(m, {}).get("auc")
         if m == scorer.POOLED and len(score.machines) == 1:
             continue
-        log(f"anomaly: {m}: threshold {t['threshold']:.3f} ({t['rule']} on {t['source']}, {t['windows']} windows, "
+        log(
+            f"anomaly: {m}: threshold {t['threshold']:.3f} ({t['rule']} on {t['source']}, {t['windows']} windows, "
             f"target false-alarm rate {s.false_alarm_rate:.1%})"
-            + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else ""))
+            + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else "")
+        )
 
     alerts_info = calibrate_alerts(score, val_set, s.false_alerts_per_day)
     fault_labels = [label for label in train_labels if target == "label" and label not in normal_labels]
     if fault_labels and len(val_set.embeddings):
         val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
-        alerts_info["known_fault"] = calibrate_known_faults(val_probs, val_set, train_labels, fault_labels,
-                                                            s.false_alerts_per_day)
+        alerts_info["known_fault"] = calibrate_known_faults(
+            val_probs, val_set, train_labels, fault_labels, s.false_alerts_per_day
+        )
         kcal = alerts_info["known_fault"]["calibration"]
-        log(f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
-            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day")
+        log(
+            f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
+            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day"
+        )
     cal = alerts_info["calibration"]
-    log(f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
+    log(
+        f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
         f"alert(s) per day (target {s.false_alerts_per_day:g}, 90 % bound "
         f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
-        f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)")
+        f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)"
+    )
 
     # --- normal band profile: what an alert's explanation compares with ----------------------------
     profile = bands.fit_from_recordings([r for r in splits["train"] if r.normal], s.channel, s.progress)
     profile.save(out / bands.PROFILE_NAME)
-    log(f"band profile: {len(profile.edges)} third-octave bands, "
-        + ", ".join(f"{m}: {p.windows} normal windows at {p.level_mean:.1f} dBFS" for m, p in profile.machines.items()))
+    log(
+        f"band profile: {len(profile.edges)} third-octave bands, "
+        + ", ".join(f"{m}: {p.windows} normal windows at {p.level_mean:.1f} dBFS" for m, p in profile.machines.items())
+    )
 
     # --- export -----------------------------------------------------------------------------------
     from . import yamnet
@@ -318,9 +375,12 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     weights = yamnet.load_weights(s.yamnet)
     model = build_end_to_end(weights, head.model, anom)
     head.model.save(out / HEAD_NAME)
-    np.savez(out / ANOMALY_NAME, method=anom.method, machines=np.asarray(anom.machines),
-             **({"mean": anom.mean, "transform": anom.transform} if anom.method == "mahalanobis"
-                else {"bank": anom.bank}))
+    np.savez(
+        out / ANOMALY_NAME,
+        method=anom.method,
+        machines=np.asarray(anom.machines),
+        **({"mean": anom.mean, "transform": anom.transform} if anom.method == "mahalanobis" else {"bank": anom.bank}),
+    )
     score.save(out / SCORER_NAME)
     paths = {}
     for q, name in (("float32", FLOAT_NAME), (s.quantization, runtime.MODEL_NAME)):
@@ -331,19 +391,24 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         paths["float32"] = export.export_tflite(model, out / runtime.MODEL_NAME, "float32")
     deployed = paths[s.quantization]
     parity = _parity(deployed, head.model, anom, extractor, splits["val"] or splits["train"], score)
-    if (parity["max_probability_diff"] > PARITY_LIMITS["max_probability_diff"]
-            or parity["max_relative_score_diff"] > PARITY_LIMITS["max_relative_score_diff"]
-            or parity["min_embedding_cosine"] < PARITY_LIMITS["min_embedding_cosine"]
-            or parity["max_band_level_diff"] > PARITY_LIMITS["max_band_level_diff"]
-            or parity["max_relative_fused_diff"] > PARITY_LIMITS["max_relative_fused_diff"]):
+    if (
+        parity["max_probability_diff"] > PARITY_LIMITS["max_probability_diff"]
+        or parity["max_relative_score_diff"] > PARITY_LIMITS["max_relative_score_diff"]
+        or parity["min_embedding_cosine"] < PARITY_LIMITS["min_embedding_cosine"]
+        or parity["max_band_level_diff"] > PARITY_LIMITS["max_band_level_diff"]
+        or parity["max_relative_fused_diff"] > PARITY_LIMITS["max_relative_fused_diff"]
+    ):
         deployed.unlink()
-        raise FanwatchError(f"the exported model does not reproduce the trained one ({parity}); "
-                            f"not deployed (limits {PARITY_LIMITS})")
-    log(f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); "
+        raise FanwatchError(
+            f"the exported model does not reproduce the trained one ({parity}); not deployed (limits {PARITY_LIMITS})"
+        )
+    log(
+        f"export: {final / deployed.name} ({deployed.stat().st_size / 1e6:.1f} MB, {s.quantization}); "
         f"parity with Keras head on deployed embeddings: max |dp| {parity['max_probability_diff']:.2e}, "
         f"max relative score diff {parity['max_relative_score_diff']:.2e}, embedding cosine min "
         f"{parity['min_embedding_cosine']:.6f}, band levels max |d| {parity['max_band_level_diff']:.1e}, "
-        f"fused score max relative diff {parity['max_relative_fused_diff']:.1e}")
+        f"fused score max relative diff {parity['max_relative_fused_diff']:.1e}"
+    )
 
     card = {
         "format": CARD_FORMAT,
@@ -355,45 +420,65 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         "window_samples": config.WINDOW_SAMPLES,
         "hop_samples": config.HOP_SAMPLES,
         "inputs": {"waveform": [1, config.WINDOW_SAMPLES]},
-        "outputs": {"probabilities": [1, len(train_labels)], "anomaly_score": [1, len(anom.machines)],
-                    "embedding": [1, config.EMBEDDING_DIM], spectral.OUTPUT_NAME: [1, spectral.BAND_FEATURES]},
+        "outputs": {
+            "probabilities": [1, len(train_labels)],
+            "anomaly_score": [1, len(anom.machines)],
+            "embedding": [1, config.EMBEDDING_DIM],
+            spectral.OUTPUT_NAME: [1, spectral.BAND_FEATURES],
+        },
         "anomaly": {
             "method": anom.method,
             "machines": score.machines,
             "thresholds": {m: score.thresholds[m] for m in score.machines},
             "threshold_rule": f"per machine, the {1 - s.false_alarm_rate:.3g} quantile of a gamma "
-                              "distribution (method of moments) fitted to the window scores of normal validation "
-                              "recordings",
+            "distribution (method of moments) fitted to the window scores of normal validation "
+            "recordings",
             "target_false_alarm_rate": s.false_alarm_rate,
             "fit_windows": anom.fit_windows,
             "threshold_details": {m: score.threshold_info[m] for m in score.machines},
             "validation": anomaly_info,
-            "score": {"kind": "fused", "file": SCORER_NAME, **score.config.as_dict(),
-                      "pooled_threshold": score.thresholds[scorer.POOLED],
-                      "pooled_threshold_details": score.threshold_info[scorer.POOLED],
-                      "unknown_machine_rule": scorer.UNKNOWN_MACHINE_RULE,
-                      "reference_windows": score.describe()["reference_windows"],
-                      "definition": "fanwatch.scorer: weighted geometric mean of the embedding k-NN and spectral "
-                                    "shape k-NN distances (each over its normal leave-one-file-out 95th percentile), "
-                                    f"over the last {score.config.horizon} windows; computed in numpy from the "
-                                    "model's embedding and band_levels outputs"},
-            "embedding_score": {"output": "anomaly_score", "method": anom.method, "thresholds": anom.thresholds,
-                                "threshold_details": thresholds, "validation": embedding_info,
-                                "note": "the model's anomaly_score output (embedding only, one window); the "
-                                        "deployed decision uses the fused score above"},
+            "score": {
+                "kind": "fused",
+                "file": SCORER_NAME,
+                **score.config.as_dict(),
+                "pooled_threshold": score.thresholds[scorer.POOLED],
+                "pooled_threshold_details": score.threshold_info[scorer.POOLED],
+                "unknown_machine_rule": scorer.UNKNOWN_MACHINE_RULE,
+                "reference_windows": score.describe()["reference_windows"],
+                "definition": "fanwatch.scorer: weighted geometric mean of the embedding k-NN and spectral "
+                "shape k-NN distances (each over its normal leave-one-file-out 95th percentile), "
+                f"over the last {score.config.horizon} windows; computed in numpy from the "
+                "model's embedding and band_levels outputs",
+            },
+            "embedding_score": {
+                "output": "anomaly_score",
+                "method": anom.method,
+                "thresholds": anom.thresholds,
+                "threshold_details": thresholds,
+                "validation": embedding_info,
+                "note": "the model's anomaly_score output (embedding only, one window); the "
+                "deployed decision uses the fused score above",
+            },
         },
         "alerts": alerts_info,
-        "band_profile": {"file": bands.PROFILE_NAME, "bands": len(profile.edges),
-                         "machines": {m: p.windows for m, p in profile.machines.items()},
-                         "source": profile.source},
+        "band_profile": {
+            "file": bands.PROFILE_NAME,
+            "bands": len(profile.edges),
+            "machines": {m: p.windows for m, p in profile.machines.items()},
+            "source": profile.source,
+        },
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},
         "yamnet": {"path": str(weights.path), "sha256": yamnet_sha},
-        "data": {"root": str(data), "layout": layout, "summary": summary,
-                 "split": {k: len(v) for k, v in splits.items()},
-                 "windows": {k: int(len(v.embeddings)) for k, v in sets.items()},
-                 "skipped": [{"file": f, "reason": r} for f, r in skipped]},
+        "data": {
+            "root": str(data),
+            "layout": layout,
+            "summary": summary,
+            "split": {k: len(v) for k, v in splits.items()},
+            "windows": {k: int(len(v.embeddings)) for k, v in sets.items()},
+            "skipped": [{"file": f, "reason": r} for f, r in skipped],
+        },
         "validation": validation,
         "parity": parity,
         "runtimes_verified": _verify_runtimes(deployed),
@@ -428,18 +513,28 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, fal
     the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never)."""
     streams = validation_streams(score, val_set)
     if not streams:
-        raise FanwatchError("no normal validation windows to calibrate the alert rule on; add normal recordings "
-                            "or raise --val-fraction")
+        raise FanwatchError(
+            "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
+        )
     cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, false_alerts_per_day)
-    return {"rule": cal.rule.to_dict(), "rule_text": cal.rule.describe(), "hop_s": config.HOP_SECONDS,
-            "calibration": cal.to_dict(),
-            "note": "normal validation recordings of each machine played one after the other through the live "
-                    "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
-                    "evidence peaks, with its 90 % upper confidence bound set to the target"}
+    return {
+        "rule": cal.rule.to_dict(),
+        "rule_text": cal.rule.describe(),
+        "hop_s": config.HOP_SECONDS,
+        "calibration": cal.to_dict(),
+        "note": "normal validation recordings of each machine played one after the other through the live "
+        "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
+        "evidence peaks, with its 90 % upper confidence bound set to the target",
+    }
 
 
-def calibrate_known_faults(val_probs: np.ndarray, val_set: embeddings.EmbeddingSet, labels: list[str],
-                           fault_labels: list[str], false_alerts_per_day: float) -> dict:
+def calibrate_known_faults(
+    val_probs: np.ndarray,
+    val_set: embeddings.EmbeddingSet,
+    labels: list[str],
+    fault_labels: list[str],
+    false_alerts_per_day: float,
+) -> dict:
     """The known-fault rule: the CUSUM of the odds the head gives its fault classes, its threshold set for
     ``false_alerts_per_day`` on the normal validation recordings (played one after the other)."""
     from .live.decisions import KNOWN_FAULT_DEFAULTS, fault_odds
@@ -448,10 +543,19 @@ def calibrate_known_faults(val_probs: np.ndarray, val_set: embeddings.EmbeddingS
     normal = val_set.normal()
     order = np.argsort(val_set.file_index[normal], kind="stable")
     odds = np.array([fault_odds(p, fault_index) for p in val_probs[normal][order]])
-    cal = evidence.calibrate([odds], evidence.EvidenceRule(**KNOWN_FAULT_DEFAULTS), config.HOP_SECONDS,
-                             false_alerts_per_day, reference=KNOWN_FAULT_DEFAULTS["reference"])
-    return {"classes": fault_labels, "rule": cal.rule.to_dict(), "calibration": cal.to_dict(),
-            "rule_text": cal.rule.describe().replace("ratio/", "fault odds/")}
+    cal = evidence.calibrate(
+        [odds],
+        evidence.EvidenceRule(**KNOWN_FAULT_DEFAULTS),
+        config.HOP_SECONDS,
+        false_alerts_per_day,
+        reference=KNOWN_FAULT_DEFAULTS["reference"],
+    )
+    return {
+        "classes": fault_labels,
+        "rule": cal.rule.to_dict(),
+        "calibration": cal.to_dict(),
+        "rule_text": cal.rule.describe().replace("ratio/", "fault odds/"),
+    }
 
 
 def _fmt_rate(value) -> str:
@@ -496,7 +600,9 @@ def _fused_validation(score: scorer.Scorer, es: embeddings.EmbeddingSet) -> dict
         a = np.concatenate(a) if a else np.zeros(0)
         t = score.thresholds[name]
         per_machine[name] = {
-            "normal_windows": int(len(n)), "anomalous_windows": int(len(a)), "auc": anomaly.roc_auc(n, a),
+            "normal_windows": int(len(n)),
+            "anomalous_windows": int(len(a)),
+            "auc": anomaly.roc_auc(n, a),
             "false_alarm_rate_at_threshold": float((n >= t).mean()) if len(n) else None,
             "detection_rate_at_threshold": float((a >= t).mean()) if len(a) else None,
             "if_labelled_anomalies_were_used": anomaly.best_threshold_info(n, a),
@@ -511,8 +617,11 @@ def _compare_methods(s: TrainSettings, train_set, val_set, chosen) -> dict:
         return {"note": "no anomalous and normal validation windows together: methods not compared"}
     out = {}
     for method in anomaly.METHODS:
-        model = chosen if method == chosen.method else anomaly.fit(
-            train_set.embeddings, train_set.machines(), train_set.normal(), method, s.seed)
+        model = (
+            chosen
+            if method == chosen.method
+            else anomaly.fit(train_set.embeddings, train_set.machines(), train_set.normal(), method, s.seed)
+        )
         scores = model.score(val_set.embeddings)
         machines = val_set.machines()
         aucs = {}
@@ -540,8 +649,9 @@ def _parity(model_path: Path, head_model, anom, extractor, recs, score: scorer.S
         # the fused score from the deployed outputs vs from the cached front end, same windows in order
         name = score.resolve(rec.machine)
         ref = score.score_file(name, emb[:take], band[:take])
-        got = score.score_file(name, np.stack([o["embedding"] for o in deployed]),
-                               np.stack([o[spectral.OUTPUT_NAME] for o in deployed]))
+        got = score.score_file(
+            name, np.stack([o["embedding"] for o in deployed]), np.stack([o[spectral.OUTPUT_NAME] for o in deployed])
+        )
         fused_diff.append(float((np.abs(got - ref) / np.maximum(np.abs(ref), 1e-6)).max()))
         windows.extend(w[:take])
         embs.extend(emb[:take])

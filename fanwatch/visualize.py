@@ -112,8 +112,15 @@ def _palette(labels: list[str]) -> dict[str, tuple]:
     return dict(zip(labels, sns.color_palette(name, len(labels))))
 
 
-def plot_map(xy: np.ndarray, labels: np.ndarray, normal: np.ndarray, machines: np.ndarray, path: Path,
-             title: str, axis_names: tuple[str, str]) -> tuple[Path, list[str]]:
+def plot_map(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    normal: np.ndarray,
+    machines: np.ndarray,
+    path: Path,
+    title: str,
+    axis_names: tuple[str, str],
+) -> tuple[Path, list[str]]:
     """Scatter coloured by label, marker by normal/anomalous; panels per machine when there are several.
 
     Returns the path and the machines that got their own panel."""
@@ -127,35 +134,62 @@ def plot_map(xy: np.ndarray, labels: np.ndarray, normal: np.ndarray, machines: n
     panels = [None] + (sorted(machine_names[:MAX_MACHINE_PANELS]) if len(machine_names) > 1 else [])
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols + 2.4, 4.6 * nrows), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(5.2 * ncols + 2.4, 4.6 * nrows), squeeze=False, layout="constrained"
+    )
     size = 20 if len(xy) <= 2000 else 8
     for ax, machine in zip(axes.flat, panels):
         sel = np.ones(len(xy), bool) if machine is None else machines == machine
         if machine is not None:
-            ax.scatter(xy[~sel, 0], xy[~sel, 1], s=size * 0.6, color="0.85", marker="o", linewidths=0,
-                       rasterized=True)
+            ax.scatter(xy[~sel, 0], xy[~sel, 1], s=size * 0.6, color="0.85", marker="o", linewidths=0, rasterized=True)
         for name in names:
             for is_normal, marker in ((True, "o"), (False, "X")):
                 m = sel & (labels == name) & (normal == is_normal)
                 if m.any():
-                    ax.scatter(xy[m, 0], xy[m, 1], s=size, color=colours[name], marker=marker, alpha=0.7,
-                               linewidths=0, rasterized=True)
-        ax.set_title("all machines" if machine is None else f"machine {machine} ({int(sel.sum())} windows)",
-                     fontsize=10)
+                    ax.scatter(
+                        xy[m, 0],
+                        xy[m, 1],
+                        s=size,
+                        color=colours[name],
+                        marker=marker,
+                        alpha=0.7,
+                        linewidths=0,
+                        rasterized=True,
+                    )
+        ax.set_title(
+            "all machines" if machine is None else f"machine {machine} ({int(sel.sum())} windows)", fontsize=10
+        )
         ax.set_xlabel(axis_names[0], fontsize=9)
         ax.set_ylabel(axis_names[1], fontsize=9)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], ls="", marker="o" if label_normal[n] else "X", color=colours[n], markersize=7,
-                      label=f"{n} ({int((labels == n).sum())})") for n in names]
-    handles += [Line2D([], [], ls="", marker="o", color="0.3", label="marker o: normal"),
-                Line2D([], [], ls="", marker="X", color="0.3", label="marker X: anomalous")]
-    fig.legend(handles=handles, loc="outside right center", fontsize=8, title="label (windows)",
-               title_fontsize=9, frameon=False)
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o" if label_normal[n] else "X",
+            color=colours[n],
+            markersize=7,
+            label=f"{n} ({int((labels == n).sum())})",
+        )
+        for n in names
+    ]
+    handles += [
+        Line2D([], [], ls="", marker="o", color="0.3", label="marker o: normal"),
+        Line2D([], [], ls="", marker="X", color="0.3", label="marker X: anomalous"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside right center",
+        fontsize=8,
+        title="label (windows)",
+        title_fontsize=9,
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -187,9 +221,15 @@ def visualize(s: VisualizeSettings) -> dict:
     pca = PCA(n_components=2, random_state=s.seed).fit(x)
     xy_pca = pca.transform(x)
     ev = pca.explained_variance_ratio_
-    _, panels = plot_map(xy_pca, labels, normal, machines, out / PCA_NAME,
-                         f"PCA of {len(x)} window embeddings ({len(es.recordings)} files, {data.name or data})",
-                         (f"PC 1 ({100 * ev[0]:.1f}% of variance)", f"PC 2 ({100 * ev[1]:.1f}%)"))
+    _, panels = plot_map(
+        xy_pca,
+        labels,
+        normal,
+        machines,
+        out / PCA_NAME,
+        f"PCA of {len(x)} window embeddings ({len(es.recordings)} files, {data.name or data})",
+        (f"PC 1 ({100 * ev[0]:.1f}% of variance)", f"PC 2 ({100 * ev[1]:.1f}%)"),
+    )
     n_machines = len(set(machines.tolist()))
     if n_machines > len(panels) and n_machines > 1:
         notes.append(f"{n_machines} machines: panels for the {len(panels)} with the most windows only")
@@ -198,11 +238,18 @@ def visualize(s: VisualizeSettings) -> dict:
     sub = stratified_subsample(labels, int(s.tsne_max), s.seed)
     subsampled = len(sub) < len(x)
     if subsampled:
-        log(f"t-SNE and silhouette: {len(sub)} of {len(x)} windows, subsampled stratified by label "
-            f"(--tsne-max {s.tsne_max}, seed {s.seed})")
+        log(
+            f"t-SNE and silhouette: {len(sub)} of {len(x)} windows, subsampled stratified by label "
+            f"(--tsne-max {s.tsne_max}, seed {s.seed})"
+        )
     xs, ls = x[sub], labels[sub]
-    tsne_info: dict = {"windows": int(len(sub)), "subsampled": subsampled, "cap": int(s.tsne_max),
-                       "stratified_by": "label", "seed": s.seed}
+    tsne_info: dict = {
+        "windows": int(len(sub)),
+        "subsampled": subsampled,
+        "cap": int(s.tsne_max),
+        "stratified_by": "label",
+        "seed": s.seed,
+    }
     if len(sub) >= 4:
         perplexity = float(min(30.0, max(1.0, (len(sub) - 1) / 3.0)))
         t0 = time.time()
@@ -218,18 +265,25 @@ def visualize(s: VisualizeSettings) -> dict:
                 xy_tsne = tsne.fit_transform(reduced)
         else:
             xy_tsne = tsne.fit_transform(reduced)
-        tsne_info.update({"perplexity": perplexity, "pca_dims_first": int(reduced.shape[1]),
-                          "seconds": round(time.time() - t0, 1)})
+        tsne_info.update(
+            {"perplexity": perplexity, "pca_dims_first": int(reduced.shape[1]), "seconds": round(time.time() - t0, 1)}
+        )
         log(f"t-SNE done in {time.time() - t0:.0f} s")
-        title = (f"t-SNE of {len(sub)} window embeddings" +
-                 (f" (stratified subsample of {len(x)})" if subsampled else f" ({len(es.recordings)} files)"))
+        title = f"t-SNE of {len(sub)} window embeddings" + (
+            f" (stratified subsample of {len(x)})" if subsampled else f" ({len(es.recordings)} files)"
+        )
         plot_map(xy_tsne, ls, normal[sub], machines[sub], out / TSNE_NAME, title, ("t-SNE 1", "t-SNE 2"))
     else:
         notes.append(f"only {len(sub)} windows: too few for t-SNE, {TSNE_NAME} not written")
 
-    sil = {"by": "label", "space": f"{x.shape[1]}-d window embeddings", "metric": SILHOUETTE_METRIC,
-           "windows": int(len(sub)), "value": silhouette(xs, ls, SILHOUETTE_METRIC),
-           "euclidean": silhouette(xs, ls, "euclidean")}
+    sil = {
+        "by": "label",
+        "space": f"{x.shape[1]}-d window embeddings",
+        "metric": SILHOUETTE_METRIC,
+        "windows": int(len(sub)),
+        "value": silhouette(xs, ls, SILHOUETTE_METRIC),
+        "euclidean": silhouette(xs, ls, "euclidean"),
+    }
     if sil["value"] is None:
         notes.append("fewer than 2 labels (or one window per label): silhouette score not defined")
     if n_machines > 1:
@@ -257,8 +311,14 @@ def visualize(s: VisualizeSettings) -> dict:
         "data": {"root": str(data.resolve()), "layout": layout, "summary": datasets.summarize(es.recordings)},
         "yamnet_sha256": yamnet_sha,
         "counts": counts,
-        "subsample": {"windows": int(len(sub)), "of": int(len(x)), "cap": int(s.tsne_max),
-                      "stratified_by": "label", "seed": s.seed, "used_for": ["t-SNE", "silhouette"]},
+        "subsample": {
+            "windows": int(len(sub)),
+            "of": int(len(x)),
+            "cap": int(s.tsne_max),
+            "stratified_by": "label",
+            "seed": s.seed,
+            "used_for": ["t-SNE", "silhouette"],
+        },
         "pca": {"explained_variance_ratio": [float(v) for v in ev], "windows": int(len(x))},
         "tsne": tsne_info,
         "silhouette": sil,
@@ -271,9 +331,11 @@ def visualize(s: VisualizeSettings) -> dict:
     datasets.write_json(out / JSON_NAME, result)
 
     value = sil["value"]
-    log(f"silhouette by label ({SILHOUETTE_METRIC} distance in the {x.shape[1]}-d embedding space, "
-        f"{len(sub)} windows): " + ("not defined" if value is None else
-                                    f"{value:.3f} (euclidean {sil['euclidean']:.3f})"))
+    log(
+        f"silhouette by label ({SILHOUETTE_METRIC} distance in the {x.shape[1]}-d embedding space, "
+        f"{len(sub)} windows): "
+        + ("not defined" if value is None else f"{value:.3f} (euclidean {sil['euclidean']:.3f})")
+    )
     for note in notes:
         log(f"note: {note}")
     if es.skipped:

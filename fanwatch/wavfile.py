@@ -32,9 +32,11 @@ WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 # KSDATAFORMAT_SUBTYPE_* GUIDs: the format tag in the first two bytes, then this fixed tail
 _GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
 _FORMAT_NAMES = {0x0002: "MS ADPCM", 0x0006: "A-law", 0x0007: "mu-law", 0x0011: "IMA ADPCM", 0x0055: "MP3"}
-_WITHOUT_SOUNDFILE = ("this runtime reads only 8/16/24/32-bit PCM and 32/64-bit float RIFF WAV without the "
-                      "soundfile package, which training uses: pip install soundfile, or convert the file "
-                      "(e.g. sox IN -b 16 -e signed-integer OUT.wav)")
+_WITHOUT_SOUNDFILE = (
+    "this runtime reads only 8/16/24/32-bit PCM and 32/64-bit float RIFF WAV without the "
+    "soundfile package, which training uses: pip install soundfile, or convert the file "
+    "(e.g. sox IN -b 16 -e signed-integer OUT.wav)"
+)
 _MAX_HEADER_SCAN = 64 << 20  # never walk more than this many bytes of chunks looking for fmt/data
 
 

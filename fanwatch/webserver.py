@@ -54,9 +54,9 @@ def parse_bind(text: str) -> tuple[str, int]:
     host, port = "127.0.0.1", text
     if text.startswith("["):
         close = text.find("]")
-        if close < 0 or not text[close + 1:].startswith(":"):
+        if close < 0 or not text[close + 1 :].startswith(":"):
             raise FanwatchError(f"--http {text}: expected [IPV6]:PORT")
-        host, port = text[1:close], text[close + 2:]
+        host, port = text[1:close], text[close + 2 :]
     elif ":" in text:
         host, port = text.rsplit(":", 1)
         host = host or "0.0.0.0"
@@ -73,8 +73,10 @@ def check_bind(listen: str, token_file: str | os.PathLike | None) -> tuple[str, 
     """``--http`` and ``--http-token-file`` make sense together (one line otherwise): (address, port)."""
     host, port = parse_bind(listen)
     if not is_loopback(host) and token_file is None:
-        raise FanwatchError(f"--http {listen} is reachable beyond this machine: give an access token with "
-                            "--http-token-file FILE (or bind to 127.0.0.1)")
+        raise FanwatchError(
+            f"--http {listen} is reachable beyond this machine: give an access token with "
+            "--http-token-file FILE (or bind to 127.0.0.1)"
+        )
     return host, port
 
 
@@ -93,14 +95,17 @@ def read_token(path: str | os.PathLike) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise FanwatchError(f"--http-token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") \
-            from None
+        raise FanwatchError(
+            f"--http-token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})"
+        ) from None
     lines = text.strip().splitlines()
     token = lines[0].strip() if lines else ""
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() or not c.isprintable() for c in token):
-        raise FanwatchError(f"--http-token-file {path}: the token must be one line of at least {MIN_TOKEN_CHARS} "
-                            "printable characters without spaces (e.g. python3 -c \"import secrets; "
-                            "print(secrets.token_urlsafe(24))\")")
+        raise FanwatchError(
+            f"--http-token-file {path}: the token must be one line of at least {MIN_TOKEN_CHARS} "
+            'printable characters without spaces (e.g. python3 -c "import secrets; '
+            'print(secrets.token_urlsafe(24))")'
+        )
     return token
 
 
@@ -135,35 +140,45 @@ class _Collector:
 
         m = self.board.metrics()
         ident = m["identity"]
-        yield InfoMetricFamily("fanwatch_build", "fanwatch version, model and runtime of this process",
-                               value={"version": __version__, "python": platform.python_version(),
-                                      "model_sha256": str(ident.get("model_sha256") or "")[:16],
-                                      "runtime": str(ident.get("runtime") or "")})
+        yield InfoMetricFamily(
+            "fanwatch_build",
+            "fanwatch version, model and runtime of this process",
+            value={
+                "version": __version__,
+                "python": platform.python_version(),
+                "model_sha256": str(ident.get("model_sha256") or "")[:16],
+                "runtime": str(ident.get("runtime") or ""),
+            },
+        )
         gauge = GaugeMetricFamily("fanwatch_start_time_seconds", "Unix time the monitor started")
         gauge.add_metric([], m["started_wall"])
         yield gauge
         c = m["counters"]
         for name, key, doc in (
-                ("fanwatch_windows", "windows", "windows analysed"),
-                ("fanwatch_alerts", "alerts", "anomaly alerts raised"),
-                ("fanwatch_state_changes", "state_changes", "operating state changes reported"),
-                ("fanwatch_device_losses", "device_losses", "times the input device was lost"),
-                ("fanwatch_device_errors", "device_errors", "failed attempts to open the input device"),
-                ("fanwatch_dropped_blocks", "dropped_blocks", "audio blocks dropped (queue full)"),
-                ("fanwatch_dropped_audio_seconds", "dropped_seconds", "seconds of audio dropped (queue full)"),
-                ("fanwatch_input_overflows", "overflows", "input overflows reported by the audio driver"),
-                ("fanwatch_gap_restarts", "gap_restarts", "analysis restarts after lost audio")):
+            ("fanwatch_windows", "windows", "windows analysed"),
+            ("fanwatch_alerts", "alerts", "anomaly alerts raised"),
+            ("fanwatch_state_changes", "state_changes", "operating state changes reported"),
+            ("fanwatch_device_losses", "device_losses", "times the input device was lost"),
+            ("fanwatch_device_errors", "device_errors", "failed attempts to open the input device"),
+            ("fanwatch_dropped_blocks", "dropped_blocks", "audio blocks dropped (queue full)"),
+            ("fanwatch_dropped_audio_seconds", "dropped_seconds", "seconds of audio dropped (queue full)"),
+            ("fanwatch_input_overflows", "overflows", "input overflows reported by the audio driver"),
+            ("fanwatch_gap_restarts", "gap_restarts", "analysis restarts after lost audio"),
+        ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], c[key])
             yield counter
         for name, value, doc in (
-                ("fanwatch_anomaly_ratio", m["anomaly"], "last window's anomaly score over its threshold "
-                                                         "(>= 1 is anomalous)"),
-                ("fanwatch_state_confidence", m["confidence"], "last window's class probability (0..1)"),
-                ("fanwatch_audio_level_dbfs", m["level_dbfs"], "last window's RMS level, dB re full scale"),
-                ("fanwatch_queue_blocks", m["queue"], "blocks waiting between capture and model"),
-                ("fanwatch_last_window_timestamp_seconds", m["last_window_wall"],
-                 "Unix time of the last analysed window")):
+            (
+                "fanwatch_anomaly_ratio",
+                m["anomaly"],
+                "last window's anomaly score over its threshold (>= 1 is anomalous)",
+            ),
+            ("fanwatch_state_confidence", m["confidence"], "last window's class probability (0..1)"),
+            ("fanwatch_audio_level_dbfs", m["level_dbfs"], "last window's RMS level, dB re full scale"),
+            ("fanwatch_queue_blocks", m["queue"], "blocks waiting between capture and model"),
+            ("fanwatch_last_window_timestamp_seconds", m["last_window_wall"], "Unix time of the last analysed window"),
+        ):
             if value is not None:
                 gauge = GaugeMetricFamily(name, doc)
                 gauge.add_metric([], float(value))
@@ -176,14 +191,14 @@ class _Collector:
         yield gauge
         labels = m["labels"]
         if labels:  # one series per class of the model card: a handful, fixed for the run
-            gauge = GaugeMetricFamily("fanwatch_state", "1 for the current debounced operating state",
-                                      labels=["state"])
+            gauge = GaugeMetricFamily("fanwatch_state", "1 for the current debounced operating state", labels=["state"])
             for label in labels:
                 gauge.add_metric([label], 1.0 if m["state"] == label else 0.0)
             yield gauge
-        for name, key, doc in (("fanwatch_inference_seconds", "inference", "model inference time per window"),
-                               ("fanwatch_decision_latency_seconds", "latency",
-                                "time from a window's last audio block to its decision")):
+        for name, key, doc in (
+            ("fanwatch_inference_seconds", "inference", "model inference time per window"),
+            ("fanwatch_decision_latency_seconds", "latency", "time from a window's last audio block to its decision"),
+        ):
             buckets, _count, total = m[key]
             hist = HistogramMetricFamily(name, doc)
             hist.add_metric([], buckets, total)
@@ -206,8 +221,11 @@ def serve(settings, hop_seconds: float, err=None) -> StatusServer:
     board = StatusBoard(hop_seconds, settings.stale_seconds)
     server = StatusServer(board, host, port, token).start()
     note = token_file_warning(settings.token_file) if token else None
-    print(f"status page: {server.url}" + (" (token required)" if token else "") + (f"; {note}" if note else ""),
-          file=err or sys.stderr, flush=True)
+    print(
+        f"status page: {server.url}" + (" (token required)" if token else "") + (f"; {note}" if note else ""),
+        file=err or sys.stderr,
+        flush=True,
+    )
     return server
 
 
@@ -225,11 +243,19 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 class StatusServer:
     """Serve ``board`` on ``host:port`` from a background thread until :meth:`stop`."""
 
-    def __init__(self, board: StatusBoard, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 token: str | None = None, max_sse_clients: int = MAX_SSE_CLIENTS):
+    def __init__(
+        self,
+        board: StatusBoard,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        max_sse_clients: int = MAX_SSE_CLIENTS,
+    ):
         if not is_loopback(host) and not token:
-            raise FanwatchError(f"--http {host}:{port} is reachable beyond this machine: give an access token "
-                                "with --http-token-file FILE (or bind to 127.0.0.1)")
+            raise FanwatchError(
+                f"--http {host}:{port} is reachable beyond this machine: give an access token "
+                "with --http-token-file FILE (or bind to 127.0.0.1)"
+            )
         from prometheus_client import CollectorRegistry
 
         self.board = board
@@ -261,8 +287,9 @@ class StatusServer:
         return f"http://{host}:{self.port}/"
 
     def start(self) -> StatusServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
-                                        name="fanwatch-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="fanwatch-http", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -345,26 +372,44 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             if path == "/healthz":
                 ok, reason, age = self.app.board.health()
-                self._json(200 if ok else 503, {"healthy": ok, "reason": reason,
-                                                "last_window_age_s": None if age is None else round(age, 2)})
+                self._json(
+                    200 if ok else 503,
+                    {"healthy": ok, "reason": reason, "last_window_age_s": None if age is None else round(age, 2)},
+                )
                 return
             allowed, in_query = self.app.authorized(self, query)
             if not allowed:
-                self._send(401, b"401: this fanwatch status page needs its access token: open /?token=TOKEN or "
-                                b"send Authorization: Bearer TOKEN\n", "text/plain; charset=utf-8",
-                           {"WWW-Authenticate": 'Bearer realm="fanwatch"'})
+                self._send(
+                    401,
+                    b"401: this fanwatch status page needs its access token: open /?token=TOKEN or "
+                    b"send Authorization: Bearer TOKEN\n",
+                    "text/plain; charset=utf-8",
+                    {"WWW-Authenticate": 'Bearer realm="fanwatch"'},
+                )
                 return
             if path in ("/", "/index.html"):
                 if in_query:  # keep the token out of the address bar and history: a cookie from now on
                     rest = urllib.parse.urlencode({k: v for k, v in query.items() if k != "token"}, doseq=True)
-                    self._send(303, b"", "text/plain", {
-                        "Location": url.path + (f"?{rest}" if rest else ""),
-                        "Set-Cookie": f"{TOKEN_COOKIE}={self.app.token}; HttpOnly; SameSite=Strict; Path=/"})
+                    self._send(
+                        303,
+                        b"",
+                        "text/plain",
+                        {
+                            "Location": url.path + (f"?{rest}" if rest else ""),
+                            "Set-Cookie": f"{TOKEN_COOKIE}={self.app.token}; HttpOnly; SameSite=Strict; Path=/",
+                        },
+                    )
                     return
-                self._send(200, self.app.page, "text/html; charset=utf-8", {
-                    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src "
-                                               "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
-                                               "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"})
+                self._send(
+                    200,
+                    self.app.page,
+                    "text/html; charset=utf-8",
+                    {
+                        "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src "
+                        "'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+                        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                    },
+                )
             elif path == "/api/status":
                 self._json(200, self.app.board.snapshot())
             elif path == "/events":
@@ -374,16 +419,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
                 self._send(200, generate_latest(self.app.registry), CONTENT_TYPE_LATEST)
             else:
-                self._send(404, b"404: not found (try /, /api/status, /events, /healthz, /metrics)\n",
-                           "text/plain; charset=utf-8")
+                self._send(
+                    404,
+                    b"404: not found (try /, /api/status, /events, /healthz, /metrics)\n",
+                    "text/plain; charset=utf-8",
+                )
         except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
     def _events(self) -> None:
         app, board = self.app, self.app.board
         if not app.sse_enter():
-            self._send(503, b"503: too many clients on /events\n", "text/plain; charset=utf-8",
-                       {"Retry-After": "30"})
+            self._send(503, b"503: too many clients on /events\n", "text/plain; charset=utf-8", {"Retry-After": "30"})
             return
         try:
             self.send_response(200)
@@ -417,8 +464,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _sse(self, name: str, data: dict, retry: int | None = None, flush: bool = True) -> None:
-        text = (f"retry: {retry}\n" if retry else "") + f"event: {name}\ndata: " + \
-               json.dumps(data, separators=(",", ":")) + "\n\n"
+        text = (
+            (f"retry: {retry}\n" if retry else "")
+            + f"event: {name}\ndata: "
+            + json.dumps(data, separators=(",", ":"))
+            + "\n\n"
+        )
         self.wfile.write(text.encode())
         if flush:
             self.wfile.flush()

@@ -33,8 +33,21 @@ from . import config
 from .errors import FanwatchError
 
 # MobileNetV1 body as YAMNet uses it: (stride, channels) of the 13 depthwise-separable blocks.
-BLOCKS = ((1, 64), (2, 128), (1, 128), (2, 256), (1, 256), (2, 512), (1, 512), (1, 512), (1, 512),
-          (1, 512), (1, 512), (2, 1024), (1, 1024))
+BLOCKS = (
+    (1, 64),
+    (2, 128),
+    (1, 128),
+    (2, 256),
+    (1, 256),
+    (2, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (1, 512),
+    (2, 1024),
+    (1, 1024),
+)
 NUM_CLASSES = 521
 
 
@@ -121,9 +134,7 @@ def load_weights(path: str | os.PathLike | None = None) -> YamnetWeights:
     def take(name: str, rank: int) -> np.ndarray:
         key = (f"yamnet_frames/{name}" if name != "dense/bias" else name, rank)
         if key not in by_key:
-            raise FanwatchError(
-                f"{resolved} does not look like YAMNet (no weight '{name}'). {config.YAMNET_HELP}."
-            )
+            raise FanwatchError(f"{resolved} does not look like YAMNet (no weight '{name}'). {config.YAMNET_HELP}.")
         return by_key[key]
 
     conv1 = (take("layer1/conv/Conv2D", 4).transpose(1, 2, 3, 0), take("layer1/conv/bn/FusedBatchNormV3", 1))

@@ -120,8 +120,7 @@ def from_pcm16(pcm: np.ndarray) -> np.ndarray:
 class VirtualMic:
     """A paced virtual capture device playing ``signal`` (float, [n] or [n, channels]) at ``rate`` Hz."""
 
-    def __init__(self, directory, signal: np.ndarray, rate: int, name: str = DEFAULT_NAME,
-                 period_seconds: float = 0.1):
+    def __init__(self, directory, signal: np.ndarray, rate: int, name: str = DEFAULT_NAME, period_seconds: float = 0.1):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         pcm = to_pcm16(signal)
@@ -184,7 +183,7 @@ class VirtualMic:
                         pass
                     self.connections += 1
                     position, sent, t0 = 0, 0, time.monotonic()
-                piece = data[position:position + step]
+                piece = data[position : position + step]
                 if len(piece) < step:
                     piece += silence[: step - len(piece)]
                 try:

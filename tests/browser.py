@@ -45,8 +45,10 @@ class Page:
     def evaluate(self, expression: str):
         reply = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
         if "exceptionDetails" in reply:
-            raise BrowserError(f"{expression}: {reply['exceptionDetails'].get('text')} "
-                               f"{reply['exceptionDetails'].get('exception', {}).get('description', '')}")
+            raise BrowserError(
+                f"{expression}: {reply['exceptionDetails'].get('text')} "
+                f"{reply['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return reply["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 20.0, interval: float = 0.2):
@@ -64,8 +66,10 @@ class Page:
 
     def set_size(self, width: int, height: int, mobile: bool = False, scale: float = 1.0) -> None:
         self.width, self.height, self.mobile, self.scale = width, height, mobile, scale
-        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height,
-                                                         "deviceScaleFactor": scale, "mobile": mobile})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": scale, "mobile": mobile},
+        )
 
     def screenshot(self, path: Path, full_page: bool = True) -> Path:
         """A PNG of the page; ``full_page``: the viewport is stretched to the content's height for it."""
@@ -93,12 +97,24 @@ class Browser:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = (self.directory / "chromium.log").open("wb")  # closed in close(): lives with the browser
-        args = [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--mute-audio",
-                "--remote-debugging-pipe", f"--user-data-dir={self.directory / 'profile'}", "about:blank"]
+        args = [
+            exe,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--mute-audio",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={self.directory / 'profile'}",
+            "about:blank",
+        ]
         script = 'exec 3<&0 4>&1 0</dev/null 1>/dev/null; exec "$@"'
-        self.proc = subprocess.Popen(["sh", "-c", script, "sh", *args], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.log)
+        self.proc = subprocess.Popen(
+            ["sh", "-c", script, "sh", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+        )
         self._id = 0
         self._lock = threading.Lock()
         self._replies: dict[int, queue.Queue] = {}
@@ -124,8 +140,7 @@ class Browser:
             for box in self._replies.values():
                 box.put({"error": {"message": "browser exited"}})
 
-    def send(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict:
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30.0) -> dict:
         with self._lock:
             self._id += 1
             ident = self._id

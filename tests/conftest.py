@@ -12,7 +12,6 @@ SHARED = Path(os.environ.get("FANWATCH_SHARED") or REPO.parent / "shared")  # re
 REALDATA = SHARED / "realdata"
 
 
-
 def needs(*paths: Path) -> pytest.MarkDecorator:
     """Skip, saying why, a test that reads files from ../shared (real recordings, reference models) when
     they are not there; CI has them (.ci/run)."""
@@ -50,8 +49,10 @@ def _yamnet() -> Path:
     for c in candidates:
         if c.is_file():
             return c.resolve()
-    pytest.fail(f"the tests need the real YAMNet weights: set {config.YAMNET_ENV} or put them at "
-                f"models/yamnet.tflite (tried {', '.join(map(str, candidates))})")
+    pytest.fail(
+        f"the tests need the real YAMNet weights: set {config.YAMNET_ENV} or put them at "
+        f"models/yamnet.tflite (tried {', '.join(map(str, candidates))})"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +82,9 @@ def synthetic_data(tmp_path_factory) -> Path:
     from fanwatch import synth
 
     root = tmp_path_factory.mktemp("synthetic") / "data"
-    synth.generate_dataset(root, layout="folders", seed=0, seconds=4.0, files_per_state=12,
-                           files_per_fault=6, progress=False)
+    synth.generate_dataset(
+        root, layout="folders", seed=0, seconds=4.0, files_per_state=12, files_per_fault=6, progress=False
+    )
     return root
 
 
@@ -92,8 +94,11 @@ def trained_model(synthetic_data, yamnet_path, cache_dir, tmp_path_factory) -> P
     from fanwatch import training
 
     out = tmp_path_factory.mktemp("artifacts")
-    training.train(training.TrainSettings(data=synthetic_data, out=out, yamnet=str(yamnet_path),
-                                          cache=str(cache_dir), seed=0, progress=False))
+    training.train(
+        training.TrainSettings(
+            data=synthetic_data, out=out, yamnet=str(yamnet_path), cache=str(cache_dir), seed=0, progress=False
+        )
+    )
     return out
 
 
@@ -125,9 +130,13 @@ def scene(trained_model, tmp_path_factory):
     else:
         assert high > 1.3 * low, (
             f"model quality, not the loop: the fixture model does not separate the scenario's normal windows "
-            f"(max ratio {low:.2f}) from its imbalance windows (25th percentile {high:.2f})")
+            f"(max ratio {low:.2f}) from its imbalance windows (25th percentile {high:.2f})"
+        )
         scale = round(float(np.sqrt(low * high)), 4)
     decisions = live_common.reference_events(labels, ratios / scale >= 1.0, t_end)
-    live_common.check_scenario(decisions, what=f"model quality, not the loop (threshold scale {scale}, "
-                                               f"ratios {np.round(ratios, 2).tolist()}, labels {labels})")
+    live_common.check_scenario(
+        decisions,
+        what=f"model quality, not the loop (threshold scale {scale}, "
+        f"ratios {np.round(ratios, 2).tolist()}, labels {labels})",
+    )
     return {"scale": scale, "ratios": ratios, "labels": labels, "wav": wav}

@@ -29,7 +29,7 @@ def _pcm16(path: Path, x: np.ndarray, rate: int = RATE) -> bytes:
 
 def _patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
     out = bytearray(data)
-    out[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    out[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
     return bytes(out)
 
 
@@ -57,8 +57,11 @@ def write_hostile_files(folder: Path, special: bool = True) -> dict[str, tuple[s
     add("text.wav", ("not a readable audio file",), b"this is a text file renamed to .wav\n" * 20)
     add("cut_header.wav", ("not a readable audio file",), good[:30])
     add("header_only.wav", ("no audio samples",), good[:44])
-    add("too_short.wav", ("too short", "0.97494 s", "15599 samples", "15600 samples"),
-        _pcm16(folder / "t.wav", x[:15599]))
+    add(
+        "too_short.wav",
+        ("too short", "0.97494 s", "15599 samples", "15600 samples"),
+        _pcm16(folder / "t.wav", x[:15599]),
+    )
     add("rate_1hz.wav", ("implausible sample rate 1 Hz",), _patched(good, 24, "<I", 1))  # 1.5 s claimed 24000 s
     add("rate_0hz.wav", ("implausible sample rate 0 Hz",), _patched(good, 24, "<I", 0))
     add("channels_65535.wav", ("implausible channel count 65535",), _patched(good, 22, "<H", 65535))

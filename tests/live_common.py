@@ -77,8 +77,11 @@ def events(records, name=None):
 def decision_events(records) -> list[dict]:
     """The state / alert events of a run, reduced to what the decision rules determine."""
     keep = ("state", "alert_raised", "alert_cleared")
-    return [{"event": e["event"], "t": round(e["t"], 3), **({"to": e["to"]} if e["event"] == "state" else {})}
-            for e in events(records) if e["event"] in keep]
+    return [
+        {"event": e["event"], "t": round(e["t"], 3), **({"to": e["to"]} if e["event"] == "state" else {})}
+        for e in events(records)
+        if e["event"] in keep
+    ]
 
 
 def reference_events(labels, anomalous, t_end, k=3, n=3, m=4, clear_n=0) -> list[dict]:
@@ -141,8 +144,9 @@ def check_decisions(records, shift: float = 0.0):
     for w in windows:  # a window whose score is settling (its horizon starting) counts towards no alert
         assert w["anomalous"] == (w["anomaly"] > 1.0 and not w["settling"]) or abs(w["anomaly"] - 1.0) < 1e-3
     live = decision_events(records)
-    expected = reference_events([w["label"] for w in windows], [w["anomalous"] for w in windows],
-                                [w["t"] for w in windows])
+    expected = reference_events(
+        [w["label"] for w in windows], [w["anomalous"] for w in windows], [w["t"] for w in windows]
+    )
     assert live == expected
     check_scenario(live, shift)
     before = [w for w in windows if w["t"] <= SPLICE + shift]
@@ -150,8 +154,14 @@ def check_decisions(records, shift: float = 0.0):
 
 
 def run_cli(args, timeout=60, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(INFERENCE), *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [sys.executable, str(INFERENCE), *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kw,
+    )
 
 
 def portaudio_available() -> bool:
@@ -191,9 +201,14 @@ class StubClassifier:
         self.thresholds = np.asarray([threshold], np.float32)
         self.loud = loud
         self.runtime = "stub"
-        self.card = ModelCard.from_dict({"labels": self.labels, "anomaly": {"machines": self.machines,
-                                         "thresholds": {"default": threshold}}, "hop_samples": hop_samples},
-                                        "stub card")
+        self.card = ModelCard.from_dict(
+            {
+                "labels": self.labels,
+                "anomaly": {"machines": self.machines, "thresholds": {"default": threshold}},
+                "hop_samples": hop_samples,
+            },
+            "stub card",
+        )
         self.calls = 0
 
     def predict(self, window: np.ndarray) -> Prediction:
@@ -201,8 +216,9 @@ class StubClassifier:
         assert window.shape == (config.WINDOW_SAMPLES,) and window.dtype == np.float32
         rms = float(np.sqrt(np.mean(np.square(window, dtype=np.float64))))
         loud = 1.0 / (1.0 + np.exp(-(rms - self.loud) * 100.0))
-        return Prediction(probabilities=np.asarray([1.0 - loud, loud], np.float32),
-                          anomaly_scores=np.asarray([rms], np.float32))
+        return Prediction(
+            probabilities=np.asarray([1.0 - loud, loud], np.float32), anomaly_scores=np.asarray([rms], np.float32)
+        )
 
     def anomaly(self, scores) -> tuple[int, float]:
         return 0, float(np.asarray(scores, np.float32)[0] / self.thresholds[0])

@@ -37,15 +37,25 @@ def free_port() -> int:
 
 
 class Broker:
-    def __init__(self, folder: Path, users: dict[str, str] | None = None, tls: tuple[Path, Path] | None = None,
-                 persistence: bool = False):
+    def __init__(
+        self,
+        folder: Path,
+        users: dict[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        persistence: bool = False,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log = self.folder / "mosquitto.log"
-        lines = [f"listener {self.port} 127.0.0.1", f"persistence {'true' if persistence else 'false'}",
-                 f"persistence_location {self.folder}/", "log_dest stderr", "log_type all"]
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {self.folder}/",
+            "log_dest stderr",
+            "log_type all",
+        ]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to user mosquitto, who cannot read pytest's tmp
         if users:
@@ -54,8 +64,9 @@ class Broker:
             passwords = self.folder / "passwords"
             passwords.write_text("")
             for user, password in users.items():
-                subprocess.run([MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True,
-                               capture_output=True)
+                subprocess.run(
+                    [MOSQUITTO_PASSWD, "-b", str(passwords), user, password], check=True, capture_output=True
+                )
             lines += ["allow_anonymous false", f"password_file {passwords}"]
         else:
             lines.append("allow_anonymous true")
@@ -97,14 +108,26 @@ class Broker:
 class Watcher:
     """A paho subscriber that keeps (topic, payload text, retain flag) of every message, in arrival order."""
 
-    def __init__(self, port: int, topics=("#",), client_id: str | None = None, clean: bool = True,
-                 tls_ca: Path | None = None, user: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        port: int,
+        topics=("#",),
+        client_id: str | None = None,
+        clean: bool = True,
+        tls_ca: Path | None = None,
+        user: str | None = None,
+        password: str | None = None,
+    ):
         import paho.mqtt.client as paho
 
         self.messages: list[tuple[str, str, bool]] = []
         self.lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or f"watch-{id(self)}",
-                                  clean_session=clean, protocol=paho.MQTTv311)
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"watch-{id(self)}",
+            clean_session=clean,
+            protocol=paho.MQTTv311,
+        )
         if user:
             self.client.username_pw_set(user, password)
         if tls_ca:
@@ -159,18 +182,58 @@ def make_ca(folder: Path, host: str = "localhost") -> dict[str, Path]:
     """A throwaway CA, a server certificate it signs for ``host`` and 127.0.0.1, and a second, unrelated CA."""
     openssl = shutil.which("openssl") or pytest.fail("openssl not found")
     folder.mkdir(parents=True, exist_ok=True)
-    p = {name: folder / name for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem",
-                                          "ext.cnf", "other.key", "other.pem")}
+    p = {
+        name: folder / name
+        for name in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem", "ext.cnf", "other.key", "other.pem")
+    }
 
     def run(*args):
         subprocess.run([openssl, *map(str, args)], check=True, capture_output=True)
 
     for key, pem, cn in (("ca.key", "ca.pem", "fanwatch test CA"), ("other.key", "other.pem", "unrelated CA")):
-        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p[key], "-out", p[pem], "-days", "2",
-            "-subj", f"/CN={cn}")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", p["server.key"], "-out", p["server.csr"],
-        "-subj", f"/CN={host}")
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            p[key],
+            "-out",
+            p[pem],
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={cn}",
+        )
+    run(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        p["server.key"],
+        "-out",
+        p["server.csr"],
+        "-subj",
+        f"/CN={host}",
+    )
     p["ext.cnf"].write_text(f"subjectAltName=DNS:{host},IP:127.0.0.1\n")
-    run("x509", "-req", "-in", p["server.csr"], "-CA", p["ca.pem"], "-CAkey", p["ca.key"], "-CAcreateserial",
-        "-out", p["server.pem"], "-days", "2", "-extfile", p["ext.cnf"])
+    run(
+        "x509",
+        "-req",
+        "-in",
+        p["server.csr"],
+        "-CA",
+        p["ca.pem"],
+        "-CAkey",
+        p["ca.key"],
+        "-CAcreateserial",
+        "-out",
+        p["server.pem"],
+        "-days",
+        "2",
+        "-extfile",
+        p["ext.cnf"],
+    )
     return p

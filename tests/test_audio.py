@@ -122,8 +122,12 @@ def test_flac_and_ogg(tmp_path):
 def test_real_mimii_wave_format_extensible():
     info = audio_info(MIMII_FAN)
     assert info == {
-        "rate": 16000, "channels": 8, "frames": 160000, "duration": 10.0,
-        "subtype": "PCM_16", "format": "WAVEX",
+        "rate": 16000,
+        "channels": 8,
+        "frames": 160000,
+        "duration": 10.0,
+        "subtype": "PCM_16",
+        "format": "WAVEX",
     }
     mean = load_audio(MIMII_FAN)
     ch7 = load_audio(MIMII_FAN, channel=7)
@@ -268,7 +272,7 @@ def test_stream_equals_one_shot(rate_in):
     pieces, start = [], 0
     while start < len(x):
         size = int(rng.integers(1, 6000))
-        pieces.append(stream.process(x[start:start + size]))
+        pieces.append(stream.process(x[start : start + size]))
         start += size
     pieces.append(stream.process(np.zeros(0, np.float32), last=True))
     got = np.concatenate(pieces)
@@ -290,14 +294,12 @@ def test_frame_windows():
     assert w.shape == (4, WINDOW_SAMPLES) and w.dtype == np.float32
     assert audio.n_windows(len(x)) == 4
     for i in range(4):
-        np.testing.assert_array_equal(w[i], x[i * HOP_SAMPLES:i * HOP_SAMPLES + WINDOW_SAMPLES])
+        np.testing.assert_array_equal(w[i], x[i * HOP_SAMPLES : i * HOP_SAMPLES + WINDOW_SAMPLES])
     assert not w.flags.writeable
     assert frame_windows(x[:WINDOW_SAMPLES]).shape == (1, WINDOW_SAMPLES)
-    assert frame_windows(np.arange(10.0), window=4, hop=3).tolist() == [
-        [0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]
-    ]
+    assert frame_windows(np.arange(10.0), window=4, hop=3).tolist() == [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]]
     with pytest.raises(ValueError, match="shorter than one window"):
-        frame_windows(x[:WINDOW_SAMPLES - 1])
+        frame_windows(x[: WINDOW_SAMPLES - 1])
     assert audio.n_windows(WINDOW_SAMPLES - 1) == 0
 
 

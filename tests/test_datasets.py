@@ -94,25 +94,54 @@ def test_folders_layout(folders_root):
     labels = {r.label for r in recs}
     assert labels == {"on_state", "off_state", "solid_state", "soft_state", "fault_bearing"}
     flags = {r.label: r.normal for r in recs}
-    assert flags == {"on_state": True, "off_state": True, "solid_state": True, "soft_state": True,
-                     "fault_bearing": False}
+    assert flags == {
+        "on_state": True,
+        "off_state": True,
+        "solid_state": True,
+        "soft_state": True,
+        "fault_bearing": False,
+    }
     nested = [r for r in recs if "deeper" in r.path.parts]
     assert len(nested) == 5 and all(r.label == r.path.name.rsplit("_", 1)[0] for r in nested)
     assert scan(folders_root, layout="folders") == recs
 
 
-@pytest.mark.parametrize("name", [
-    "fault_bearing", "bearing_fault", "abnormal", "anomaly_x", "Anomalous", "BrokenBlade", "faulty",
-    "defect-3", "blade_damage", "motor_failure", "ABNORMAL_noise",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "fault_bearing",
+        "bearing_fault",
+        "abnormal",
+        "anomaly_x",
+        "Anomalous",
+        "BrokenBlade",
+        "faulty",
+        "defect-3",
+        "blade_damage",
+        "motor_failure",
+        "ABNORMAL_noise",
+    ],
+)
 def test_default_rule_anomalous(name):
     assert is_anomalous_name(name)
 
 
-@pytest.mark.parametrize("name", [
-    "off", "on_state", "high_speed", "normal", "Normal", "no_fault", "fault_free", "solid_state",
-    "soft_state", "idle", "default",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "off",
+        "on_state",
+        "high_speed",
+        "normal",
+        "Normal",
+        "no_fault",
+        "fault_free",
+        "solid_state",
+        "soft_state",
+        "idle",
+        "default",
+    ],
+)
 def test_default_rule_normal(name):
     assert not is_anomalous_name(name)
 
@@ -122,8 +151,11 @@ def test_normal_and_anomalous_overrides(folders_root):
     assert {r.label for r in recs if r.normal} == {"on_state"}
     recs = scan(folders_root, anomalous_classes="solid_state, soft_state")
     assert {r.label for r in recs if not r.normal} == {"solid_state", "soft_state"}
-    recs = scan(folders_root, normal_classes=["on_state", "off_state"],
-                anomalous_classes=["solid_state", "soft_state", "fault_bearing"])
+    recs = scan(
+        folders_root,
+        normal_classes=["on_state", "off_state"],
+        anomalous_classes=["solid_state", "soft_state", "fault_bearing"],
+    )
     assert {r.label for r in recs if r.normal} == {"on_state", "off_state"}
     with pytest.raises(FanwatchError, match="do not exist: humming"):
         scan(folders_root, normal_classes=["on_state", "humming"])
@@ -150,8 +182,7 @@ def test_mimii_layout_with_snr_folders(tmp_path):
         assert r.normal == (r.path.parent.name == "normal")
         assert r.label.endswith(r.path.parent.name) and r.subset is None
     # the same machine/id under two SNR folders: all kept, same machine group
-    fan0 = [r for r in recs if r.machine == "fan/id_00" and r.path.name == "00000000.wav"
-            and r.normal]
+    fan0 = [r for r in recs if r.machine == "fan/id_00" and r.path.name == "00000000.wav" and r.normal]
     assert sorted(r.snr for r in fan0) == ["-6dB", "6dB"]
 
 
@@ -274,8 +305,7 @@ def test_split_stratified_and_small_strata(folders_root):
 
 
 def test_split_fraction_sizes_and_rules():
-    recs = [Recording(Path(f"/data/c{k}/{i:03d}.wav"), f"c{k}", "default", True)
-            for k in range(2) for i in range(100)]
+    recs = [Recording(Path(f"/data/c{k}/{i:03d}.wav"), f"c{k}", "default", True) for k in range(2) for i in range(100)]
     splits = split_recordings(recs, seed=1, val_fraction=0.2, test_fraction=0.1)
     check_partition(recs, splits)
     assert [len(splits[p]) for p in ("train", "val", "test")] == [140, 40, 20]
@@ -374,8 +404,7 @@ def test_load_split_with_moved_root(tmp_path):
 def test_summarize(tmp_path, folders_root):
     s = summarize(scan(folders_root))
     assert s["files"] == 16 and s["normal"] == 15 and s["anomalous"] == 1
-    assert s["labels"] == {"fault_bearing": 1, "off_state": 4, "on_state": 6, "soft_state": 2,
-                           "solid_state": 3}
+    assert s["labels"] == {"fault_bearing": 1, "off_state": 4, "on_state": 6, "soft_state": 2, "solid_state": 3}
     assert s["machines"] == {"default": 16}
     assert s["label_normal"]["fault_bearing"] is False
     assert "subsets" not in s and "snrs" not in s

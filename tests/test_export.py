@@ -65,8 +65,11 @@ def test_only_pointwise_weights_are_quantized(frontends):
     _, paths = frontends
     model = flatbuffer_utils.read_model(str(paths["int8-pointwise"]))
     graph = model.subgraphs[0]
-    int8 = [graph.tensors[op.inputs[1]] for op in graph.operators
-            if len(op.inputs) > 1 and graph.tensors[op.inputs[1]].type == 9]  # INT8
+    int8 = [
+        graph.tensors[op.inputs[1]]
+        for op in graph.operators
+        if len(op.inputs) > 1 and graph.tensors[op.inputs[1]].type == 9
+    ]  # INT8
     # every pointwise convolution but the first (64x32: too small to matter), nothing else
     assert len(int8) == 12
     assert all(tuple(t.shape[1:3]) == (1, 1) for t in int8)

@@ -109,8 +109,10 @@ def test_a_dcase_test_folder_itself_is_understood(tmp_path):
     recs, layout = datasets.scan_dataset(test)
     assert layout == "dcase"
     assert [(r.label, r.machine, r.subset, r.normal) for r in recs] == [
-        ("fan_anomaly", "fan/id_00", "test", False), ("fan_normal", "fan/id_00", "test", True),
-        ("fan_normal", "fan/id_02", "test", True)]
+        ("fan_anomaly", "fan/id_00", "test", False),
+        ("fan_normal", "fan/id_00", "test", True),
+        ("fan_normal", "fan/id_02", "test", True),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["dcase", "mimii"])
@@ -136,9 +138,21 @@ def test_machine_folders_beside_other_folders_are_not_taken_as_classes(tmp_path,
 
 
 def test_missing_data_folder_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(tmp_path / "nonexistent"),
-                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "train.py"),
+            "--data",
+            str(tmp_path / "nonexistent"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "folder not found" in lines[0], proc.stderr
@@ -191,11 +205,14 @@ def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
 
 def test_loading_a_model_prints_no_runtime_noise(yamnet_path, cache_dir):
     frontend, _ = embeddings.ensure_frontend(yamnet_path, cache_dir=cache_dir)
-    code = ("import sys; from fanwatch import runtime\n"
-            "m = runtime.TFLiteModel(sys.argv[1]); print('loaded', m.runtime)\n"
-            "print('kept', file=sys.stderr)")
-    proc = subprocess.run([sys.executable, "-c", code, str(frontend)], check=False, capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    code = (
+        "import sys; from fanwatch import runtime\n"
+        "m = runtime.TFLiteModel(sys.argv[1]); print('loaded', m.runtime)\n"
+        "print('kept', file=sys.stderr)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(frontend)], check=False, capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("loaded"), proc.stderr
     assert "XNNPACK" not in proc.stderr and "cuInit" not in proc.stderr
     assert proc.stderr.strip() == "kept"
@@ -216,8 +233,11 @@ def test_a_failed_run_leaves_the_previous_model_untouched(trained_model, tmp_pat
     for cls in ("on", "off"):  # every file unusable
         write_hostile_files(bad_data / cls, special=False)
     with pytest.raises(FanwatchError, match="no usable recordings for training"):
-        training.train(training.TrainSettings(data=bad_data, out=out, yamnet=str(yamnet_path),
-                                              cache=str(cache_dir), progress=False, workers=1))
+        training.train(
+            training.TrainSettings(
+                data=bad_data, out=out, yamnet=str(yamnet_path), cache=str(cache_dir), progress=False, workers=1
+            )
+        )
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # split.json included: it still matches the model
     assert not [p for p in out.iterdir() if p.name.startswith(".train-partial")]
@@ -228,14 +248,23 @@ def test_unusable_out_and_cache_folders_fail_before_any_work(tmp_path, synthetic
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    for kwargs, words in (({"out": a_file}, "--out"), ({"out": a_file / "sub"}, "--out"),
-                          ({"out": tmp_path / "o", "cache": str(a_file)}, "--cache")):
+    for kwargs, words in (
+        ({"out": a_file}, "--out"),
+        ({"out": a_file / "sub"}, "--out"),
+        ({"out": tmp_path / "o", "cache": str(a_file)}, "--cache"),
+    ):
         kwargs.setdefault("cache", str(tmp_path / "cache"))
         with pytest.raises(FanwatchError) as info:
             training.train(training.TrainSettings(data=synthetic_data, progress=False, **kwargs))
         assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(synthetic_data), "--out",
-                           str(a_file)], check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data", str(synthetic_data), "--out", str(a_file)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: --out {a_file}: is a file, not a folder"
 
 
@@ -271,14 +300,21 @@ def test_damaged_side_files_are_a_note_before_the_work(trained_model, synthetic_
     elif damage == "npz_pickle":
         (model.parent / "anomaly_model.npz").write_bytes(pickle.dumps({"bank": [1, 2, 3]}))
     elif damage == "npz_wrong_shape":
-        np.savez(model.parent / "anomaly_model.npz", method="knn", machines=np.asarray(["default"]),
-                 bank=np.zeros((1, 4, 7), np.float32))
+        np.savez(
+            model.parent / "anomaly_model.npz",
+            method="knn",
+            machines=np.asarray(["default"]),
+            bank=np.zeros((1, 4, 7), np.float32),
+        )
     else:
         keras_file = model.parent / "sound_classifier_head.keras"
         keras_file.write_bytes(keras_file.read_bytes()[:300])
     out = tmp_path / "eval"
-    m = evaluation.evaluate(evaluation.EvalSettings(model=model, data=_two_files(synthetic_data, tmp_path / "d"),
-                                                    out=out, progress=False, workers=1))
+    m = evaluation.evaluate(
+        evaluation.EvalSettings(
+            model=model, data=_two_files(synthetic_data, tmp_path / "d"), out=out, progress=False, workers=1
+        )
+    )
     console = capsys.readouterr().out
     name = "sound_classifier_head.keras" if damage.startswith("keras") else "anomaly_model.npz"
     note = next(n for n in m["notes"] if n.startswith("parity check skipped"))
@@ -296,8 +332,9 @@ def test_a_vanished_training_file_does_not_block_the_test_split(trained_model, t
     split = json.loads(split_path.read_text())
     split["splits"]["train"].append({**split["splits"]["train"][0], "path": "/nonexistent/vanished.wav"})
     split_path.write_text(json.dumps(split))
-    m = evaluation.evaluate(evaluation.EvalSettings(model=model, out=tmp_path / "eval", progress=False,
-                                                    parity=False, workers=1))
+    m = evaluation.evaluate(
+        evaluation.EvalSettings(model=model, out=tmp_path / "eval", progress=False, parity=False, workers=1)
+    )
     assert m["files"] == len(split["splits"]["test"]) and not m["skipped"]
 
 
@@ -305,9 +342,21 @@ def test_unusable_evaluation_out_is_one_line(trained_model, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for option in ("--out", "--cache"):
-        proc = subprocess.run([sys.executable, str(REPO / "evaluate_model.py"), "--model",
-                               str(trained_model / "sound_classifier.tflite"), option, str(a_file)],
-                              check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "evaluate_model.py"),
+                "--model",
+                str(trained_model / "sound_classifier.tflite"),
+                option,
+                str(a_file),
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.strip() == f"error: {option} {a_file}: is a file, not a folder"
 
@@ -316,24 +365,39 @@ def test_unusable_evaluation_out_is_one_line(trained_model, tmp_path):
 
 
 def _inference(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "inference.py"), *map(str, args)], check=False,
-                          capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "inference.py"), *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env=env,
+    )
 
 
 def _records(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.parametrize("name, words", [
-    ("all_nan.wav", "NaN or infinite"), ("all_zero.wav", "digital silence"), ("cancelling.wav", "cancel out"),
-    ("constant.wav", "constant"), ("huge_1e18.wav", "far outside"), ("too_short.wav", "too short"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("all_nan.wav", "NaN or infinite"),
+        ("all_zero.wav", "digital silence"),
+        ("cancelling.wav", "cancel out"),
+        ("constant.wav", "constant"),
+        ("huge_1e18.wav", "far outside"),
+        ("too_short.wav", "too short"),
+    ],
+)
 def test_wav_replay_of_unusable_audio_is_reported_never_a_state_or_alert(trained_model, tmp_path, name, words):
     """Replayed files are not checked like training's loader (the live loop listens to what comes): what
     cannot be judged is an input fault, and a file that gave no window at all ends in one line."""
     write_hostile_files(tmp_path, special=False)
-    proc = _inference("--model", trained_model / "sound_classifier.tflite", "--wav", tmp_path / name, "--fast",
-                      "--json")
+    proc = _inference(
+        "--model", trained_model / "sound_classifier.tflite", "--wav", tmp_path / name, "--fast", "--json"
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert errors[0].startswith(f"error: {tmp_path / name}: no window could be analysed: ") and words in errors[0]
@@ -394,9 +458,22 @@ def test_a_live_microphone_delivering_silence_or_a_constant_is_a_monitor_fault(t
     sound = synth.render("high_speed", 2.5, 11, sample_rate=rate)
     signal_in = np.concatenate([sound, np.full(int(2.5 * rate), 0.25, np.float32)])
     with VirtualMic(tmp_path, signal_in, rate) as mic:
-        proc = subprocess.Popen([sys.executable, str(REPO / "inference.py"), "--model",
-                                 str(trained_model / "sound_classifier.tflite"), "--device", mic.device, "--json"],
-                                cwd=REPO, env=mic.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "inference.py"),
+                "--model",
+                str(trained_model / "sound_classifier.tflite"),
+                "--device",
+                mic.device,
+                "--json",
+            ],
+            cwd=REPO,
+            env=mic.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert mic.played.wait(timeout=40), "the device never played its signal"
             time.sleep(2.5)  # silence after the signal

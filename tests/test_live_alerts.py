@@ -26,8 +26,18 @@ def long_scene(tmp_path_factory):
 
 
 def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained_model, scene, long_scene):
-    proc = run_cli(["--model", trained_model / "sound_classifier.tflite", "--wav", long_scene, "--fast", "--json",
-                    "--threshold-scale", scene["scale"]])
+    proc = run_cli(
+        [
+            "--model",
+            trained_model / "sound_classifier.tflite",
+            "--wav",
+            long_scene,
+            "--fast",
+            "--json",
+            "--threshold-scale",
+            scene["scale"],
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     records = parse(proc.stdout)
     windows = kinds(records, "window")
@@ -52,14 +62,25 @@ def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained
     assert not any(w["alert"] for w in windows if w["t"] <= SPLICE)
     assert records[-1]["alerts"] == len(raised)
     # the console says which kind
-    text = run_cli(["--model", trained_model / "sound_classifier.tflite", "--wav", long_scene, "--fast", "--quiet",
-                    "--threshold-scale", scene["scale"]])
+    text = run_cli(
+        [
+            "--model",
+            trained_model / "sound_classifier.tflite",
+            "--wav",
+            long_scene,
+            "--fast",
+            "--quiet",
+            "--threshold-scale",
+            scene["scale"],
+        ]
+    )
     assert "ALERT RAISED (" in text.stdout and "no site calibration" in text.stdout
 
 
 def _normal_wav(path, seconds: float, seed: int = 11, scale: float = 1.0):
-    x = np.concatenate([synth.render("high_speed", seconds / 2, seed),
-                        synth.render("low_speed", seconds / 2, seed + 1)])
+    x = np.concatenate(
+        [synth.render("high_speed", seconds / 2, seed), synth.render("low_speed", seconds / 2, seed + 1)]
+    )
     sf.write(path, (x * scale).astype(np.float32), config.SAMPLE_RATE, subtype="PCM_16")
     return path
 

@@ -22,10 +22,15 @@ def test_a_score_at_the_threshold_counts_as_anomalous():
     clf = StubClassifier()
     window = scenario(16000)[: config.WINDOW_SAMPLES]
     ratio = clf.anomaly_ratio(clf.predict(window).anomaly_scores)
-    one_window = live.DecisionSettings(threshold_scale=ratio, alert_after=0.5, alert_window=0.5,  # n=1, m=1
-                                       alert_rule="n-of-m")
+    one_window = live.DecisionSettings(
+        threshold_scale=ratio,
+        alert_after=0.5,
+        alert_window=0.5,  # n=1, m=1
+        alert_rule="n-of-m",
+    )
     [result] = live.Analyzer(clf, channel="mean", decisions=one_window).feed_block(
-        live.Block(window[:, None], 16000.0, 1, time.monotonic()))
+        live.Block(window[:, None], 16000.0, 1, time.monotonic())
+    )
     assert result.anomaly == 1.0 and result.anomalous and result.alert
     assert [e["event"] for e in result.events if e["event"].startswith("alert")] == ["alert_raised"]
 
@@ -36,19 +41,20 @@ def test_windows_restart_at_a_gap_instead_of_splicing():
     clf = StubClassifier()
     rate, block = 48000, 4800
     x = scenario(rate)
-    first, second = x[: 25 * block], x[30 * block: 60 * block]  # blocks 25..29 (0.5 s) were lost
+    first, second = x[: 25 * block], x[30 * block : 60 * block]  # blocks 25..29 (0.5 s) were lost
     analyzer = live.Analyzer(clf, channel="mean")
     results = []
     for part, flagged in ((first, False), (second, True)):
         for i in range(0, len(part), block):
             gap = flagged and i == 0
-            results += analyzer.feed_block(live.Block(part[i:i + block, None], float(rate), 1, time.monotonic(), gap))
+            results += analyzer.feed_block(live.Block(part[i : i + block, None], float(rate), 1, time.monotonic(), gap))
     results += analyzer.finish()
     expected_first, _ = offline(clf, audio.resample(first, rate))
     expected_second, _ = offline(clf, audio.resample(second, rate))
     assert len(results) == len(expected_first) + len(expected_second) == 4 + 5
-    np.testing.assert_allclose([r.anomaly for r in results], np.concatenate([expected_first, expected_second]),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        [r.anomaly for r in results], np.concatenate([expected_first, expected_second]), atol=1e-5
+    )
     assert analyzer.gap_restarts == 1
     assert [r.gap_restarts for r in results] == [0] * 4 + [1] * 5
     ends = np.array([r.t for r in results])
@@ -64,8 +70,9 @@ def test_a_live_mean_leaves_out_padding_channels_only():
     assert live.live_channels(x) is None and live.live_channels(np.zeros((480, 4), np.float32)) is None
     analyzer = live.Analyzer(StubClassifier(), channel="mean", skip_silent_channels=True)
     np.testing.assert_array_equal(analyzer._mono(padded), x.mean(axis=1, dtype=np.float32))
-    assert analyzer.notices == [{"event": "silent_channels", "channels": [2, 3, 4, 5, 6, 7], "averaging": [0, 1],
-                                 "of": 8}]
+    assert analyzer.notices == [
+        {"event": "silent_channels", "channels": [2, 3, 4, 5, 6, 7], "averaging": [0, 1], "of": 8}
+    ]
     analyzer._mono(padded)
     assert len(analyzer.notices) == 1  # reported once per stream
     files = live.Analyzer(StubClassifier(), channel="mean")  # the loop's default for --wav replays
@@ -84,7 +91,7 @@ def test_feeding_at_any_rate_and_block_size_gives_the_offline_windows():
         results, i, k = [], 0, 0
         while i < len(x):
             size = sizes[k % len(sizes)]
-            results += analyzer.feed(x[i:i + size], 44100)
+            results += analyzer.feed(x[i : i + size], 44100)
             i, k = i + size, k + 1
         results += analyzer.finish()
         np.testing.assert_allclose([r.anomaly for r in results], expected, atol=1e-5)
@@ -95,7 +102,7 @@ def test_feeding_at_any_rate_and_block_size_gives_the_offline_windows():
 def test_the_hop_comes_from_the_card_unless_given():
     assert live.Analyzer(StubClassifier(hop_samples=4000)).hop == 4000
     analyzer = live.Analyzer(StubClassifier(), hop=0.25)
-    results = analyzer.feed(scenario(16000)[:16000 * 2], 16000) + analyzer.finish()
+    results = analyzer.feed(scenario(16000)[: 16000 * 2], 16000) + analyzer.finish()
     assert len(results) == audio.n_windows(32000, hop=4000)
     assert analyzer.counts.alert_n == 6 and analyzer.counts.alert_m == 8  # the same seconds at the shorter hop
 
@@ -118,7 +125,7 @@ def test_reset_starts_a_new_segment_and_run_file_uses_the_same_path(tmp_path):
         live.Analyzer(clf, channel=2).run_file(wav)
 
     analyzer = live.Analyzer(clf)
-    first = analyzer.feed(x[:48000 * 2], 48000)
+    first = analyzer.feed(x[: 48000 * 2], 48000)
     analyzer.reset()  # 0.6 s of partial window forgotten: the next window needs 0.975 s of new audio
     after = analyzer.feed(x[:48000], 48000) + analyzer.finish()
     assert len(first) == audio.n_windows(32000) and len(after) == 1

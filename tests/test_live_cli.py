@@ -37,8 +37,22 @@ def test_wav_fast_gives_states_alert_and_the_offline_scores(trained_model, scene
     wav = scene["wav"]
     log = tmp_path / "events.jsonl"
     # the previous rule (n of m windows, no known-fault alerts): check_decisions writes it out independently
-    proc = run_cli(["--model", model_path(trained_model), "--wav", wav, "--fast", "--json", "--event-log", log,
-                    "--threshold-scale", scene["scale"], "--alert-rule", "n-of-m"])
+    proc = run_cli(
+        [
+            "--model",
+            model_path(trained_model),
+            "--wav",
+            wav,
+            "--fast",
+            "--json",
+            "--event-log",
+            log,
+            "--threshold-scale",
+            scene["scale"],
+            "--alert-rule",
+            "n-of-m",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     records = parse(proc.stdout)
     windows = kinds(records, "window")
@@ -79,14 +93,14 @@ def test_bad_inputs_end_in_one_line(trained_model, tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr
     wav = tmp_path / "ok.wav"
-    sf.write(wav, scenario(16000)[:16000 * 2], 16000)
+    sf.write(wav, scenario(16000)[: 16000 * 2], 16000)
     proc = run_cli(["--wav", wav, "--model", tmp_path / "none.tflite"], timeout=30)
     assert proc.returncode == 2 and "model not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_malformed_model_card_ends_in_one_line(trained_model, tmp_path):
     wav = tmp_path / "ok.wav"
-    sf.write(wav, scenario(16000)[:16000 * 2], 16000)
+    sf.write(wav, scenario(16000)[: 16000 * 2], 16000)
     model = model_copy(trained_model, tmp_path / "broken", lambda card: card.pop("anomaly"))
     line = one_error_line(run_cli(["--wav", wav, "--model", model], timeout=30))
     assert runtime.CARD_NAME in line and "anomaly" in line
@@ -96,10 +110,25 @@ def test_help_explains_every_option_and_privacy():
     proc = run_cli(["--help"], timeout=30)
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
-    for option in ("--model", "--device", "--list-devices", "--wav", "--fast", "--hop", "--threads", "--machine",
-                   "--json", "--event-log", "--alert-window", "--alert-after", "--clear-allow", "--state-after",
-                   "--queue-blocks",
-                   "--simulate-slow-ms", "--duration"):
+    for option in (
+        "--model",
+        "--device",
+        "--list-devices",
+        "--wav",
+        "--fast",
+        "--hop",
+        "--threads",
+        "--machine",
+        "--json",
+        "--event-log",
+        "--alert-window",
+        "--alert-after",
+        "--clear-allow",
+        "--state-after",
+        "--queue-blocks",
+        "--simulate-slow-ms",
+        "--duration",
+    ):
         assert option in text
     assert "no audio is ever written to disk or sent anywhere" in text
 
@@ -107,7 +136,7 @@ def test_help_explains_every_option_and_privacy():
 def test_runtime_imports_stay_light(trained_model, tmp_path):
     """The Pi loop must not pull in TensorFlow, scikit-learn, scipy or keras (nor PortAudio for --wav)."""
     wav = tmp_path / "light.wav"
-    sf.write(wav, scenario(16000)[:16000 * 2], 16000)
+    sf.write(wav, scenario(16000)[: 16000 * 2], 16000)
     code = (
         "import sys, json, inference, fanwatch.live, fanwatch.wavfile\n"
         "after_import = sorted(sys.modules)\n"
@@ -130,8 +159,10 @@ def test_slow_model_drops_are_counted_and_memory_stays_bounded(trained_model, tm
     wav = tmp_path / "slow.wav"
     # 4 s: after a gap a window needs 0.975 s of unbroken audio again; 4 s leaves room for two windows
     sf.write(wav, scenario(16000)[: 16000 * 4], 16000, subtype="PCM_16")
-    proc = run_cli(["--model", model_path(trained_model), "--wav", wav, "--json", "--simulate-slow-ms", 900,
-                    "--queue-blocks", 3], timeout=60)
+    proc = run_cli(
+        ["--model", model_path(trained_model), "--wav", wav, "--json", "--simulate-slow-ms", 900, "--queue-blocks", 3],
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     records = parse(proc.stdout)
     summary = records[-1]
@@ -156,8 +187,13 @@ def test_slow_model_drops_are_counted_and_memory_stays_bounded(trained_model, tm
 def test_sigterm_ends_cleanly_with_a_summary(trained_model, tmp_path):
     wav = tmp_path / "long.wav"
     sf.write(wav, np.tile(scenario(16000), 3), 16000, subtype="PCM_16")  # 24 s: would run long
-    proc = subprocess.Popen([sys.executable, str(INFERENCE), "--model", str(model_path(trained_model)), "--wav",
-                             str(wav)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(INFERENCE), "--model", str(model_path(trained_model)), "--wav", str(wav)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         lines = []
         deadline = time.monotonic() + 30

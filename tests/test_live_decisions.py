@@ -39,8 +39,15 @@ def test_state_debouncer_reports_each_change_once():
 
 def test_settings_are_validated():
     # alert 5 of 4 windows, clear with 3 of 3 still over, at the default hop of 0.5 s, in seconds
-    for bad in (dict(hop=0), dict(alert_after=2.5, alert_window=2.0), dict(clear_allow=1.5), dict(clear_ratio=1.5),
-                dict(fast=True), dict(queue_blocks=0), dict(channel="left")):
+    for bad in (
+        dict(hop=0),
+        dict(alert_after=2.5, alert_window=2.0),
+        dict(clear_allow=1.5),
+        dict(clear_ratio=1.5),
+        dict(fast=True),
+        dict(queue_blocks=0),
+        dict(channel="left"),
+    ):
         with pytest.raises(FanwatchError):
             live.build(**bad).validate()
 

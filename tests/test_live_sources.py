@@ -64,9 +64,14 @@ def test_wav_without_soundfile_uses_the_stdlib_reader(trained_model, tmp_path, m
 
 
 def _start_on_mic(mic: VirtualMic, model: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(INFERENCE), "--model", str(model), "--device", mic.device, "--json",
-                             *map(str, extra)], cwd=REPO, env=mic.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(INFERENCE), "--model", str(model), "--device", mic.device, "--json", *map(str, extra)],
+        cwd=REPO,
+        env=mic.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _run_on_mic(mic: VirtualMic, model: Path, *extra, during=None) -> tuple[subprocess.Popen, str, str]:
@@ -89,8 +94,14 @@ def test_live_capture_from_virtual_alsa_microphones_at_48k_and_44k1(trained_mode
     try:
         for rate in (48000, 44100):
             mics[rate] = VirtualMic(tmp_path / str(rate), scenario(rate), rate).__enter__()
-        listing = subprocess.run([sys.executable, str(INFERENCE), "--list-devices"], cwd=REPO, env=mics[44100].env,
-                                 capture_output=True, text=True, timeout=30)
+        listing = subprocess.run(
+            [sys.executable, str(INFERENCE), "--list-devices"],
+            cwd=REPO,
+            env=mics[44100].env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert listing.returncode == 0 and "fanwatch_virtual" in listing.stdout, listing.stderr
         for rate, mic in mics.items():  # both devices run at the same time (real-time: ~9 s)
             procs[rate] = _start_on_mic(mic, model, "--threshold-scale", scene["scale"], "--alert-rule", "n-of-m")
@@ -140,13 +151,14 @@ def test_live_capture_from_virtual_alsa_microphones_at_48k_and_44k1(trained_mode
 
 @pytest.mark.skipif(not portaudio_available(), reason="needs sounddevice and libportaudio2")
 def test_a_stereo_microphone_is_averaged_over_its_real_channels(trained_model, tmp_path):
-    """"mean" opens every channel the device offers (ALSA's plug device offers 128: at most 8 are opened);
+    """ "mean" opens every channel the device offers (ALSA's plug device offers 128: at most 8 are opened);
     the plug layer pads a stereo signal with silent channels, which are left out, so the live windows are
     those of the two channels' mean -- what training's --channel mean makes of a stereo recording."""
     rate = 48000
     x = scenario(rate)[: int(rate * 7.5)]  # windows beyond the score's horizon (8 windows, 4.5 s)
     stereo = np.stack([x, 0.5 * x], axis=1)
     with VirtualMic(tmp_path, stereo, rate) as mic:
+
         def until_played():
             assert mic.played.wait(timeout=30), "the device never played its signal"
             time.sleep(1.0)
@@ -179,15 +191,18 @@ def test_a_configuration_that_cannot_work_fails_at_once(trained_model, tmp_path)
     line = one_error_line(run_cli(["--model", model, "--device", 99], timeout=30))
     assert "no input device 99" in line
     env = fixed_channel_env(tmp_path / "fixed", 2)
-    line = one_error_line(run_cli(["--model", model, "--device", "fanwatch_fixed", "--channel", 5], timeout=30,
-                                  env=env))
+    line = one_error_line(
+        run_cli(["--model", model, "--device", "fanwatch_fixed", "--channel", 5], timeout=30, env=env)
+    )
     assert "channel 5 requested" in line and "2 input channel(s)" in line
-    line = one_error_line(run_cli(["--model", model, "--device", "fanwatch_fixed", "--channels", 4], timeout=30,
-                                  env=env))
+    line = one_error_line(
+        run_cli(["--model", model, "--device", "fanwatch_fixed", "--channels", 4], timeout=30, env=env)
+    )
     assert "--channels 4 requested" in line
     with VirtualMic(tmp_path / "mic", scenario(16000)[:16000], 16000) as mic:  # opens, but not at 1 Hz
-        line = one_error_line(run_cli(["--model", model, "--device", mic.device, "--rate", 1, "--json"],
-                                      timeout=30, env=mic.env))
+        line = one_error_line(
+            run_cli(["--model", model, "--device", mic.device, "--rate", 1, "--json"], timeout=30, env=mic.env)
+        )
     assert "Invalid sample rate" in line
 
 
@@ -197,6 +212,7 @@ def test_hung_alsa_device_is_reported_lost_and_reopened(trained_model, tmp_path)
     """The virtual microphone stops delivering (its driver blocks): the loop reports the device lost after
     --stall-seconds, reopens it through PortAudio when it can, and keeps deciding."""
     with VirtualMic(tmp_path, scenario(48000), 48000) as mic:
+
         def hang_for_two_seconds():
             time.sleep(3.0)
             mic.hold.set()
@@ -204,8 +220,9 @@ def test_hung_alsa_device_is_reported_lost_and_reopened(trained_model, tmp_path)
             mic.hold.clear()
             time.sleep(4.0)
 
-        proc, out, err = _run_on_mic(mic, model_path(trained_model), "--stall-seconds", 0.5, "--quiet",
-                                     during=hang_for_two_seconds)
+        proc, out, err = _run_on_mic(
+            mic, model_path(trained_model), "--stall-seconds", 0.5, "--quiet", during=hang_for_two_seconds
+        )
     assert proc.returncode == 0, err
     records = parse(out)
     sequence = [e["event"] for e in events(records) if e["event"].startswith("device")]

@@ -24,8 +24,9 @@ def test_backoff_doubles_and_is_capped():
 
 def test_event_log_rotates(tmp_path):
     log = tmp_path / "logs" / "events.jsonl"
-    reporter = live.Reporter(io.StringIO(), live.OutputSettings(event_log=log, event_log_bytes=2048,
-                                                                event_log_backups=2))
+    reporter = live.Reporter(
+        io.StringIO(), live.OutputSettings(event_log=log, event_log_bytes=2048, event_log_backups=2)
+    )
     for i in range(200):
         reporter.event("state", t=float(i), **{"from": "a", "to": "b"}, confidence=0.9)
     reporter.close()
@@ -65,8 +66,13 @@ def test_hop_option_sets_the_window_rate(trained_model, tmp_path):
     sf.write(wav, scenario(16000)[: 16000 * 3], 16000, subtype="PCM_16")
     records = []
     settings = live.build(path=model_path(trained_model), wav=wav, fast=True, hop=0.25, quiet=True)
-    summary = live.run(settings, out=io.StringIO(), classifier=_classifier(str(model_path(trained_model))),
-                         install_signals=False, on_record=records.append)
+    summary = live.run(
+        settings,
+        out=io.StringIO(),
+        classifier=_classifier(str(model_path(trained_model))),
+        install_signals=False,
+        on_record=records.append,
+    )
     assert summary["windows"] == audio.n_windows(48000, hop=4000) == len(kinds(records, "window"))
 
 
@@ -105,8 +111,10 @@ class FlakySource:
                 if self.streams == 1 and i == self.lose_after:
                     self._lost.set()
                     return
-                if not bq.put_wait(live.Block(self.signal[start:start + block, None], self.rate, stream_id,
-                                                time.monotonic()), self._stop):
+                if not bq.put_wait(
+                    live.Block(self.signal[start : start + block, None], self.rate, stream_id, time.monotonic()),
+                    self._stop,
+                ):
                     return
 
         self._thread = threading.Thread(target=feed, daemon=True)
@@ -138,14 +146,16 @@ class ConfigFailingSource(FlakySource):
 
 def test_a_configuration_error_on_the_first_open_ends_the_run(trained_model):
     clf = _classifier(str(model_path(trained_model)))
-    settings = live.build(path=model_path(trained_model), quiet=True, backoff_initial=0.05,
-                                   backoff_max=0.1, duration=5.0)
+    settings = live.build(
+        path=model_path(trained_model), quiet=True, backoff_initial=0.05, backoff_max=0.1, duration=5.0
+    )
     source = ConfigFailingSource(scenario(16000), 16000, open_ok=lambda n: False)
     records = []
     started = time.monotonic()
     with pytest.raises(live.DeviceConfigError, match="no input device"):
-        live.run(settings, out=io.StringIO(), classifier=clf, source=source, install_signals=False,
-                   on_record=records.append)
+        live.run(
+            settings, out=io.StringIO(), classifier=clf, source=source, install_signals=False, on_record=records.append
+        )
     assert time.monotonic() - started < 2.0 and source.opens == 1
     assert not events(records, "device_error") and records[-1]["type"] == "summary"
 
@@ -153,19 +163,27 @@ def test_a_configuration_error_on_the_first_open_ends_the_run(trained_model):
     source = ConfigFailingSource(scenario(16000), 16000, open_ok=lambda n: n != 2)
     settings = dataclasses.replace(settings, supervision=dataclasses.replace(settings.supervision, duration=2.0))
     records = []
-    live.run(settings, out=io.StringIO(), classifier=clf, source=source, install_signals=False,
-               on_record=records.append)
+    live.run(
+        settings, out=io.StringIO(), classifier=clf, source=source, install_signals=False, on_record=records.append
+    )
     sequence = [e["event"] for e in events(records) if e["event"].startswith("device")]
     assert sequence == ["device_opened", "device_lost", "device_error", "device_reopened"]
 
 
 def test_device_loss_is_reported_and_reopened_with_backoff(trained_model):
     source = FlakySource(scenario(16000), 16000, fail_opens=2, lose_after=25)
-    settings = live.build(path=model_path(trained_model), quiet=True, json_lines=True,
-                                   backoff_initial=0.05, backoff_max=0.1, duration=1.5)
+    settings = live.build(
+        path=model_path(trained_model), quiet=True, json_lines=True, backoff_initial=0.05, backoff_max=0.1, duration=1.5
+    )
     records = []
-    summary = live.run(settings, out=io.StringIO(), classifier=_classifier(str(model_path(trained_model))),
-                         source=source, install_signals=False, on_record=records.append)
+    summary = live.run(
+        settings,
+        out=io.StringIO(),
+        classifier=_classifier(str(model_path(trained_model))),
+        source=source,
+        install_signals=False,
+        on_record=records.append,
+    )
     sequence = [e["event"] for e in events(records) if e["event"].startswith("device")]
     assert sequence == ["device_error", "device_error", "device_opened", "device_lost", "device_reopened"]
     delays = [e["retry_in"] for e in events(records) if "retry_in" in e]
@@ -186,8 +204,14 @@ def test_every_record_reaches_on_record_and_each_extra_sink(trained_model, tmp_p
     sf.write(wav, scenario(16000)[: 16000 * 3], 16000, subtype="PCM_16")
     first, second, third = [], [], []
     settings = live.build(path=model_path(trained_model), wav=wav, fast=True, quiet=True)
-    summary = live.run(settings, out=io.StringIO(), classifier=_classifier(str(model_path(trained_model))),
-                       install_signals=False, on_record=first.append, sinks=[second.append, third.append])
+    summary = live.run(
+        settings,
+        out=io.StringIO(),
+        classifier=_classifier(str(model_path(trained_model))),
+        install_signals=False,
+        on_record=first.append,
+        sinks=[second.append, third.append],
+    )
     assert first == second == third and first[-1]["type"] == "summary" and first[-1]["windows"] == summary["windows"]
     assert [r["event"] for r in events(first)][:2] == ["start", "device_opened"]
 
@@ -199,10 +223,16 @@ def test_the_hop_changes_the_window_rate_not_the_time_behaviour(trained_model, t
     starts = {}
     for hop in (None, 0.25):
         records = []
-        settings = live.build(path=model_path(trained_model), wav=wav, fast=True, quiet=True, hop=hop,
-                              alert_rule="n-of-m")  # the rule whose window counts the hop changes
-        live.run(settings, out=io.StringIO(), classifier=_classifier(str(model_path(trained_model))),
-                 install_signals=False, on_record=records.append)
+        settings = live.build(
+            path=model_path(trained_model), wav=wav, fast=True, quiet=True, hop=hop, alert_rule="n-of-m"
+        )  # the rule whose window counts the hop changes
+        live.run(
+            settings,
+            out=io.StringIO(),
+            classifier=_classifier(str(model_path(trained_model))),
+            install_signals=False,
+            on_record=records.append,
+        )
         starts[hop] = events(records, "start")[0]
     assert starts[None]["hop_s"] == config.HOP_SECONDS and starts[None]["hop_from"] == "model card"
     assert starts[None]["alert"] == "3 of 4" and starts[None]["state_k"] == 3

@@ -26,8 +26,15 @@ from fanwatch import config, health, mqtt, runtime, synth
 from fanwatch.errors import FanwatchError
 
 REPO = Path(__file__).resolve().parents[1]
-ENTITIES = {"binary_sensor/{d}/alert", "sensor/{d}/state", "sensor/{d}/anomaly", "sensor/{d}/inference_ms",
-            "sensor/{d}/dropped_audio", "sensor/{d}/device_losses", "sensor/{d}/mqtt_dropped"}
+ENTITIES = {
+    "binary_sensor/{d}/alert",
+    "sensor/{d}/state",
+    "sensor/{d}/anomaly",
+    "sensor/{d}/inference_ms",
+    "sensor/{d}/dropped_audio",
+    "sensor/{d}/device_losses",
+    "sensor/{d}/mqtt_dropped",
+}
 # every window far above the threshold, and an alert level the first two windows reach (a 4 s clip)
 ALWAYS_ALERT = ["--threshold-scale", "0.01", "--alert-level", "2"]
 
@@ -38,8 +45,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, seconds in (("short", 4.0), ("long", 30.0)):
         path = folder / f"{name}.wav"
-        sf.write(path, synth.render("high_speed", seconds, 7, sample_rate=16000, snr_db=15.0), 16000,
-                 subtype="PCM_16")
+        sf.write(path, synth.render("high_speed", seconds, 7, sample_rate=16000, snr_db=15.0), 16000, subtype="PCM_16")
         out[name] = path
     return out
 
@@ -52,8 +58,15 @@ def broker(tmp_path):
 
 
 def cli(model: Path, wav: Path, *args) -> list[str]:
-    return [sys.executable, str(REPO / "inference.py"), "--model", str(model / runtime.MODEL_NAME),
-            "--wav", str(wav), *map(str, args)]
+    return [
+        sys.executable,
+        str(REPO / "inference.py"),
+        "--model",
+        str(model / runtime.MODEL_NAME),
+        "--wav",
+        str(wav),
+        *map(str, args),
+    ]
 
 
 def records(stdout: str) -> list[dict]:
@@ -100,8 +113,12 @@ def test_urls_and_options_are_checked(tmp_path):
     assert mqtt.parse_url("mqtt://broker.local") == ("broker.local", 1883, False, None)
     assert mqtt.parse_url("mqtts://pi@10.0.0.2:9883") == ("10.0.0.2", 9883, True, "pi")
     assert mqtt.parse_url("localhost:1884") == ("localhost", 1884, False, None)
-    for bad, says in (("http://x", "mqtt://host"), ("mqtt://u:secret@x", "no password in the URL"),
-                      ("mqtt://x:99999", "port"), ("mqtt://x/topic", "--mqtt-topic")):
+    for bad, says in (
+        ("http://x", "mqtt://host"),
+        ("mqtt://u:secret@x", "no password in the URL"),
+        ("mqtt://x:99999", "port"),
+        ("mqtt://x/topic", "--mqtt-topic"),
+    ):
         with pytest.raises(FanwatchError, match=says):
             mqtt.parse_url(bad)
     with pytest.raises(FanwatchError, match="need an mqtts:// URL"):
@@ -113,12 +130,18 @@ def test_urls_and_options_are_checked(tmp_path):
     # the password: a file wins over the environment; never an option
     secret = tmp_path / "password"
     secret.write_text("from-file\nignored\n")
-    assert mqtt.settings_from("mqtt://x", password_file=secret, environ={mqtt.PASSWORD_ENV: "env"}).password \
-        == "from-file"
+    assert (
+        mqtt.settings_from("mqtt://x", password_file=secret, environ={mqtt.PASSWORD_ENV: "env"}).password == "from-file"
+    )
     assert mqtt.settings_from("mqtt://x", environ={mqtt.PASSWORD_ENV: "env"}).password == "env"
     assert "env" not in repr(mqtt.settings_from("mqtt://x", environ={mqtt.PASSWORD_ENV: "env"}))
-    proc = subprocess.run([sys.executable, "inference.py", "--mqtt", "mqtt://x", "--mqtt-password", "p"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "inference.py", "--mqtt", "mqtt://x", "--mqtt-password", "p"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "--mqtt-password: never on the command line" in proc.stderr
     assert "'p'" not in proc.stderr
     # ids and topics derive from the device name, made safe for topics and Home Assistant ids
@@ -133,15 +156,34 @@ def test_urls_and_options_are_checked(tmp_path):
 def test_discovery_state_and_events_end_to_end(broker, trained_model, clips, tmp_path):
     heartbeat = tmp_path / "run" / "heartbeat"
     with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as live:
-        proc = subprocess.run(cli(trained_model, clips["short"], "--fast", "--json", *ALWAYS_ALERT,
-                                  "--mqtt", broker.url, "--device-name", "Test Pi 1", "--heartbeat", heartbeat,
-                                  "--mqtt-state-interval", "0.5"),
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            cli(
+                trained_model,
+                clips["short"],
+                "--fast",
+                "--json",
+                *ALWAYS_ALERT,
+                "--mqtt",
+                broker.url,
+                "--device-name",
+                "Test Pi 1",
+                "--heartbeat",
+                heartbeat,
+                "--mqtt-state-interval",
+                "0.5",
+            ),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 0, proc.stderr
         out = records(proc.stdout)
         expected_events = [r for r in out if r["type"] in ("event", "summary")]
-        live.wait(lambda m: len([1 for t, _, _ in m if t == "fanwatch/Test_Pi_1/events"]) >= len(expected_events),
-                  what="every event")
+        live.wait(
+            lambda m: len([1 for t, _, _ in m if t == "fanwatch/Test_Pi_1/events"]) >= len(expected_events),
+            what="every event",
+        )
         # every event the loop printed, in the same order, with the same fields (the JSON Lines contract)
         assert live.json("fanwatch/Test_Pi_1/events") == expected_events
         names = [r.get("event") for r in expected_events]
@@ -167,8 +209,11 @@ def test_discovery_state_and_events_end_to_end(broker, trained_model, clips, tmp
         assert state["model_sha256"] == config.sha256_file(trained_model / runtime.MODEL_NAME)
         for key in ("confidence", "alert_kind", "updated_at", "inference_ms", "dropped_blocks", "device_losses"):
             assert key in state
-        configs = {t.split("/", 1)[1].rsplit("/", 1)[0]: json.loads(p) for t, p, _ in later.messages
-                   if t.startswith("homeassistant/")}
+        configs = {
+            t.split("/", 1)[1].rsplit("/", 1)[0]: json.loads(p)
+            for t, p, _ in later.messages
+            if t.startswith("homeassistant/")
+        }
     assert set(configs) == {e.format(d="Test_Pi_1") for e in ENTITIES}
     unique = {c["unique_id"] for c in configs.values()}
     assert len(unique) == len(configs) and all(u.startswith("fanwatch_Test_Pi_1_") for u in unique)
@@ -192,10 +237,15 @@ def test_discovery_state_and_events_end_to_end(broker, trained_model, clips, tmp
 
 def test_last_will_and_discovery_resent_when_home_assistant_comes_online(broker, trained_model, clips):
     with Watcher(broker.port, topics=("fanwatch/#", "homeassistant/#")) as live:
-        proc = subprocess.Popen(cli(trained_model, clips["long"], "--quiet", "--mqtt", broker.url,
-                                    "--device-name", "willtest"), cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cli(trained_model, clips["long"], "--quiet", "--mqtt", broker.url, "--device-name", "willtest"),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
+
             def configs(m):
                 return [t for t, _, _ in m if t.startswith("homeassistant/") and t.endswith("/config")]
 
@@ -207,8 +257,11 @@ def test_last_will_and_discovery_resent_when_home_assistant_comes_online(broker,
             assert proc.poll() is None
             proc.send_signal(signal.SIGKILL)  # no goodbye: the broker must say it, from the last will
             proc.wait(10)
-            live.wait(lambda m: live.on("fanwatch/willtest/status")[-1:] == ["offline"], timeout=15,
-                      what="offline from the last will")
+            live.wait(
+                lambda m: live.on("fanwatch/willtest/status")[-1:] == ["offline"],
+                timeout=15,
+                what="offline from the last will",
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -226,9 +279,24 @@ def test_broker_down_at_start_does_not_stop_listening_and_the_alert_arrives_late
     broker = Broker(tmp_path / "broker", persistence=True).start()
     persistent_session(broker, "late-subscriber")
     broker.stop()
-    proc = subprocess.Popen(cli(trained_model, clips["long"], "--json", *ALWAYS_ALERT, "--mqtt", broker.url,
-                                "--device-name", "downpi", "--mqtt-retry-max", "1"),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli(
+            trained_model,
+            clips["long"],
+            "--json",
+            *ALWAYS_ALERT,
+            "--mqtt",
+            broker.url,
+            "--device-name",
+            "downpi",
+            "--mqtt-retry-max",
+            "1",
+        ),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out = Reader(proc)
         raised = out.wait(lambda r: r.get("event") == "alert_raised", 60, "the alert")[0]
@@ -237,9 +305,15 @@ def test_broker_down_at_start_does_not_stop_listening_and_the_alert_arrives_late
         assert len(records("".join(out.lines))) > n  # still listening, with no broker
         broker.start()
         with Watcher(broker.port, topics=("fanwatch/#",), client_id="late-subscriber", clean=False) as w:
-            got = w.wait(lambda m: [json.loads(p) for t, p, _ in m if t == "fanwatch/downpi/events"
-                                    and json.loads(p).get("event") == "alert_raised"], timeout=30,
-                         what="the alert raised while the broker was down")
+            got = w.wait(
+                lambda m: [
+                    json.loads(p)
+                    for t, p, _ in m
+                    if t == "fanwatch/downpi/events" and json.loads(p).get("event") == "alert_raised"
+                ],
+                timeout=30,
+                what="the alert raised while the broker was down",
+            )
             assert got[0] == raised
             events = w.json("fanwatch/downpi/events")
             assert [e["event"] for e in events][:2] == ["start", "device_opened"]  # in order, from the start
@@ -258,16 +332,28 @@ def test_broker_down_at_start_does_not_stop_listening_and_the_alert_arrives_late
 
 
 def _window(i: int, state: str, alert: bool = False) -> dict:
-    return {"type": "window", "t": i * 0.5, "label": state, "confidence": 0.9, "anomaly": 1.5 if alert else 0.2,
-            "state": state, "alert": alert, "inference_ms": 5.0, "drops": 0, "overflows": 0, "time": f"w{i}"}
+    return {
+        "type": "window",
+        "t": i * 0.5,
+        "label": state,
+        "confidence": 0.9,
+        "anomaly": 1.5 if alert else 0.2,
+        "state": state,
+        "alert": alert,
+        "inference_ms": 5.0,
+        "drops": 0,
+        "overflows": 0,
+        "time": f"w{i}",
+    }
 
 
 def test_a_full_outbox_drops_state_first_keeps_alerts_and_delivers_in_order(tmp_path):
     broker = Broker(tmp_path / "broker", persistence=True).start()
     persistent_session(broker, "sub")
     logs = []
-    publisher = mqtt.MqttPublisher(mqtt.settings_from(broker.url, device_name="q", queue_max=12, retry_max=1.0),
-                                   log=logs.append)
+    publisher = mqtt.MqttPublisher(
+        mqtt.settings_from(broker.url, device_name="q", queue_max=12, retry_max=1.0), log=logs.append
+    )
     try:
         publisher({"type": "event", "event": "start", "labels": ["a", "b"], "model_sha256": "f" * 64})
         deadline = time.monotonic() + 10
@@ -283,8 +369,15 @@ def test_a_full_outbox_drops_state_first_keeps_alerts_and_delivers_in_order(tmp_
         for i in range(40):  # every window changes the state: 40 state updates for a 12-message outbox
             publisher(_window(i, "ab"[i % 2], alert=10 <= i < 30))
             if i in (10, 30):
-                alerts.append({"type": "event", "event": "alert_raised" if i == 10 else "alert_cleared",
-                               "t": i * 0.5, "kind": "anomaly", "anomaly": 1.5})
+                alerts.append(
+                    {
+                        "type": "event",
+                        "event": "alert_raised" if i == 10 else "alert_cleared",
+                        "t": i * 0.5,
+                        "kind": "anomaly",
+                        "anomaly": 1.5,
+                    }
+                )
                 publisher(alerts[-1])
             if i % 10 == 5:
                 publisher({"type": "event", "event": "drops", "t": i * 0.5, "dropped_blocks": i})
@@ -317,12 +410,19 @@ def test_password_right_and_wrong(tmp_path, trained_model, clips):
     broker = Broker(tmp_path / "broker", users={"pi": "s3cret word"}).start()
     try:
         logs = []
-        good = mqtt.MqttPublisher(mqtt.settings_from(broker.url, user="pi", device_name="authpi",
-                                                     environ={mqtt.PASSWORD_ENV: "s3cret word"}), log=logs.append)
+        good = mqtt.MqttPublisher(
+            mqtt.settings_from(broker.url, user="pi", device_name="authpi", environ={mqtt.PASSWORD_ENV: "s3cret word"}),
+            log=logs.append,
+        )
         try:
             with Watcher(broker.port, topics=("fanwatch/authpi/status",), user="pi", password="s3cret word") as w:
-                w.wait(lambda m: ("fanwatch/authpi/status", "online", True) in m or
-                       ("fanwatch/authpi/status", "online", False) in m, what="online with the right password")
+                w.wait(
+                    lambda m: (
+                        ("fanwatch/authpi/status", "online", True) in m
+                        or ("fanwatch/authpi/status", "online", False) in m
+                    ),
+                    what="online with the right password",
+                )
         finally:
             good.close()
         assert logs[0].startswith("mqtt: connected")
@@ -330,9 +430,26 @@ def test_password_right_and_wrong(tmp_path, trained_model, clips):
         wrong = tmp_path / "wrong-password"
         wrong.write_text("guess\n")
         env = {k: v for k, v in os.environ.items() if k != mqtt.PASSWORD_ENV}
-        proc = subprocess.run(cli(trained_model, clips["short"], "--json", "--mqtt", broker.url, "--mqtt-user", "pi",
-                                  "--mqtt-password-file", wrong, "--device-name", "authpi"),
-                              cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+        proc = subprocess.run(
+            cli(
+                trained_model,
+                clips["short"],
+                "--json",
+                "--mqtt",
+                broker.url,
+                "--mqtt-user",
+                "pi",
+                "--mqtt-password-file",
+                wrong,
+                "--device-name",
+                "authpi",
+            ),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
     finally:
         broker.stop()
     assert proc.returncode == 0, proc.stderr
@@ -378,25 +495,59 @@ def test_tls_with_a_throwaway_ca(tmp_path):
 
 def test_help_names_every_service_option():
     text = " ".join(inference.build_parser().format_help().split())
-    for option in ("--mqtt URL", "--mqtt-user", "--mqtt-password-file", "--mqtt-ca", "--mqtt-cert", "--mqtt-key",
-                   "--mqtt-insecure", "--mqtt-topic", "--device-name", "--no-discovery", "--discovery-prefix",
-                   "--mqtt-state-interval", "--mqtt-queue", "--mqtt-retry-max", "--config", "--heartbeat",
-                   mqtt.PASSWORD_ENV):
+    for option in (
+        "--mqtt URL",
+        "--mqtt-user",
+        "--mqtt-password-file",
+        "--mqtt-ca",
+        "--mqtt-cert",
+        "--mqtt-key",
+        "--mqtt-insecure",
+        "--mqtt-topic",
+        "--device-name",
+        "--no-discovery",
+        "--discovery-prefix",
+        "--mqtt-state-interval",
+        "--mqtt-queue",
+        "--mqtt-retry-max",
+        "--config",
+        "--heartbeat",
+        mqtt.PASSWORD_ENV,
+    ):
         assert option in text, option
     assert "--mqtt-password " not in text  # the option exists only to refuse a password on the command line
 
 
 def test_inference_cli_builds_the_sinks_from_options(tmp_path, monkeypatch):
     monkeypatch.setenv(mqtt.PASSWORD_ENV, "pw")
-    args = inference.parse_args(["--mqtt", "mqtts://127.0.0.1:1", "--mqtt-user", "pi", "--device-name", "x",
-                                 "--no-discovery", "--mqtt-insecure", "--heartbeat", str(tmp_path / "hb")])
+    args = inference.parse_args(
+        [
+            "--mqtt",
+            "mqtts://127.0.0.1:1",
+            "--mqtt-user",
+            "pi",
+            "--device-name",
+            "x",
+            "--no-discovery",
+            "--mqtt-insecure",
+            "--heartbeat",
+            str(tmp_path / "hb"),
+        ]
+    )
     sinks = inference.make_sinks(args)
     try:
         heartbeat, publisher = sinks
         assert isinstance(heartbeat, health.Heartbeat) and isinstance(publisher, mqtt.MqttPublisher)
         s = publisher.settings
-        assert (s.host, s.port, s.tls, s.user, s.password, s.insecure, s.discovery) == \
-            ("127.0.0.1", 1, True, "pi", "pw", True, False)
+        assert (s.host, s.port, s.tls, s.user, s.password, s.insecure, s.discovery) == (
+            "127.0.0.1",
+            1,
+            True,
+            "pi",
+            "pw",
+            True,
+            False,
+        )
     finally:
         for sink in sinks:
             sink.close()

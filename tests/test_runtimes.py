@@ -42,8 +42,10 @@ def _close(a: dict, b: dict, min_cosine: float = 0.9995, score_rtol: float = 0.0
 
 def test_litert_and_tensorflow_lite_agree(trained_model):
     path = trained_model / runtime.MODEL_NAME
-    _close(runtime.TFLiteModel(path, runtime="ai_edge_litert")(_window()),
-           runtime.TFLiteModel(path, runtime="tensorflow")(_window()))
+    _close(
+        runtime.TFLiteModel(path, runtime="ai_edge_litert")(_window()),
+        runtime.TFLiteModel(path, runtime="tensorflow")(_window()),
+    )
     path = trained_model / "sound_classifier_float32.tflite"
     a = runtime.TFLiteModel(path, runtime="ai_edge_litert")(_window())
     b = runtime.TFLiteModel(path, runtime="tensorflow")(_window())
@@ -56,12 +58,12 @@ def test_tflite_runtime_2_14_runs_the_model(trained_model, tmp_path):
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     py = env / "bin" / "python"
-    subprocess.run([py, "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"], check=True,
-                   timeout=600)
+    subprocess.run([py, "-m", "pip", "install", "-q", "tflite-runtime==2.14.0", "numpy<2"], check=True, timeout=600)
     np.save(tmp_path / "x.npy", _window())
     path = trained_model / runtime.MODEL_NAME
-    proc = subprocess.run([py, "-c", PROBE, str(path), str(tmp_path / "x.npy")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [py, "-c", PROBE, str(path), str(tmp_path / "x.npy")], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     old = {k: np.asarray(v, np.float32) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
     _close(old, runtime.TFLiteModel(path)(_window()), min_cosine=0.998, score_rtol=0.06)

@@ -40,8 +40,9 @@ def test_stream_gives_what_score_file_gives_and_reset_restarts_the_horizon(fitte
     online = np.array([stream.update(e[i], b[i]) for i in range(len(e))])
     np.testing.assert_allclose(online, offline, rtol=1e-9)
     stream.reset()
-    np.testing.assert_allclose([stream.update(e[i], b[i]) for i in range(5)], sc.score_file("a", e[:5], b[:5]),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        [stream.update(e[i], b[i]) for i in range(5)], sc.score_file("a", e[:5], b[:5]), rtol=1e-9
+    )
     # the horizon really averages: a one-window horizon gives different scores
     short = scorer.Scorer(scorer.ScoreConfig(horizon=1), sc.references, sc.thresholds)
     assert not np.allclose(short.score_file("a", e, b), offline)
@@ -52,12 +53,14 @@ def test_normal_scores_below_threshold_and_a_band_rise_above(fitted):
     e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=16)[0]
     normal = sc.score_file("a", e, b) / sc.threshold("a")
     worn = b.copy()
-    worn[:, spectral.LINEAR_SLICE.start + 20:spectral.LINEAR_SLICE.start + 26] += np.log(10 ** 0.4)  # +4 dB, 6 bands
+    worn[:, spectral.LINEAR_SLICE.start + 20 : spectral.LINEAR_SLICE.start + 26] += np.log(10**0.4)  # +4 dB, 6 bands
     faulty = sc.score_file("a", e, worn) / sc.threshold("a")
     assert normal[-8:].max() < 1.0 < faulty[-8:].min()
     # the embedding-only score cannot see it: the embeddings did not change
-    emb_only = scorer.Scorer.fit({"a": _machine(np.random.default_rng(1), centres["a"], profiles["a"])},
-                                 scorer.ScoreConfig(weights={"embedding": 1.0}))
+    emb_only = scorer.Scorer.fit(
+        {"a": _machine(np.random.default_rng(1), centres["a"], profiles["a"])},
+        scorer.ScoreConfig(weights={"embedding": 1.0}),
+    )
     np.testing.assert_allclose(emb_only.score_file("a", e, b), emb_only.score_file("a", e, worn))
 
 
@@ -65,7 +68,7 @@ def test_gain_change_alone_does_not_move_the_shape():
     rng = np.random.default_rng(3)
     b = rng.normal(-8, 2, (5, spectral.BAND_FEATURES))
     louder = b.copy()
-    louder[:, spectral.LINEAR_SLICE] += np.log(10 ** 0.3)  # +3 dB in every band
+    louder[:, spectral.LINEAR_SLICE] += np.log(10**0.3)  # +3 dB in every band
     np.testing.assert_allclose(scorer.features("shape", b), scorer.features("shape", louder))
 
 
@@ -97,13 +100,14 @@ def test_unknown_machine_fault_raises_its_pooled_score(fitted):
     sc, rng, centres, profiles = fitted
     e, b = _machine(rng, 0.5 * (centres["a"] + centres["b"]), profiles["a"], n_files=1, n_windows=16)[0]
     faulty = b.copy()
-    faulty[:, spectral.LINEAR_SLICE.start + 10:spectral.LINEAR_SLICE.start + 16] += np.log(10 ** 0.5)  # +5 dB
+    faulty[:, spectral.LINEAR_SLICE.start + 10 : spectral.LINEAR_SLICE.start + 16] += np.log(10**0.5)  # +5 dB
     normal_ratio = sc.score_file("unknown", e, b)[-8:] / sc.threshold("unknown")
     faulty_ratio = sc.score_file("unknown", e, faulty)[-8:] / sc.threshold("unknown")
     assert faulty_ratio.min() > normal_ratio.max() and faulty_ratio.min() >= 1.0
     # and the pooled score is not the smallest of the per-machine ratios
-    old_rule = np.minimum(sc.score_file("a", e, faulty) / sc.threshold("a"),
-                          sc.score_file("b", e, faulty) / sc.threshold("b"))[-8:]
+    old_rule = np.minimum(
+        sc.score_file("a", e, faulty) / sc.threshold("a"), sc.score_file("b", e, faulty) / sc.threshold("b")
+    )[-8:]
     assert not np.allclose(old_rule, faulty_ratio)
 
 
@@ -154,9 +158,10 @@ def test_band_level_reference_matches_hand_computation():
     mel = np.abs(rng.standard_normal((config.FFT_LENGTH // 2 + 1, config.MEL_BANDS)))
     ref = spectral.reference(window, mel)[0]
     assert ref.shape == (spectral.BAND_FEATURES,)
-    assert abs(ref[spectral.LEVEL_INDEX] - 10 * np.log10(np.mean(window ** 2))) < 1e-6
-    frame = window[:config.STFT_WINDOW] * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW)
-                                                              / config.STFT_WINDOW))
+    assert abs(ref[spectral.LEVEL_INDEX] - 10 * np.log10(np.mean(window**2))) < 1e-6
+    frame = window[: config.STFT_WINDOW] * (
+        0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)
+    )
     power = np.abs(np.fft.rfft(frame, config.FFT_LENGTH)) ** 2
     first_band = np.log(power[1:5].sum() + spectral.POWER_FLOOR)
     # the band feature is a mean over the 96 frames; the first frame's value is within the spread

@@ -38,16 +38,29 @@ def parse(argv, environ=None, config_text=None, tmp_path=None):
 
 
 def test_command_line_wins_over_environment_over_file(tmp_path):
-    text = 'mqtt = "mqtt://from-file"\nmqtt-user = "file-user"\nalert-after = 1.0\nquiet = true\nhop = 0.25\n' \
-           'mqtt_topic = "plant"\nno-discovery = true\n'
+    text = (
+        'mqtt = "mqtt://from-file"\nmqtt-user = "file-user"\nalert-after = 1.0\nquiet = true\nhop = 0.25\n'
+        'mqtt_topic = "plant"\nno-discovery = true\n'
+    )
     args = parse([], {}, text, tmp_path)
-    assert (args.mqtt, args.mqtt_user, args.alert_after, args.quiet, args.hop, args.mqtt_topic, args.discovery) == \
-        ("mqtt://from-file", "file-user", 1.0, True, 0.25, "plant", False)
+    assert (args.mqtt, args.mqtt_user, args.alert_after, args.quiet, args.hop, args.mqtt_topic, args.discovery) == (
+        "mqtt://from-file",
+        "file-user",
+        1.0,
+        True,
+        0.25,
+        "plant",
+        False,
+    )
     env = {"FANWATCH_MQTT_USER": "env-user", "FANWATCH_ALERT_AFTER": "0.5", "FANWATCH_JSON": "yes"}
     args = parse([], env, text, tmp_path)
     assert (args.mqtt, args.mqtt_user, args.alert_after, args.json) == ("mqtt://from-file", "env-user", 0.5, True)
-    args = parse(["--mqtt-user", "cli-user", "--alert-after", "1.5", "--config", str(tmp_path / "fanwatch.toml")], env,
-                 text, tmp_path)
+    args = parse(
+        ["--mqtt-user", "cli-user", "--alert-after", "1.5", "--config", str(tmp_path / "fanwatch.toml")],
+        env,
+        text,
+        tmp_path,
+    )
     assert (args.mqtt_user, args.alert_after) == ("cli-user", 1.5)
     # nothing set anywhere: the built-in defaults
     args = parse([], {})
@@ -57,15 +70,15 @@ def test_command_line_wins_over_environment_over_file(tmp_path):
 def test_bad_settings_are_one_line_naming_where_they_came_from(tmp_path):
     cases = [
         ('event-log-backups = "three"\n', {}, "config file .*fanwatch.toml: event-log-backups: invalid int value"),
-        ('hop = -1\n', {}, "config file .*hop: must be positive"),
+        ("hop = -1\n", {}, "config file .*hop: must be positive"),
         ('mqtt-usr = "pi"\n', {}, "unknown key 'mqtt-usr'"),
         ('mqtt-password = "x"\n', {}, "no passwords in the config file"),
         ('quiet = "maybe"\n', {}, "quiet is a flag"),
         ('runtime = "cuda"\n', {}, "runtime must be one of"),
-        ('mqtt = [1, 2]\n', {}, "takes one value"),
-        ('model = \n', {}, "not valid TOML"),
-        ('', {"FANWATCH_QUEUE_BLOCKS": "x"}, "environment FANWATCH_QUEUE_BLOCKS: queue-blocks: invalid int value"),
-        ('', {"FANWATCH_QUIET": "perhaps"}, "environment FANWATCH_QUIET: quiet is a flag"),
+        ("mqtt = [1, 2]\n", {}, "takes one value"),
+        ("model = \n", {}, "not valid TOML"),
+        ("", {"FANWATCH_QUEUE_BLOCKS": "x"}, "environment FANWATCH_QUEUE_BLOCKS: queue-blocks: invalid int value"),
+        ("", {"FANWATCH_QUIET": "perhaps"}, "environment FANWATCH_QUIET: quiet is a flag"),
     ]
     for text, env, message in cases:
         with pytest.raises(FanwatchError, match=message):
@@ -74,8 +87,9 @@ def test_bad_settings_are_one_line_naming_where_they_came_from(tmp_path):
         configfile.defaults(inference.build_parser(), tmp_path / "missing.toml", {})
     # through the real command line: status 2 and one line, no traceback
     bad = _write(tmp_path, 'event-log-backups = "three"\n')
-    proc = subprocess.run([sys.executable, "inference.py", "--config", str(bad)], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "inference.py", "--config", str(bad)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "event-log-backups" in proc.stderr
 
 
@@ -89,8 +103,16 @@ def test_the_example_config_file_is_valid_and_documents_the_mqtt_options():
     values = configfile.defaults(inference.build_parser(), EXAMPLE, {})
     assert values["quiet"] is True and values["mqtt_topic"] == "fanwatch"
     text = EXAMPLE.read_text()
-    for option in ("mqtt", "mqtt-user", "mqtt-password-file", "mqtt-ca", "device-name", "no-discovery", "device",
-                   "model"):
+    for option in (
+        "mqtt",
+        "mqtt-user",
+        "mqtt-password-file",
+        "mqtt-ca",
+        "device-name",
+        "no-discovery",
+        "device",
+        "model",
+    ):
         assert f"{option} =" in text, option
     # every key in it, commented out or not, is a real option
     known = set(configfile._settings(inference.build_parser()))
@@ -109,11 +131,15 @@ def test_a_config_file_drives_a_real_run(trained_model, tmp_path):
     wav = tmp_path / "quiet.wav"
     # faint noise (-60 dBFS): digital zero would be an input fault, and the file would give no window
     sf.write(wav, np.random.default_rng(0).normal(0, 1e-3, 16000 * 2).astype(np.float32), 16000)
-    config = _write(tmp_path, f'model = "{trained_model / "sound_classifier.tflite"}"\nwav = "{wav}"\nfast = true\n'
-                              f'json = true\nhop = 0.25\nheartbeat = "{tmp_path / "hb"}"\n')
+    config = _write(
+        tmp_path,
+        f'model = "{trained_model / "sound_classifier.tflite"}"\nwav = "{wav}"\nfast = true\n'
+        f'json = true\nhop = 0.25\nheartbeat = "{tmp_path / "hb"}"\n',
+    )
     env = dict(os.environ, FANWATCH_CONFIG=str(config), FANWATCH_STATE_AFTER="1.0")
-    proc = subprocess.run([sys.executable, "inference.py", "--quiet"], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, "inference.py", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     start = next(r for r in records if r.get("event") == "start")

@@ -79,8 +79,15 @@ def test_changing_one_class_count_leaves_other_files_unchanged(tmp_path):
 def test_folders_layout_paths_counts_and_manifest(tmp_path):
     out = tmp_path / "ds"
     counts = synth.generate_dataset(out, seconds=1.0, files_per_state=3, files_per_fault=2, progress=False)
-    expected = {"off": 3, "low_speed": 3, "high_speed": 3, "fault_imbalance": 2, "fault_blockage": 2,
-                "fault_bearing": 2, "fault_rubbing": 2}
+    expected = {
+        "off": 3,
+        "low_speed": 3,
+        "high_speed": 3,
+        "fault_imbalance": 2,
+        "fault_blockage": 2,
+        "fault_bearing": 2,
+        "fault_rubbing": 2,
+    }
     assert counts == expected
     names = _wavs(out)
     assert len(names) == sum(expected.values())
@@ -96,16 +103,24 @@ def test_folders_layout_paths_counts_and_manifest(tmp_path):
 
 def test_folders_layout_default_counts(tmp_path):
     counts = synth.generate_dataset(tmp_path / "ds", seconds=0.1, progress=False)
-    assert counts == {"off": 24, "low_speed": 24, "high_speed": 24, "fault_imbalance": 8, "fault_blockage": 8,
-                      "fault_bearing": 8, "fault_rubbing": 8}
+    assert counts == {
+        "off": 24,
+        "low_speed": 24,
+        "high_speed": 24,
+        "fault_imbalance": 8,
+        "fault_blockage": 8,
+        "fault_bearing": 8,
+        "fault_rubbing": 8,
+    }
     assert len(_wavs(tmp_path / "ds")) == 104
 
 
 @pytest.mark.parametrize("snr, prefix", [(6.0, "6dB"), (0.0, "0dB"), (-6.0, "-6dB")])
 def test_mimii_layout(tmp_path, snr, prefix):
     out = tmp_path / "mimii"
-    counts = synth.generate_dataset(out, layout="mimii", snr_db=snr, seconds=0.5, files_per_state=3,
-                                    files_per_fault=2, progress=False)
+    counts = synth.generate_dataset(
+        out, layout="mimii", snr_db=snr, seconds=0.5, files_per_state=3, files_per_fault=2, progress=False
+    )
     assert counts == {"id_00/normal": 3, "id_00/abnormal": 2, "id_02/normal": 3, "id_02/abnormal": 2}
     expected = []
     for mid in ("id_00", "id_02"):
@@ -119,8 +134,14 @@ def test_mimii_and_dcase_default_counts(tmp_path):
     assert m == {"id_00/normal": 20, "id_00/abnormal": 6, "id_02/normal": 20, "id_02/abnormal": 6}
     assert (tmp_path / "m" / "6dB_fan" / "fan" / "id_00" / "normal" / "00000019.wav").is_file()
     d = synth.generate_dataset(tmp_path / "d", layout="dcase", seconds=0.1, progress=False)
-    assert d == {"id_00/train/normal": 20, "id_00/test/normal": 6, "id_00/test/anomaly": 6,
-                 "id_02/train/normal": 20, "id_02/test/normal": 6, "id_02/test/anomaly": 6}
+    assert d == {
+        "id_00/train/normal": 20,
+        "id_00/test/normal": 6,
+        "id_00/test/anomaly": 6,
+        "id_02/train/normal": 20,
+        "id_02/test/normal": 6,
+        "id_02/test/anomaly": 6,
+    }
 
 
 def test_dcase_layout(tmp_path):
@@ -147,8 +168,9 @@ def test_machine_ids_differ_in_blade_pass_and_mains():
 
 def test_sample_rate_and_channels_honoured_in_files(tmp_path):
     out = tmp_path / "ds"
-    synth.generate_dataset(out, seconds=0.5, files_per_state=1, files_per_fault=1, sample_rate=44100,
-                           channels=2, progress=False)
+    synth.generate_dataset(
+        out, seconds=0.5, files_per_state=1, files_per_fault=1, sample_rate=44100, channels=2, progress=False
+    )
     for name in _wavs(out):
         info = sf.info(str(out / name))
         assert (info.samplerate, info.channels, info.frames) == (44100, 2, 22050), name
@@ -319,15 +341,18 @@ def test_regeneration_keeps_files_it_did_not_write(tmp_path):
     assert not (out / "off" / "off_0000.wav").exists()
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: synth.render("wobble", 1.0, 0), "wobble"),
-    (lambda: synth.render("off", 0.0, 0), "seconds"),
-    (lambda: synth.render("off", 1.0, 0, channels=0), "channels"),
-    (lambda: synth.render("off", 1.0, 0, sample_rate=100), "sample rate"),
-    (lambda: synth.render("off", 1.0, -1), "seed"),
-    (lambda: synth.render("off", 1.0, 0, machine="id_99"), "id_99"),
-    (lambda: synth.generate_dataset("/nonexistent-never", layout="pyramid", progress=False), "pyramid"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: synth.render("wobble", 1.0, 0), "wobble"),
+        (lambda: synth.render("off", 0.0, 0), "seconds"),
+        (lambda: synth.render("off", 1.0, 0, channels=0), "channels"),
+        (lambda: synth.render("off", 1.0, 0, sample_rate=100), "sample rate"),
+        (lambda: synth.render("off", 1.0, -1), "seed"),
+        (lambda: synth.render("off", 1.0, 0, machine="id_99"), "id_99"),
+        (lambda: synth.generate_dataset("/nonexistent-never", layout="pyramid", progress=False), "pyramid"),
+    ],
+)
 def test_bad_arguments_raise_one_line_errors(call, message):
     with pytest.raises(FanwatchError, match=message) as err:
         call()
@@ -347,8 +372,24 @@ def test_output_path_that_is_a_file_is_refused(tmp_path):
 
 def test_cli_writes_dataset(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = synth.main([str(out), "--layout", "mimii", "--snr-db", "-6", "--seconds", "0.5", "--seed", "2",
-                       "--files-per-state", "2", "--files-per-fault", "1", "--quiet"])
+    code = synth.main(
+        [
+            str(out),
+            "--layout",
+            "mimii",
+            "--snr-db",
+            "-6",
+            "--seconds",
+            "0.5",
+            "--seed",
+            "2",
+            "--files-per-state",
+            "2",
+            "--files-per-fault",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert len(_wavs(out)) == 2 * (2 + 1)
     assert (out / "-6dB_fan" / "fan" / "id_02" / "abnormal" / "00000000.wav").is_file()
@@ -372,10 +413,17 @@ def test_cli_help_and_error(tmp_path, capsys):
 
 def test_sessions_layout_is_session_disjoint_dcase(tmp_path):
     out = tmp_path / "s"
-    counts = synth.generate_dataset(out, layout="dcase", seconds=0.5, files_per_state=4, files_per_fault=5,
-                                    sessions=3, progress=False)
-    assert counts == {"id_00/train/normal": 4, "id_00/test/normal": 5, "id_00/test/anomaly": 5,
-                      "id_02/train/normal": 4, "id_02/test/normal": 5, "id_02/test/anomaly": 5}
+    counts = synth.generate_dataset(
+        out, layout="dcase", seconds=0.5, files_per_state=4, files_per_fault=5, sessions=3, progress=False
+    )
+    assert counts == {
+        "id_00/train/normal": 4,
+        "id_00/test/normal": 5,
+        "id_00/test/anomaly": 5,
+        "id_02/train/normal": 4,
+        "id_02/test/normal": 5,
+        "id_02/test/anomaly": 5,
+    }
     manifest = json.loads((out / synth.MANIFEST_NAME).read_text())
     sessions = manifest["file_sessions"]
     assert set(sessions) == set(_wavs(out))
@@ -383,7 +431,8 @@ def test_sessions_layout_is_session_disjoint_dcase(tmp_path):
     test = {s for f, s in sessions.items() if "/test/" in f}
     assert train == {0, 1} and test == {2}  # the test day is never heard in training
     assert manifest["settings"]["sessions"] == 3 and set(manifest["sessions"]) == {
-        f"{m}/{i}" for m in ("id_00", "id_02") for i in range(3)}
+        f"{m}/{i}" for m in ("id_00", "id_02") for i in range(3)
+    }
     # the test anomalies take every fault, the subtle one included
     from fanwatch import datasets
 
@@ -414,7 +463,7 @@ def test_wear_fault_changes_one_band_by_a_few_db_and_little_else():
         f, pw = _power_spectrum(worn)
         _, ph = _power_spectrum(healthy)
         centre = info.details["band_hz"]
-        band = (f > centre / 2 ** 0.25) & (f < centre * 2 ** 0.25)
+        band = (f > centre / 2**0.25) & (f < centre * 2**0.25)
         rise = 10 * np.log10(pw[band].sum() / ph[band].sum())
         level = _db(worn) - _db(healthy)
         assert 3.0 <= rise <= 9.0, rise

@@ -15,8 +15,15 @@ from fanwatch import anomaly, audio, datasets, runtime, synth, training
 
 
 def _train(data, out, yamnet_path, cache_dir, **kw):
-    settings = training.TrainSettings(data=data, out=out, yamnet=str(yamnet_path), cache=str(cache_dir),
-                                      progress=False, epochs=kw.pop("epochs", 60), **kw)
+    settings = training.TrainSettings(
+        data=data,
+        out=out,
+        yamnet=str(yamnet_path),
+        cache=str(cache_dir),
+        progress=False,
+        epochs=kw.pop("epochs", 60),
+        **kw,
+    )
     return training.train(settings)
 
 
@@ -28,8 +35,14 @@ def _file_outputs(model: runtime.SoundClassifier, path: Path):
 
 def test_artifacts_and_model_card(trained_model):
     names = {p.name for p in trained_model.iterdir()}
-    assert {"sound_classifier.tflite", "sound_classifier_float32.tflite", "sound_classifier_head.keras",
-            "model_card.json", "split.json", "anomaly_model.npz"} <= names
+    assert {
+        "sound_classifier.tflite",
+        "sound_classifier_float32.tflite",
+        "sound_classifier_head.keras",
+        "model_card.json",
+        "split.json",
+        "anomaly_model.npz",
+    } <= names
     assert not [n for n in names if n.endswith((".pkl", ".pickle"))]
     card = json.loads((trained_model / "model_card.json").read_text())
     assert card["labels"] == sorted(card["labels"]) and len(card["labels"]) == 7
@@ -87,8 +100,7 @@ def test_deployed_model_classifies_and_detects_held_out_files(trained_model):
 def test_bad_files_single_file_class_and_empty_class(tmp_path, yamnet_path, cache_dir):
     data = tmp_path / "data"
     synth.generate_dataset(data, seed=3, seconds=2.0, files_per_state=4, files_per_fault=3, progress=False)
-    (data / "fault_imbalance" / "truncated.wav").write_bytes(
-        (data / "off" / "off_0000.wav").read_bytes()[:60])
+    (data / "fault_imbalance" / "truncated.wav").write_bytes((data / "off" / "off_0000.wav").read_bytes()[:60])
     (data / "off" / "notes.wav").write_text("not audio at all")
     (data / "low_speed" / "short.wav").write_bytes(b"")
     for path in sorted((data / "fault_rubbing").glob("*.wav"))[1:]:
@@ -121,8 +133,9 @@ def test_single_class_and_normal_only_data(tmp_path, yamnet_path, cache_dir):
 @pytest.mark.slow
 def test_dcase_normal_only_training_trains_on_machine_ids(tmp_path, yamnet_path, cache_dir):
     data = tmp_path / "dcase"
-    synth.generate_dataset(data, layout="dcase", seed=5, seconds=2.0, files_per_state=6, files_per_fault=2,
-                           progress=False)
+    synth.generate_dataset(
+        data, layout="dcase", seed=5, seconds=2.0, files_per_state=6, files_per_fault=2, progress=False
+    )
     card = _train(data, tmp_path / "out", yamnet_path, cache_dir)
     assert card["head_target"] == "machine" and card["labels"] == ["fan/id_00", "fan/id_02"]
     assert card["anomaly"]["machines"] == ["fan/id_00", "fan/id_02"]
@@ -138,8 +151,13 @@ def test_cli_without_data_explains_layouts(tmp_path, setup):
     data = tmp_path / "data"
     if setup == "empty":
         data.mkdir()
-    proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--data", str(data), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "train.py"), "--data", str(data), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "no recordings found" in proc.stderr and "python train.py --demo" in proc.stderr
     assert "Traceback" not in proc.stderr

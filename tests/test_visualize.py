@@ -19,15 +19,22 @@ def test_cli_on_synthetic_data_with_subsample(synthetic_data, yamnet_path, cache
     import visualize_data  # the repository root is on pytest's pythonpath (pyproject.toml)
 
     out = tmp_path / "vis"
-    visualize_data.main(["--data", str(synthetic_data), "--out", str(out), "--tsne-max", "120", "--seed", "1",
-                         "--no-progress"])
+    visualize_data.main(
+        ["--data", str(synthetic_data), "--out", str(out), "--tsne-max", "120", "--seed", "1", "--no-progress"]
+    )
     console = capsys.readouterr().out
     assert "120 of 420 windows, subsampled stratified by label" in console
     assert "silhouette by label (cosine distance" in console
     v = json.loads((out / "visualize.json").read_text())
     assert v["counts"]["files"] == 60 and v["counts"]["windows"] == 420  # 4 s files: 7 windows each
-    assert v["subsample"] == {"windows": 120, "of": 420, "cap": 120, "stratified_by": "label", "seed": 1,
-                              "used_for": ["t-SNE", "silhouette"]}
+    assert v["subsample"] == {
+        "windows": 120,
+        "of": 420,
+        "cap": 120,
+        "stratified_by": "label",
+        "seed": 1,
+        "used_for": ["t-SNE", "silhouette"],
+    }
     per_label = v["counts"]["tsne_windows_per_label"]
     assert sum(per_label.values()) == 120 and len(per_label) == 7 and min(per_label.values()) >= 10
     sil = v["silhouette"]
@@ -45,8 +52,9 @@ def test_several_machines_get_panels(yamnet_path, cache_dir, tmp_path):
     from fanwatch import synth
 
     data = tmp_path / "dcase"
-    synth.generate_dataset(data, layout="dcase", seed=5, seconds=2.0, files_per_state=1, files_per_fault=1,
-                           progress=False)
+    synth.generate_dataset(
+        data, layout="dcase", seed=5, seconds=2.0, files_per_state=1, files_per_fault=1, progress=False
+    )
     v = visualize.visualize(visualize.VisualizeSettings(data=data, out=tmp_path / "vis", progress=False))
     assert v["machine_panels"] == ["fan/id_00", "fan/id_02"]
     assert v["counts"]["windows"] == 6 * 3 and v["subsample"]["windows"] == 18  # 2 s files: 3 windows each
@@ -68,8 +76,20 @@ def test_stratified_subsample():
 
 
 def test_cli_bad_data_folder_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "visualize_data.py"), "--data", str(tmp_path / "missing"),
-                           "--out", str(tmp_path / "vis")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "visualize_data.py"),
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "vis"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "dataset folder not found" in lines[0]

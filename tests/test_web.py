@@ -67,8 +67,14 @@ class LiveRun:
     """inference.py with --http in a subprocess; ``url`` once it listens."""
 
     def __init__(self, args, env=None):
-        self.proc = subprocess.Popen([sys.executable, str(INFERENCE), *map(str, args)], cwd=REPO, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(INFERENCE), *map(str, args)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.stderr_lines: list[str] = []
         line = ""
         deadline = time.monotonic() + 60
@@ -100,7 +106,7 @@ def alert_scene(path: Path, fault_repeats: int = 2) -> Path:
     """The stream tests' scene (high speed, then an imbalance from SPLICE s on) with the fault part repeated,
     so that the alert stays up for several seconds of a real-time replay."""
     x = scenario()
-    fault = x[int(SPLICE * SCENARIO_RATE):]
+    fault = x[int(SPLICE * SCENARIO_RATE) :]
     sf.write(path, np.concatenate([x] + [fault] * (fault_repeats - 1)), SCENARIO_RATE, subtype="PCM_16")
     return path
 
@@ -161,9 +167,9 @@ def test_explanation_names_the_band_that_rose_and_the_level_change(tmp_path):
     x = explainer.explain("fan")
     top = x["bands"][0]
     assert top["low_hz"] < 2500.0 < top["high_hz"]
-    assert top["level_db"] == pytest.approx(10 * np.log10(0.05 ** 2 / 2), abs=1.0)  # the tone dominates it
+    assert top["level_db"] == pytest.approx(10 * np.log10(0.05**2 / 2), abs=1.0)  # the tone dominates it
     assert top["change_db"] > 10 and top["z"] > 5  # noise alone puts ~7 % of -30 dBFS there: -41 dB
-    assert x["level_change_db"] == pytest.approx(10 * np.log10(1 + (0.05 ** 2 / 2) / 1e-3), abs=0.3)
+    assert x["level_change_db"] == pytest.approx(10 * np.log10(1 + (0.05**2 / 2) / 1e-3), abs=0.3)
     assert "kHz" in x["text"] and f"{top['change_db']:+.1f} dB" in x["text"]
     assert all(abs(b["change_db"]) >= bands.MIN_CHANGE_DB for b in x["bands"])
     # the same audio as normal: nothing stands out
@@ -184,10 +190,24 @@ def test_explanation_names_the_band_that_rose_and_the_level_change(tmp_path):
 
 
 def _window_record(i: int, anomaly: float = 0.3, alert: bool = False, state: str = "on") -> dict:
-    return {"type": "window", "t": 0.975 + 0.5 * i, "label": state, "confidence": 0.9, "anomaly": anomaly,
-            "anomalous": anomaly >= 1, "state": state, "alert": alert, "inference_ms": 2.0 + i % 3,
-            "latency_ms": 3.0, "queue": 0, "drops": 0, "overflows": 0, "gap_restarts": 0, "level_dbfs": -30.0,
-            "time": "2026-01-01T00:00:00.000Z"}
+    return {
+        "type": "window",
+        "t": 0.975 + 0.5 * i,
+        "label": state,
+        "confidence": 0.9,
+        "anomaly": anomaly,
+        "anomalous": anomaly >= 1,
+        "state": state,
+        "alert": alert,
+        "inference_ms": 2.0 + i % 3,
+        "latency_ms": 3.0,
+        "queue": 0,
+        "drops": 0,
+        "overflows": 0,
+        "gap_restarts": 0,
+        "level_dbfs": -30.0,
+        "time": "2026-01-01T00:00:00.000Z",
+    }
 
 
 def test_status_board_stays_bounded_and_resynchronises_slow_readers():
@@ -198,8 +218,7 @@ def test_status_board_stays_bounded_and_resynchronises_slow_readers():
         wall[0] += 0.5
         board(_window_record(i))
         if i % 100 == 0:
-            board({"type": "event", "event": "state", "t": i, "from": "a", "to": "b", "confidence": 0.9,
-                   "time": "x"})
+            board({"type": "event", "event": "state", "t": i, "from": "a", "to": "b", "confidence": 0.9, "time": "x"})
     snap = board.snapshot()
     assert len(board._timeline) <= status.TIMELINE_SECONDS / 0.5 + 16
     assert len(snap["timeline"]) <= status.TIMELINE_SECONDS / 0.5 + 1
@@ -223,9 +242,19 @@ def test_status_board_stays_bounded_and_resynchronises_slow_readers():
 
 def _board_with_run(stale: float = 30.0) -> status.StatusBoard:
     board = status.StatusBoard(0.5, stale)
-    board({"type": "event", "event": "start", "model": "artifacts/sound_classifier.tflite", "model_sha256": "ab" * 32,
-           "runtime": "ai_edge_litert", "labels": ["on", "off", "fault_x"], "machines": ["fan"], "source": "test",
-           "time": "2026-01-01T00:00:00.000Z"})
+    board(
+        {
+            "type": "event",
+            "event": "start",
+            "model": "artifacts/sound_classifier.tflite",
+            "model_sha256": "ab" * 32,
+            "runtime": "ai_edge_litert",
+            "labels": ["on", "off", "fault_x"],
+            "machines": ["fan"],
+            "source": "test",
+            "time": "2026-01-01T00:00:00.000Z",
+        }
+    )
     for i in range(6):
         board(_window_record(i, anomaly=0.4 + 0.2 * i, alert=i >= 4))
     return board
@@ -264,7 +293,8 @@ def test_token_is_required_beyond_loopback_and_refused_when_wrong(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if line.startswith("error: ")] == [
         "error: --http 0.0.0.0:0 is reachable beyond this machine: give an access token with --http-token-file "
-        "FILE (or bind to 127.0.0.1)"]
+        "FILE (or bind to 127.0.0.1)"
+    ]
     assert webserver.parse_bind("8080") == ("127.0.0.1", 8080)
     assert webserver.parse_bind("0.0.0.0:80") == ("0.0.0.0", 80)
     assert webserver.parse_bind("[::1]:9000") == ("::1", 9000)
@@ -317,23 +347,29 @@ def test_page_shows_the_state_then_the_alert_with_its_explanation(trained_model,
     model = with_band_profile(trained_model, tmp_path / "model")
     wav = alert_scene(tmp_path / "scene.wav")
     with Browser(tmp_path / "browser") as browser:
-        run = LiveRun(["--model", model, "--wav", wav, "--json", "--http", "127.0.0.1:0",
-                       "--threshold-scale", scene["scale"]])
+        run = LiveRun(
+            ["--model", model, "--wav", wav, "--json", "--http", "127.0.0.1:0", "--threshold-scale", scene["scale"]]
+        )
         page = browser.open(run.url, width=1200, height=900)
         page.wait_for("document.getElementById('state').textContent === 'high_speed'", timeout=30)
         assert page.evaluate("document.getElementById('alert-status').textContent") == "no alert"
         page.screenshot(tmp_path / "page-normal.png")
         page.wait_for("document.getElementById('alert-status').textContent.startsWith('ALERT')", timeout=30)
-        explanation = page.wait_for("document.getElementById('explanation-text') && "
-                                    "document.getElementById('explanation-text').textContent", timeout=10)
+        explanation = page.wait_for(
+            "document.getElementById('explanation-text') && document.getElementById('explanation-text').textContent",
+            timeout=10,
+        )
         assert "overall level" in explanation and "dB" in explanation
         spans = page.wait_for("document.querySelectorAll('#timeline .alert-span').length", timeout=10)
         assert spans >= 1 and page.evaluate("document.querySelectorAll('#timeline path.score').length") == 1
-        raised_text = page.evaluate("[...document.querySelectorAll('#events li')]"
-                                    ".filter(li => li.dataset.event === 'alert_raised').map(li => li.textContent)")
+        raised_text = page.evaluate(
+            "[...document.querySelectorAll('#events li')]"
+            ".filter(li => li.dataset.event === 'alert_raised').map(li => li.textContent)"
+        )
         assert raised_text and "ALERT raised" in raised_text[0]
-        shown_bands = page.evaluate("[...document.querySelectorAll('#explanation-bands tr')].slice(1)"
-                                    ".map(tr => tr.textContent)") or [""]
+        shown_bands = page.evaluate(
+            "[...document.querySelectorAll('#explanation-bands tr')].slice(1).map(tr => tr.textContent)"
+        ) or [""]
         level = page.evaluate("document.getElementById('level').textContent")
         assert -60 < float(level) < 0
         time.sleep(2.0)  # a few windows into the alert: its span shows on the timeline
@@ -403,8 +439,20 @@ def _rss_mb(pid: int) -> float:
 
 def test_twenty_event_clients_cost_the_loop_no_audio_and_no_memory(trained_model, scene, tmp_path):
     wav = alert_scene(tmp_path / "scene.wav", fault_repeats=2)  # 13 s at real-time pace
-    run = LiveRun(["--model", model_path(trained_model), "--wav", wav, "--json", "--quiet", "--http", "127.0.0.1:0",
-                   "--threshold-scale", scene["scale"]])
+    run = LiveRun(
+        [
+            "--model",
+            model_path(trained_model),
+            "--wav",
+            wav,
+            "--json",
+            "--quiet",
+            "--http",
+            "127.0.0.1:0",
+            "--threshold-scale",
+            scene["scale"],
+        ]
+    )
     clients = [_SSEClient(run.url, read=i % 4 != 3) for i in range(20)]  # 5 of them never read
     for c in clients:
         c.start()
@@ -442,9 +490,25 @@ def test_twenty_event_clients_cost_the_loop_no_audio_and_no_memory(trained_model
 @pytest.mark.skipif(not portaudio_available(), reason="needs sounddevice and libportaudio2")
 def test_healthz_turns_unhealthy_when_the_source_stalls(trained_model, tmp_path):
     with VirtualMic(tmp_path / "mic", np.tile(scenario(48000), 2), 48000) as mic:
-        run = LiveRun(["--model", model_path(trained_model), "--device", mic.device, "--json", "--quiet",
-                       "--http", "127.0.0.1:0", "--http-stale-seconds", 1.5, "--stall-seconds", 30], env=mic.env)
+        run = LiveRun(
+            [
+                "--model",
+                model_path(trained_model),
+                "--device",
+                mic.device,
+                "--json",
+                "--quiet",
+                "--http",
+                "127.0.0.1:0",
+                "--http-stale-seconds",
+                1.5,
+                "--stall-seconds",
+                30,
+            ],
+            env=mic.env,
+        )
         try:
+
             def wait_health(code: int, timeout: float, reason: str | None = None) -> dict:
                 end = time.monotonic() + timeout
                 while True:
@@ -474,15 +538,23 @@ def test_healthz_turns_unhealthy_when_the_source_stalls(trained_model, tmp_path)
 
 
 def _record(mic: VirtualMic, out: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(INFERENCE), "--record", str(out), "--device", mic.device,
-                           *map(str, extra)], cwd=REPO, env=mic.env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, str(INFERENCE), "--record", str(out), "--device", mic.device, *map(str, extra)],
+        cwd=REPO,
+        env=mic.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.skipif(not portaudio_available(), reason="needs sounddevice and libportaudio2")
 def test_recording_writes_clips_with_the_sources_samples_that_training_reads(tmp_path):
     rate = 44100
-    signals = {"on_state": synth.render("high_speed", 4.5, 11, sample_rate=rate, snr_db=20.0),
-               "fault_rub": synth.render("rubbing", 4.5, 12, sample_rate=rate, snr_db=20.0)}
+    signals = {
+        "on_state": synth.render("high_speed", 4.5, 11, sample_rate=rate, snr_db=20.0),
+        "fault_rub": synth.render("rubbing", 4.5, 12, sample_rate=rate, snr_db=20.0),
+    }
     data = tmp_path / "data"
     for label, sound in signals.items():
         with VirtualMic(tmp_path / label, sound, rate) as mic:
@@ -496,8 +568,8 @@ def test_recording_writes_clips_with_the_sources_samples_that_training_reads(tmp
         got = np.concatenate([x[:, 0] for x, _ in decoded])
         # A contiguous stretch of the device's exact samples (recording starts a little after the device opens)
         source = from_pcm16(to_pcm16(sound))
-        starts = [o for o in range(rate) if np.array_equal(got[:64], source[o:o + 64])]
-        shifts = [o for o in starts if np.array_equal(got, source[o:o + len(got)])]
+        starts = [o for o in range(rate) if np.array_equal(got[:64], source[o : o + 64])]
+        shifts = [o for o in starts if np.array_equal(got, source[o : o + len(got)])]
         assert shifts, "the clips do not hold the source's samples"
         log = [json.loads(line) for line in (data / label / recording.LOG_NAME).read_text().splitlines()]
         assert log[0]["rate"] == rate and [f["file"] for f in log[0]["files"]] == [c.name for c in clips]
@@ -512,12 +584,14 @@ def test_recording_writes_clips_with_the_sources_samples_that_training_reads(tmp
 def test_recording_refuses_silent_and_clipping_input_in_one_line(tmp_path):
     rate = 48000
     t = np.arange(rate * 3) / rate
-    for name, sound, words in (("silent", np.zeros(rate * 3, np.float32), "the input is silent"),
-                                ("clipping", np.sign(np.sin(2 * np.pi * 100 * t)).astype(np.float32),
-                                 "the input is clipping")):
+    for name, sound, words in (
+        ("silent", np.zeros(rate * 3, np.float32), "the input is silent"),
+        ("clipping", np.sign(np.sin(2 * np.pi * 100 * t)).astype(np.float32), "the input is clipping"),
+    ):
         with VirtualMic(tmp_path / name, sound, rate) as mic:
-            proc = _record(mic, tmp_path / "data", "--label", name, "--seconds", 2, "--clip-seconds", 1,
-                           "--channels", 1)
+            proc = _record(
+                mic, tmp_path / "data", "--label", name, "--seconds", 2, "--clip-seconds", 1, "--channels", 1
+            )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and words in errors[0], proc.stderr

@@ -29,7 +29,7 @@ def _signals() -> dict[str, np.ndarray]:
         dcase, _ = sf.read(REALDATA / "dcase2020_id00/train/normal_id_00_00000003.wav", dtype="float32")
         pump, _ = sf.read(REALDATA / "mimii_8ch/pump.00.normal.00000000.wav", dtype="float32")
         signals["real fan clip"] = dcase[: len(T)]
-        signals["real pump clip"] = pump[16000: 16000 + len(T)].mean(axis=1)
+        signals["real pump clip"] = pump[16000 : 16000 + len(T)].mean(axis=1)
     return signals
 
 

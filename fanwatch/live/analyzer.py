@@ -75,15 +75,27 @@ class WindowResult:
     band_levels: np.ndarray | None = field(default=None, repr=False)
 
     def record(self) -> dict:
-        return {"type": "window", "t": round(self.t, 3), "label": self.label,
-                "confidence": round(self.confidence, 4), "anomaly": round(self.anomaly, 4),
-                "anomalous": self.anomalous, "state": self.state, "alert": self.alert,
-                "inference_ms": round(self.inference_ms, 2), "latency_ms": round(self.latency_ms, 1),
-                "queue": self.queue, "drops": self.drops, "overflows": self.overflows,
-                "gap_restarts": self.gap_restarts, "unknown_machine": self.machine < 0,
-                "evidence": None if self.evidence is None else round(self.evidence, 4),
-                "alert_kinds": list(self.alert_kinds), "settling": self.settling,
-                "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1)}
+        return {
+            "type": "window",
+            "t": round(self.t, 3),
+            "label": self.label,
+            "confidence": round(self.confidence, 4),
+            "anomaly": round(self.anomaly, 4),
+            "anomalous": self.anomalous,
+            "state": self.state,
+            "alert": self.alert,
+            "inference_ms": round(self.inference_ms, 2),
+            "latency_ms": round(self.latency_ms, 1),
+            "queue": self.queue,
+            "drops": self.drops,
+            "overflows": self.overflows,
+            "gap_restarts": self.gap_restarts,
+            "unknown_machine": self.machine < 0,
+            "evidence": None if self.evidence is None else round(self.evidence, 4),
+            "alert_kinds": list(self.alert_kinds),
+            "settling": self.settling,
+            "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1),
+        }
 
 
 def to_mono(data: np.ndarray, channel: str | int) -> np.ndarray:
@@ -146,9 +158,16 @@ class Analyzer:
     says what changed against it.
     """
 
-    def __init__(self, classifier: Classifier, hop: float | None = None, channel: str | int = "mean",
-                 decisions: DecisionSettings | None = None, skip_silent_channels: bool = False, site_model=None,
-                 band_profile: bands.BandProfile | None = None):
+    def __init__(
+        self,
+        classifier: Classifier,
+        hop: float | None = None,
+        channel: str | int = "mean",
+        decisions: DecisionSettings | None = None,
+        skip_silent_channels: bool = False,
+        site_model=None,
+        band_profile: bands.BandProfile | None = None,
+    ):
         card = classifier.card
         if hop is None:
             hop = card.hop_seconds if isinstance(card, ModelCard) else config.HOP_SECONDS
@@ -166,8 +185,15 @@ class Analyzer:
         self.rule, known_rule = rules_from_card(card, decisions, site_model)
         n_of_m = (c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio) if decisions.alert_rule == "n-of-m" else None
         faults = anomalous_labels(card) if decisions.known_faults and n_of_m is None else []
-        self.decisions = Decisions(self.rule, hop, c.state_k, labels=classifier.labels, fault_labels=faults,
-                                   known_rule=known_rule, n_of_m=n_of_m)
+        self.decisions = Decisions(
+            self.rule,
+            hop,
+            c.state_k,
+            labels=classifier.labels,
+            fault_labels=faults,
+            known_rule=known_rule,
+            n_of_m=n_of_m,
+        )
         self.states = self.decisions.states
         self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
         self.explainer = bands.AlertExplainer(band_profile, c.alert_m)  # the windows an alert looks at
@@ -292,12 +318,19 @@ class Analyzer:
                 silent = tuple(sorted(set(range(data.shape[1])) - set(alive.tolist())))
                 if silent != self._silent_reported:
                     self._silent_reported = silent
-                    self.notices.append({"event": "silent_channels", "channels": list(silent),
-                                         "averaging": alive.tolist(), "of": int(data.shape[1])})
+                    self.notices.append(
+                        {
+                            "event": "silent_channels",
+                            "channels": list(silent),
+                            "averaging": alive.tolist(),
+                            "of": int(data.shape[1]),
+                        }
+                    )
                 data = data[:, alive]
         mono = to_mono(data, self.channel)
-        self._cancelled = (self.channel == "mean" and data.ndim == 2 and data.shape[1] > 1 and not np.any(mono)
-                           and bool(np.any(data)))
+        self._cancelled = (
+            self.channel == "mean" and data.ndim == 2 and data.shape[1] > 1 and not np.any(mono) and bool(np.any(data))
+        )
         return mono
 
     def _set_fault(self, reason: str, end: int) -> None:
@@ -323,7 +356,7 @@ class Analyzer:
             end = self._next_start + self.window
             while len(self._arrivals) > 1 and self._arrivals[0][0] < end:
                 self._arrivals.popleft()
-            result = self._analyse(self._buf[offset:offset + self.window], end, self._arrivals[0][1])
+            result = self._analyse(self._buf[offset : offset + self.window], end, self._arrivals[0][1])
             if result is not None:
                 results.append(result)
             self._next_start += self.hop
@@ -337,7 +370,7 @@ class Analyzer:
         """One window's decision, or None (reported as an input fault) when the window is not sound."""
         fault = window_fault(window)
         if fault is not None and self._cancelled:
-            fault = 'the channels cancel out when averaged (their mean is 0); pick one with --channel N'
+            fault = "the channels cancel out when averaged (their mean is 0); pick one with --channel N"
         if fault is None:
             clf = self.classifier
             t0 = time.perf_counter()
@@ -346,8 +379,11 @@ class Analyzer:
             probabilities = np.asarray(prediction.probabilities, dtype=np.float64).reshape(-1)
             scores = np.asarray(prediction.anomaly_scores, dtype=np.float32).reshape(-1)
             extra = [x for x in (prediction.embedding, prediction.band_levels) if x is not None]
-            if not (np.isfinite(probabilities).all() and np.isfinite(scores).all()
-                    and all(np.isfinite(x).all() for x in extra)):
+            if not (
+                np.isfinite(probabilities).all()
+                and np.isfinite(scores).all()
+                and all(np.isfinite(x).all() for x in extra)
+            ):
                 fault = "the model's outputs are NaN or infinite for this audio"
         if fault is not None:
             self._set_fault(fault, end)
@@ -374,10 +410,25 @@ class Analyzer:
             elif event["event"] == "alert_raised":  # what changed, against the normal band profile (None without)
                 name = self._machines[machine] if 0 <= machine < len(self._machines) else None
                 event["explanation"] = self.explainer.explain(name, self._normal_state)
-        return WindowResult(t=t, label=label, confidence=confidence, anomaly=ratio,
-                            anomalous=ratio >= 1.0 and not settling, settling=settling, state=decision.state,
-                            alert=decision.alert, inference_ms=inference_ms, latency_ms=latency_ms,
-                            gap_restarts=self.gap_restarts, events=decision.events, probabilities=probabilities,
-                            scores=scores, machine=int(machine),
-                            evidence=decision.evidence, alert_kinds=decision.kinds, embedding=embedding,
-                            band_levels=prediction.band_levels, level_dbfs=level)
+        return WindowResult(
+            t=t,
+            label=label,
+            confidence=confidence,
+            anomaly=ratio,
+            anomalous=ratio >= 1.0 and not settling,
+            settling=settling,
+            state=decision.state,
+            alert=decision.alert,
+            inference_ms=inference_ms,
+            latency_ms=latency_ms,
+            gap_restarts=self.gap_restarts,
+            events=decision.events,
+            probabilities=probabilities,
+            scores=scores,
+            machine=int(machine),
+            evidence=decision.evidence,
+            alert_kinds=decision.kinds,
+            embedding=embedding,
+            band_levels=prediction.band_levels,
+            level_dbfs=level,
+        )

@@ -68,4 +68,3 @@ class BlockQueue:
 
     def depth(self) -> int:
         return self.queue.qsize()
-

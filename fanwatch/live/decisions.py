@@ -50,11 +50,15 @@ def window_counts(decisions: DecisionSettings, hop: float) -> WindowCounts:
     m, n = max(1, _windows(decisions.alert_window, hop)), max(1, _windows(decisions.alert_after, hop))
     clear_n, k = _windows(decisions.clear_allow, hop), max(1, _windows(decisions.state_after, hop))
     if n > m:
-        raise FanwatchError(f"--alert-after {decisions.alert_after:g} s is {n} windows at hop {hop:g} s, more than "
-                            f"the {m} of --alert-window {decisions.alert_window:g} s")
+        raise FanwatchError(
+            f"--alert-after {decisions.alert_after:g} s is {n} windows at hop {hop:g} s, more than "
+            f"the {m} of --alert-window {decisions.alert_window:g} s"
+        )
     if clear_n >= n:
-        raise FanwatchError(f"--clear-allow {decisions.clear_allow:g} s is {clear_n} windows at hop {hop:g} s: "
-                            f"must be fewer than the {n} of --alert-after")
+        raise FanwatchError(
+            f"--clear-allow {decisions.clear_allow:g} s is {clear_n} windows at hop {hop:g} s: "
+            f"must be fewer than the {n} of --alert-after"
+        )
     return WindowCounts(alert_n=n, alert_m=m, clear_n=clear_n, state_k=k)
 
 
@@ -157,8 +161,16 @@ class Decision:
 class Decisions:
     """State debouncing, anomaly evidence and known-fault alerts for one continuous stream of windows."""
 
-    def __init__(self, rule: evidence.EvidenceRule, hop_s: float, state_k: int = 3, labels=(), fault_labels=(),
-                 known_rule: evidence.EvidenceRule | None = None, n_of_m=None):
+    def __init__(
+        self,
+        rule: evidence.EvidenceRule,
+        hop_s: float,
+        state_k: int = 3,
+        labels=(),
+        fault_labels=(),
+        known_rule: evidence.EvidenceRule | None = None,
+        n_of_m=None,
+    ):
         self.states = StateDebouncer(state_k)
         self.rule = rule
         self.evidence = evidence.AlertRule(rule, hop_s) if n_of_m is None else None
@@ -173,7 +185,7 @@ class Decisions:
 
     @property
     def anomaly_active(self) -> bool:
-        return (self.evidence.active if self.evidence is not None else self.n_of_m.active)
+        return self.evidence.active if self.evidence is not None else self.n_of_m.active
 
     @property
     def active(self) -> bool:
@@ -182,8 +194,9 @@ class Decisions:
     def kinds(self) -> list[str]:
         return ([UNKNOWN] if self.anomaly_active else []) + ([KNOWN] if self.known is not None else [])
 
-    def update(self, t: float, label: str, confidence: float, ratio: float, probabilities=None,
-               settling: bool = False) -> Decision:
+    def update(
+        self, t: float, label: str, confidence: float, ratio: float, probabilities=None, settling: bool = False
+    ) -> Decision:
         """One window: its top label and confidence, anomaly ratio, and the head's probabilities (for the
         known-fault evidence; without them no known-fault alert is possible). ``settling``: the anomaly score
         is not yet one to count (its horizon starting): the anomaly rule skips the window."""
@@ -191,8 +204,15 @@ class Decisions:
         t = round(float(t), 3)
         change = self.states.update(label)
         if change is not None:
-            events.append({"event": "state", "t": t, "from": change[0], "to": change[1],
-                           "confidence": round(float(confidence), 4)})
+            events.append(
+                {
+                    "event": "state",
+                    "t": t,
+                    "from": change[0],
+                    "to": change[1],
+                    "confidence": round(float(confidence), 4),
+                }
+            )
         state = self.states.state
         if settling:
             change, level = None, self.evidence.level if self.evidence is not None else None
@@ -207,8 +227,16 @@ class Decisions:
             level = None
             exceeding, of = self.n_of_m.exceeding(), self.n_of_m.m
         if change is not None:
-            event = {"event": f"alert_{change}", "t": t, "kind": UNKNOWN, "anomaly": round(float(ratio), 4),
-                     "exceeding": exceeding, "of": of, "label": label, "state": state}
+            event = {
+                "event": f"alert_{change}",
+                "t": t,
+                "kind": UNKNOWN,
+                "anomaly": round(float(ratio), 4),
+                "exceeding": exceeding,
+                "of": of,
+                "label": label,
+                "state": state,
+            }
             if level is not None:
                 event["evidence"] = round(level, 4)
             events.append(event)
@@ -222,13 +250,32 @@ class Decisions:
             self._fault_mass += p[self.fault_index]
             if change == "raised":
                 self.known = self.labels[self.fault_index[int(np.argmax(self._fault_mass))]]
-                events.append({"event": "alert_raised", "t": t, "kind": KNOWN, "class": self.known,
-                               "anomaly": round(float(ratio), 4), "fault_probability": round(odds / (1 + odds), 4),
-                               "evidence": round(self.known_evidence.level, 4), "label": label, "state": state})
+                events.append(
+                    {
+                        "event": "alert_raised",
+                        "t": t,
+                        "kind": KNOWN,
+                        "class": self.known,
+                        "anomaly": round(float(ratio), 4),
+                        "fault_probability": round(odds / (1 + odds), 4),
+                        "evidence": round(self.known_evidence.level, 4),
+                        "label": label,
+                        "state": state,
+                    }
+                )
             elif change == "cleared":
-                events.append({"event": "alert_cleared", "t": t, "kind": KNOWN, "class": self.known,
-                               "anomaly": round(float(ratio), 4), "evidence": round(self.known_evidence.level, 4),
-                               "label": label, "state": state})
+                events.append(
+                    {
+                        "event": "alert_cleared",
+                        "t": t,
+                        "kind": KNOWN,
+                        "class": self.known,
+                        "anomaly": round(float(ratio), 4),
+                        "evidence": round(self.known_evidence.level, 4),
+                        "label": label,
+                        "state": state,
+                    }
+                )
                 self.known = None
         return Decision(events=events, alert=self.active, state=state, evidence=level, kinds=self.kinds())
 

@@ -43,16 +43,20 @@ def listen(settings: LoopSettings, seconds: float, classifier=None, out=None, st
         source.prepare(channel)
         if classifier is None:
             classifier = runtime.SoundClassifier(m.path, m.threads, m.runtime, m.machine)
-        analyzer = Analyzer(classifier, hop, channel, settings.decisions,
-                            skip_silent_channels=settings.input.wav is None)  # the model alone, no site
+        analyzer = Analyzer(
+            classifier, hop, channel, settings.decisions, skip_silent_channels=settings.input.wav is None
+        )  # the model alone, no site
         stats = LoopStats()
         bq = BlockQueue(settings.input.queue_blocks, stats)
         need = max(1, int(math.floor((seconds - config.WINDOW_SECONDS) / hop + 1e-9)) + 1)
         results, power, frames = [], 0.0, 0
         info = source.open(bq, 1)
         what = info.get("device") or info.get("file")
-        print(f"enrolling: listening to {what} for {seconds:g} s of normal running (audio stays in memory)",
-              file=out, flush=True)
+        print(
+            f"enrolling: listening to {what} for {seconds:g} s of normal running (audio stays in memory)",
+            file=out,
+            flush=True,
+        )
         deadline = time.monotonic() + seconds * 3 + 10  # a live device delivers in real time
         while len(results) < need and not stop.is_set():
             if time.monotonic() > deadline:
@@ -82,18 +86,31 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
     out = out or sys.stdout
     if not (seconds > 0 and math.isfinite(seconds)):
         raise FanwatchError(f"--enroll needs a positive number of seconds, got {seconds}")
-    settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, fast=settings.input.wav
-                                                                       is not None))
+    settings = dataclasses.replace(
+        settings, input=dataclasses.replace(settings.input, fast=settings.input.wav is not None)
+    )
     classifier, results, rms, what, hop = listen(settings, seconds, classifier, out)
     emb = [r.embedding for r in results]
     if results and any(e is None for e in emb):
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
     sha = config.sha256_file(settings.model.path)
-    model = site.enroll(classifier, np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),
-                        np.array([r.anomaly for r in results]), np.array([r.probabilities for r in results]),
-                        rms=rms, model_sha256=sha, force=force, hop_s=hop, source=str(what))
+    model = site.enroll(
+        classifier,
+        np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),
+        np.array([r.anomaly for r in results]),
+        np.array([r.probabilities for r in results]),
+        rms=rms,
+        model_sha256=sha,
+        force=force,
+        hop_s=hop,
+        source=str(what),
+    )
     json_path, _ = model.save(settings.model.path)
     print(site.describe(model), file=out)
-    print(f"wrote {json_path} (and {site.SITE_NPZ}); inference.py and evaluate_model.py apply it from now on "
-          "(--no-site to ignore it)", file=out, flush=True)
+    print(
+        f"wrote {json_path} (and {site.SITE_NPZ}); inference.py and evaluate_model.py apply it from now on "
+        "(--no-site to ignore it)",
+        file=out,
+        flush=True,
+    )
     return model

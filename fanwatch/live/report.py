@@ -31,8 +31,13 @@ def _now_iso() -> str:
 class Reporter:
     """Console lines or JSON Lines on ``out``, and events (plus the summary) in an optional rotating log."""
 
-    def __init__(self, out=None, settings: OutputSettings | None = None, sinks: Sequence[RecordSink] = (),
-                 on_closed: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        out=None,
+        settings: OutputSettings | None = None,
+        sinks: Sequence[RecordSink] = (),
+        on_closed: Callable[[], None] | None = None,
+    ):
         settings = settings or OutputSettings()
         self.out = out if out is not None else sys.stdout
         self.on_closed = on_closed
@@ -48,8 +53,9 @@ class Reporter:
             path = Path(event_log)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                handler = logging.handlers.RotatingFileHandler(path, maxBytes=settings.event_log_bytes,
-                                                               backupCount=settings.event_log_backups, encoding="utf-8")
+                handler = logging.handlers.RotatingFileHandler(
+                    path, maxBytes=settings.event_log_bytes, backupCount=settings.event_log_backups, encoding="utf-8"
+                )
             except OSError as exc:
                 raise FanwatchError(f"cannot write the event log {path}: {exc.strerror or exc}") from None
             handler.setFormatter(logging.Formatter("%(message)s"))
@@ -98,9 +104,11 @@ class Reporter:
             extra = f"  drops {result.drops}" if result.drops else ""
             extra += f"  overflows {result.overflows}" if result.overflows else ""
             extra += "  (unknown machine: pooled reference)" if result.machine < 0 else ""
-            line = (f"{clock}  t={result.t:8.2f}s  {result.label:<16s} {result.confidence:4.2f}  "
-                    f"anomaly {result.anomaly:5.2f} {flag} {evidence}{alert}  {result.inference_ms:6.1f} ms  "
-                    f"latency {result.latency_ms:5.0f} ms  queue {result.queue}{extra}")
+            line = (
+                f"{clock}  t={result.t:8.2f}s  {result.label:<16s} {result.confidence:4.2f}  "
+                f"anomaly {result.anomaly:5.2f} {flag} {evidence}{alert}  {result.inference_ms:6.1f} ms  "
+                f"latency {result.latency_ms:5.0f} ms  queue {result.queue}{extra}"
+            )
         self._record(record, line if not self.quiet else None, log=False)
 
     def event(self, event: str, **fields) -> None:
@@ -124,24 +132,38 @@ def _describe(r: dict) -> str:
         channel = r.get("channel")
         mix = "mean of the channels" if channel == "mean" else f"channel {channel}"
         site = r.get("site")
-        where = (f"site calibration applied ({site.get('seconds', 0):.0f} s enrolled {site.get('created', '')}; "
-                 "--no-site ignores it)" if site else "no site calibration")
-        return (f"fanwatch listening: {r.get('source')} | model {r.get('model')} ({r.get('runtime')}, "
-                f"{r.get('threads')} thread(s)) | {mix} ({r.get('channel_from')}) | hop {r.get('hop_s')} s | "
-                f"alert {r.get('alert')} | {where} | audio stays in memory, nothing is recorded or sent"
-                + (f" | UNKNOWN MACHINE {r.get('machine_id') or '(none given)'}: scored against the "
-                   f"{(r.get('scoring') or {}).get('scored_as')}" if r.get("unknown_machine") else ""))
+        where = (
+            f"site calibration applied ({site.get('seconds', 0):.0f} s enrolled {site.get('created', '')}; "
+            "--no-site ignores it)"
+            if site
+            else "no site calibration"
+        )
+        return (
+            f"fanwatch listening: {r.get('source')} | model {r.get('model')} ({r.get('runtime')}, "
+            f"{r.get('threads')} thread(s)) | {mix} ({r.get('channel_from')}) | hop {r.get('hop_s')} s | "
+            f"alert {r.get('alert')} | {where} | audio stays in memory, nothing is recorded or sent"
+            + (
+                f" | UNKNOWN MACHINE {r.get('machine_id') or '(none given)'}: scored against the "
+                f"{(r.get('scoring') or {}).get('scored_as')}"
+                if r.get("unknown_machine")
+                else ""
+            )
+        )
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"
     if e == "alert_raised" and r.get("kind") == "known_fault":
-        return (f"ALERT RAISED (known fault): {r.get('class')} (fault probability {r.get('fault_probability', 0):.2f}, "
-                f"score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)")
+        return (
+            f"ALERT RAISED (known fault): {r.get('class')} (fault probability {r.get('fault_probability', 0):.2f}, "
+            f"score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)"
+        )
     if e == "alert_raised":
         evidence = f", evidence {r['evidence']:.2f} x alert level" if r.get("evidence") is not None else ""
         explanation = r.get("explanation") or {}
-        return (f"ALERT RAISED (unknown anomaly): anomaly in {r['exceeding']} of the last {r['of']} windows "
-                f"(score {r['anomaly']:.2f} x threshold{evidence}, state {r['state']}, t={r['t']:.1f} s)"
-                + (f"; what changed: {explanation['text']}" if explanation.get("text") else ""))
+        return (
+            f"ALERT RAISED (unknown anomaly): anomaly in {r['exceeding']} of the last {r['of']} windows "
+            f"(score {r['anomaly']:.2f} x threshold{evidence}, state {r['state']}, t={r['t']:.1f} s)"
+            + (f"; what changed: {explanation['text']}" if explanation.get("text") else "")
+        )
     if e == "alert_cleared":
         what = f"known fault {r.get('class')}" if r.get("kind") == "known_fault" else "anomaly"
         return f"alert cleared ({what}; score {r['anomaly']:.2f} x threshold, t={r['t']:.1f} s)"
@@ -149,24 +171,31 @@ def _describe(r: dict) -> str:
         what = r.get("device") or r.get("file")
         verb = "opened" if e == "device_opened" else "reopened"
         return f"{verb} {what}: {r['rate']:.0f} Hz, {r['channels']} channel(s), {r.get('mix', 'mean')}" + (
-            f", {r['pace']}" if "pace" in r else "")
+            f", {r['pace']}" if "pace" in r else ""
+        )
     if e == "device_lost":
         return f"input lost: {r['reason']}; reopening in {r['retry_in']:.1f} s"
     if e == "device_error":
         return f"cannot open the input: {r['reason']}; retrying in {r['retry_in']:.1f} s"
     if e == "drops":
-        return (f"audio lost: {r['dropped_blocks']} block(s) ({r['dropped_seconds']:.2f} s) dropped because the "
-                f"queue was full, {r['overflows']} driver overflow(s) since the last report "
-                f"(totals {r['total_dropped_blocks']} blocks, {r['total_overflows']} overflows)")
+        return (
+            f"audio lost: {r['dropped_blocks']} block(s) ({r['dropped_seconds']:.2f} s) dropped because the "
+            f"queue was full, {r['overflows']} driver overflow(s) since the last report "
+            f"(totals {r['total_dropped_blocks']} blocks, {r['total_overflows']} overflows)"
+        )
     if e == "input_fault":
-        return (f"INPUT FAULT (the monitor hears nothing it can judge, not a machine state): {r['reason']} "
-                f"(t={r['t']:.1f} s); no state or alert until the input is usable again")
+        return (
+            f"INPUT FAULT (the monitor hears nothing it can judge, not a machine state): {r['reason']} "
+            f"(t={r['t']:.1f} s); no state or alert until the input is usable again"
+        )
     if e == "input_ok":
         return f"input usable again (t={r['t']:.1f} s)"
     if e == "silent_channels":
-        return (f"channel(s) {', '.join(map(str, r['channels']))} of {r['of']} deliver digital silence (padding "
-                f"added by the audio layer): the mean uses channel(s) {', '.join(map(str, r['averaging']))}; "
-                "pass --channels N to open only the device's real channels")
+        return (
+            f"channel(s) {', '.join(map(str, r['channels']))} of {r['of']} deliver digital silence (padding "
+            f"added by the audio layer): the mean uses channel(s) {', '.join(map(str, r['averaging']))}; "
+            "pass --channels N to open only the device's real channels"
+        )
     fields = {k: v for k, v in r.items() if k not in ("type", "event", "time")}
     return f"{e}: {fields}"
 
@@ -176,11 +205,13 @@ def _describe_summary(r: dict) -> str:
         value = r.get(key)
         return "-" if value is None else f"{value:.1f}"
 
-    return (f"summary: {r['windows']} windows, {r['alerts']} alert(s), {r['state_changes']} state change(s), "
-            f"{r['dropped_blocks']} dropped block(s) ({r['dropped_seconds']:.2f} s), {r['overflows']} overflow(s), "
-            f"{r.get('gap_restarts', 0)} restart(s) after lost audio, {r['device_losses']} device loss(es), "
-            f"{r.get('input_faults', 0)} input fault(s) ({r.get('input_fault_seconds', 0.0):.1f} s unusable); "
-            f"inference median {ms('inference_ms_median')} ms, "
-            f"p95 {ms('inference_ms_p95')} ms; latency median {ms('latency_ms_median')} ms, "
-            f"p95 {ms('latency_ms_p95')} ms; CPU {r['cpu_percent']}%; peak RSS {r['peak_rss_mb']} MB; "
-            f"uptime {r['uptime_s']:.1f} s ({r['reason']})")
+    return (
+        f"summary: {r['windows']} windows, {r['alerts']} alert(s), {r['state_changes']} state change(s), "
+        f"{r['dropped_blocks']} dropped block(s) ({r['dropped_seconds']:.2f} s), {r['overflows']} overflow(s), "
+        f"{r.get('gap_restarts', 0)} restart(s) after lost audio, {r['device_losses']} device loss(es), "
+        f"{r.get('input_faults', 0)} input fault(s) ({r.get('input_fault_seconds', 0.0):.1f} s unusable); "
+        f"inference median {ms('inference_ms_median')} ms, "
+        f"p95 {ms('inference_ms_p95')} ms; latency median {ms('latency_ms_median')} ms, "
+        f"p95 {ms('latency_ms_p95')} ms; CPU {r['cpu_percent']}%; peak RSS {r['peak_rss_mb']} MB; "
+        f"uptime {r['uptime_s']:.1f} s ({r['reason']})"
+    )

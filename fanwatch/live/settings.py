@@ -42,14 +42,17 @@ class InputSettings:
     queue_blocks: int = 50
 
     def validate(self) -> None:
-        _need(0 < self.block_seconds <= 2.0,
-              f"--block-ms must be between 1 and 2000, got {self.block_seconds * 1000:g}")
+        _need(
+            0 < self.block_seconds <= 2.0, f"--block-ms must be between 1 and 2000, got {self.block_seconds * 1000:g}"
+        )
         _need(self.queue_blocks >= 1, f"--queue-blocks must be at least 1, got {self.queue_blocks}")
         _need(self.rate is None or self.rate > 0, f"--rate must be positive, got {self.rate}")
         _need(self.channels is None or self.channels >= 1, f"--channels must be at least 1, got {self.channels}")
         _need(self.fast is False or self.wav is not None, "--fast only applies to --wav replays")
-        _need(self.channel is None or self.channel == "mean" or (isinstance(self.channel, int) and self.channel >= 0),
-              f"channel must be 'mean' or a channel index, got {self.channel!r}")
+        _need(
+            self.channel is None or self.channel == "mean" or (isinstance(self.channel, int) and self.channel >= 0),
+            f"channel must be 'mean' or a channel index, got {self.channel!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -74,8 +77,11 @@ MAX_HOP_SECONDS = 10.0
 def check_hop(hop: float) -> None:
     _need(hop > 0 and math.isfinite(hop), f"--hop must be a positive number of seconds, got {hop}")
     _need(round(hop * config.SAMPLE_RATE) >= 1, f"--hop {hop} is shorter than one sample")
-    _need(hop <= MAX_HOP_SECONDS, f"--hop {hop:g} s is longer than {MAX_HOP_SECONDS:g} s: the loop would hear "
-                                  f"one {config.WINDOW_SECONDS} s window in every {hop:g} s")
+    _need(
+        hop <= MAX_HOP_SECONDS,
+        f"--hop {hop:g} s is longer than {MAX_HOP_SECONDS:g} s: the loop would hear "
+        f"one {config.WINDOW_SECONDS} s window in every {hop:g} s",
+    )
 
 
 @dataclass(frozen=True)
@@ -96,19 +102,31 @@ class DecisionSettings:
     def validate(self) -> None:
         for name in ("alert_window", "alert_after", "state_after"):
             value = getattr(self, name)
-            _need(value > 0 and math.isfinite(value), f"--{name.replace('_', '-')} must be a positive number of "
-                                                      f"seconds, got {value}")
-        _need(self.alert_after <= self.alert_window, f"--alert-after must be at most --alert-window "
-                                                     f"({self.alert_window:g} s), got {self.alert_after:g}")
-        _need(0 <= self.clear_allow < self.alert_after,
-              f"--clear-allow must be between 0 and --alert-after, got {self.clear_allow:g}")
+            _need(
+                value > 0 and math.isfinite(value),
+                f"--{name.replace('_', '-')} must be a positive number of seconds, got {value}",
+            )
+        _need(
+            self.alert_after <= self.alert_window,
+            f"--alert-after must be at most --alert-window ({self.alert_window:g} s), got {self.alert_after:g}",
+        )
+        _need(
+            0 <= self.clear_allow < self.alert_after,
+            f"--clear-allow must be between 0 and --alert-after, got {self.clear_allow:g}",
+        )
         _need(0 < self.clear_ratio <= 1.0, f"--clear-ratio must be in (0, 1], got {self.clear_ratio}")
-        _need(self.threshold_scale > 0 and math.isfinite(self.threshold_scale),
-              f"--threshold-scale must be a positive number, got {self.threshold_scale}")
-        _need(self.alert_rule in ALERT_RULES, f"--alert-rule must be one of {', '.join(ALERT_RULES)}, "
-                                              f"got {self.alert_rule!r}")
-        _need(self.alert_level is None or (self.alert_level > 0 and math.isfinite(self.alert_level)),
-              f"--alert-level must be a positive number, got {self.alert_level}")
+        _need(
+            self.threshold_scale > 0 and math.isfinite(self.threshold_scale),
+            f"--threshold-scale must be a positive number, got {self.threshold_scale}",
+        )
+        _need(
+            self.alert_rule in ALERT_RULES,
+            f"--alert-rule must be one of {', '.join(ALERT_RULES)}, got {self.alert_rule!r}",
+        )
+        _need(
+            self.alert_level is None or (self.alert_level > 0 and math.isfinite(self.alert_level)),
+            f"--alert-level must be a positive number, got {self.alert_level}",
+        )
 
 
 @dataclass(frozen=True)
@@ -149,8 +167,10 @@ class HttpSettings:
     stale_seconds: float = 15.0  # /healthz fails once no audio has been analysed for this long
 
     def validate(self) -> None:
-        _need(self.stale_seconds > 0 and math.isfinite(self.stale_seconds),
-              f"--http-stale-seconds must be a positive number, got {self.stale_seconds}")
+        _need(
+            self.stale_seconds > 0 and math.isfinite(self.stale_seconds),
+            f"--http-stale-seconds must be a positive number, got {self.stale_seconds}",
+        )
         if self.listen is not None:
             from ..webserver import check_bind
 

@@ -67,13 +67,15 @@ _PA_CONFIG_ERRORS = {
     -9990: "buffer too small",
 }
 
+
 def _sounddevice():
     try:
         import sounddevice
     except (ImportError, OSError) as exc:
         raise FanwatchError(
             f"live capture needs the sounddevice package and the PortAudio library ({exc}); "
-            "install libportaudio2 (apt-get install libportaudio2) or replay a file with --wav") from None
+            "install libportaudio2 (apt-get install libportaudio2) or replay a file with --wav"
+        ) from None
     return sounddevice
 
 
@@ -106,8 +108,11 @@ def list_devices(out=None) -> int:
         n += 1
         mark = "*" if index == default_in else " "
         api = hostapis[dev["hostapi"]]["name"]
-        print(f"{mark}{index:3d}  {dev['name']}  ({api}; {dev['max_input_channels']} in, "
-              f"default {dev['default_samplerate']:.0f} Hz)", file=out)
+        print(
+            f"{mark}{index:3d}  {dev['name']}  ({api}; {dev['max_input_channels']} in, "
+            f"default {dev['default_samplerate']:.0f} Hz)",
+            file=out,
+        )
     if n == 0:
         print("no input devices found", file=out)
     else:
@@ -123,9 +128,15 @@ class SoundDeviceSource:
     channels of a file; a channel index opens enough channels to include it.
     """
 
-    def __init__(self, device=None, channel: str | int | None = "mean", rate: float | None = None,
-                 channels: int | None = None, block_seconds: float = _BLOCK_SECONDS,
-                 stall_seconds: float = _STALL_SECONDS):
+    def __init__(
+        self,
+        device=None,
+        channel: str | int | None = "mean",
+        rate: float | None = None,
+        channels: int | None = None,
+        block_seconds: float = _BLOCK_SECONDS,
+        stall_seconds: float = _STALL_SECONDS,
+    ):
         self.device = parse_device(device)
         self.channel = "mean" if channel is None else channel
         self.rate = rate
@@ -147,12 +158,14 @@ class SoundDeviceSource:
         try:
             info = sd.query_devices(self.device, "input")
         except ValueError as exc:  # no device matches the name, or it has no input
-            raise DeviceConfigError(f"no {self.describe()} ({' '.join(str(exc).split())}); "
-                                    "see python inference.py --list-devices") from None
+            raise DeviceConfigError(
+                f"no {self.describe()} ({' '.join(str(exc).split())}); see python inference.py --list-devices"
+            ) from None
         except sd.PortAudioError as exc:
             if isinstance(self.device, int):  # "Error querying device 99": no such index
-                raise DeviceConfigError(f"no {self.describe()} ({' '.join(str(exc).split())}); "
-                                        "see python inference.py --list-devices") from None
+                raise DeviceConfigError(
+                    f"no {self.describe()} ({' '.join(str(exc).split())}); see python inference.py --list-devices"
+                ) from None
             raise DeviceError(f"cannot query {self.describe()}: {exc}") from None
         available = int(info["max_input_channels"])
         if available < 1:
@@ -160,16 +173,20 @@ class SoundDeviceSource:
         if self.channel == "mean":
             n_channels = self.channels or min(available, MAX_MEAN_CHANNELS)
             if n_channels > available:
-                raise DeviceConfigError(f"--channels {n_channels} requested but {info['name']} has {available} "
-                                        f"input channel(s)")
+                raise DeviceConfigError(
+                    f"--channels {n_channels} requested but {info['name']} has {available} input channel(s)"
+                )
         else:
             n_channels = max(self.channel + 1, self.channels or 0)
             if self.channel + 1 > available:
-                raise DeviceConfigError(f"channel {self.channel} requested but {info['name']} has {available} "
-                                        f"input channel(s) (valid: 0..{available - 1} or \"mean\")")
+                raise DeviceConfigError(
+                    f"channel {self.channel} requested but {info['name']} has {available} "
+                    f'input channel(s) (valid: 0..{available - 1} or "mean")'
+                )
             if n_channels > available:
-                raise DeviceConfigError(f"--channels {n_channels} requested but {info['name']} has {available} "
-                                        f"input channel(s)")
+                raise DeviceConfigError(
+                    f"--channels {n_channels} requested but {info['name']} has {available} input channel(s)"
+                )
         return info, n_channels
 
     def prepare(self, channel: str | int) -> None:
@@ -213,9 +230,15 @@ class SoundDeviceSource:
 
         stream = None
         try:
-            stream = sd.InputStream(device=info["index"], samplerate=rate, channels=n_channels, dtype="float32",
-                                    blocksize=blocksize, callback=callback,
-                                    finished_callback=self._finished.set)
+            stream = sd.InputStream(
+                device=info["index"],
+                samplerate=rate,
+                channels=n_channels,
+                dtype="float32",
+                blocksize=blocksize,
+                callback=callback,
+                finished_callback=self._finished.set,
+            )
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             if stream is not None:
@@ -225,14 +248,22 @@ class SoundDeviceSource:
                     pass
             code = exc.args[1] if isinstance(exc, sd.PortAudioError) and len(exc.args) > 1 else None
             error = DeviceConfigError if isinstance(exc, ValueError) or code in _PA_CONFIG_ERRORS else DeviceError
-            raise error(f"cannot open {info['name']} at {rate:.0f} Hz with {n_channels} channel(s): "
-                        f"{' '.join(str(exc.args[0] if exc.args else exc).split())}") from None
+            raise error(
+                f"cannot open {info['name']} at {rate:.0f} Hz with {n_channels} channel(s): "
+                f"{' '.join(str(exc.args[0] if exc.args else exc).split())}"
+            ) from None
         self._stream = stream
         self._opened += 1
         self._stuck = False
-        return {"device": info["name"], "index": int(info["index"]), "rate": rate, "channels": n_channels,
-                "device_channels": available, "blocksize": blocksize,
-                "mix": "mean" if self.channel == "mean" else f"channel {self.channel}"}
+        return {
+            "device": info["name"],
+            "index": int(info["index"]),
+            "rate": rate,
+            "channels": n_channels,
+            "device_channels": available,
+            "blocksize": blocksize,
+            "mix": "mean" if self.channel == "mean" else f"channel {self.channel}",
+        }
 
     def health(self) -> str | None:
         stream = self._stream
@@ -314,8 +345,9 @@ def open_audio_file(path: Path):
 def check_file_channel(path, channel: str | int, n: int) -> None:
     """BadAudioError if a file with ``n`` channels does not have ``channel``."""
     if isinstance(channel, int) and channel >= n:
-        raise BadAudioError(path, f"channel {channel} requested but the file has {n} channel(s) "
-                                  f"(valid: 0..{n - 1} or \"mean\")")
+        raise BadAudioError(
+            path, f'channel {channel} requested but the file has {n} channel(s) (valid: 0..{n - 1} or "mean")'
+        )
 
 
 class WavSource:
@@ -327,8 +359,9 @@ class WavSource:
     mixes them like training does (``"mean"`` averages all of them).
     """
 
-    def __init__(self, path, channel: str | int | None = "mean", fast: bool = False,
-                 block_seconds: float = _BLOCK_SECONDS):
+    def __init__(
+        self, path, channel: str | int | None = "mean", fast: bool = False, block_seconds: float = _BLOCK_SECONDS
+    ):
         self.path = Path(path)
         self.fast = fast
         self.block_seconds = block_seconds
@@ -354,12 +387,16 @@ class WavSource:
     def open(self, bq: BlockQueue, stream_id: int) -> dict:
         if self._thread is not None:
             raise DeviceError(f"{self.path} was already replayed")
-        self._thread = threading.Thread(target=self._feed, args=(bq, stream_id), name="fanwatch-wav",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._feed, args=(bq, stream_id), name="fanwatch-wav", daemon=True)
         self._thread.start()
-        return {"file": str(self.path), "rate": self.rate, "channels": self.reader.channels,
-                "mix": "mean" if self.channel == "mean" else f"channel {self.channel}",
-                "seconds": round(self.reader.frames / self.rate, 3), "pace": "fast" if self.fast else "real-time"}
+        return {
+            "file": str(self.path),
+            "rate": self.rate,
+            "channels": self.reader.channels,
+            "mix": "mean" if self.channel == "mean" else f"channel {self.channel}",
+            "seconds": round(self.reader.frames / self.rate, 3),
+            "pace": "fast" if self.fast else "real-time",
+        }
 
     def _feed(self, bq: BlockQueue, stream_id: int) -> None:
         blocksize = max(1, int(round(self.rate * self.block_seconds)))
@@ -401,4 +438,3 @@ class WavSource:
             self.reader.close()
         except Exception:  # closing a reader that failed: nothing left to do
             pass
-

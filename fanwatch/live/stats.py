@@ -136,4 +136,3 @@ def peak_rss_mb() -> float | None:
 
 def _round(value, digits: int = 3):
     return None if value is None else round(float(value), digits)
-

@@ -36,8 +36,15 @@ from .stats import LoopStats
 class Worker(threading.Thread):
     """Takes blocks off the queue, analyses them, reports windows and their events."""
 
-    def __init__(self, analyzer: Analyzer, bq: BlockQueue, reporter: Reporter, stop: threading.Event,
-                 stats: LoopStats | None = None, simulate_slow_ms: float = 0.0):
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        bq: BlockQueue,
+        reporter: Reporter,
+        stop: threading.Event,
+        stats: LoopStats | None = None,
+        simulate_slow_ms: float = 0.0,
+    ):
         super().__init__(name="fanwatch-worker", daemon=True)
         self.analyzer = analyzer
         self.bq = bq
@@ -114,8 +121,9 @@ def resolve_hop(hop: float | None, card: ModelCard | None) -> tuple[float, str]:
     return card.hop_seconds, "model card"
 
 
-def start_record(settings: LoopSettings, classifier: Classifier, source_name: str, channel_from: str,
-                 hop_from: str = "command line") -> dict:
+def start_record(
+    settings: LoopSettings, classifier: Classifier, source_name: str, channel_from: str, hop_from: str = "command line"
+) -> dict:
     """What the start event carries: the settings that produced the run (flat, as before the settings were
     grouped, plus the window counts the seconds gave), and which model (path, SHA-256, labels, machines and
     thresholds as the card gives them)."""
@@ -126,21 +134,38 @@ def start_record(settings: LoopSettings, classifier: Classifier, source_name: st
         model_sha = config.sha256_file(m.path)
     except OSError:
         model_sha = None
-    flat = {name: (str(v) if isinstance(v, Path) else v)
-            for group in dataclasses.asdict(settings).values() for name, v in group.items()}
+    flat = {
+        name: (str(v) if isinstance(v, Path) else v)
+        for group in dataclasses.asdict(settings).values()
+        for name, v in group.items()
+    }
     flat.update(model=flat.pop("path"), **dataclasses.asdict(counts))
     scoring = classifier.scoring()
     return {
-        "source": source_name, "model": str(m.path), "model_sha256": model_sha,
-        "runtime": classifier.runtime, "threads": m.threads,
-        "labels": list(classifier.labels), "machines": list(card.machines) if card else [],
+        "source": source_name,
+        "model": str(m.path),
+        "model_sha256": model_sha,
+        "runtime": classifier.runtime,
+        "threads": m.threads,
+        "labels": list(classifier.labels),
+        "machines": list(card.machines) if card else [],
         "thresholds": card.thresholds_by_machine() if card else None,
         "threshold_method": card.threshold_method if card else None,
-        "scoring": scoring, "unknown_machine": bool(scoring.get("unknown_machine")), "machine_id": m.machine,
-        "hop_s": m.hop, "hop_from": hop_from, "alert": f"{counts.alert_n} of {counts.alert_m}",
-        "alert_window_s": d.alert_window, "alert_after_s": d.alert_after, "clear_allow_s": d.clear_allow,
-        "threshold_scale": d.threshold_scale, "state_k": counts.state_k, "state_after_s": d.state_after,
-        "queue_blocks": settings.input.queue_blocks, "channel": settings.input.channel, "channel_from": channel_from,
+        "scoring": scoring,
+        "unknown_machine": bool(scoring.get("unknown_machine")),
+        "machine_id": m.machine,
+        "hop_s": m.hop,
+        "hop_from": hop_from,
+        "alert": f"{counts.alert_n} of {counts.alert_m}",
+        "alert_window_s": d.alert_window,
+        "alert_after_s": d.alert_after,
+        "clear_allow_s": d.clear_allow,
+        "threshold_scale": d.threshold_scale,
+        "state_k": counts.state_k,
+        "state_after_s": d.state_after,
+        "queue_blocks": settings.input.queue_blocks,
+        "channel": settings.input.channel,
+        "channel_from": channel_from,
         "settings": flat,
     }
 
@@ -157,18 +182,24 @@ def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
     """What the start event says about the alert rules and the site calibration (fields added to the start
     record; ``alert`` keeps its name and says the rule in words)."""
     d = analyzer.decisions
-    out = {"alert_rule": analyzer.rule.to_dict() if d.evidence is not None else "n-of-m",
-           "known_fault_classes": [d.labels[i] for i in d.fault_index] if d.known_evidence is not None else [],
-           "site": None}
+    out = {
+        "alert_rule": analyzer.rule.to_dict() if d.evidence is not None else "n-of-m",
+        "known_fault_classes": [d.labels[i] for i in d.fault_index] if d.known_evidence is not None else [],
+        "site": None,
+    }
     if d.evidence is not None:
         out["alert"] = analyzer.rule.describe() + (" (site calibration)" if site_model is not None else "")
     if d.known_evidence is not None:
         out["known_fault_rule"] = d.known_rule.to_dict()
     if site_model is not None:
-        out["site"] = {"file": site.SITE_JSON, "created": site_model.info.get("created"),
-                       "seconds": site_model.info.get("seconds"), "source": site_model.info.get("source"),
-                       "threshold": site_model.rule.threshold,
-                       "card_threshold": site_model.info.get("card_threshold")}
+        out["site"] = {
+            "file": site.SITE_JSON,
+            "created": site_model.info.get("created"),
+            "seconds": site_model.info.get("seconds"),
+            "source": site_model.info.get("source"),
+            "threshold": site_model.rule.threshold,
+            "card_threshold": site_model.info.get("card_threshold"),
+        }
     return out
 
 
@@ -194,15 +225,27 @@ class _DropReporter:
         now = time.monotonic()
         if not force and now - self.last < self.interval:
             return
-        self.reporter.event("drops", dropped_blocks=new_blocks,
-                            dropped_seconds=round(s.dropped_seconds - self.seconds, 3), overflows=new_overflows,
-                            total_dropped_blocks=s.dropped_blocks, total_overflows=s.overflows)
+        self.reporter.event(
+            "drops",
+            dropped_blocks=new_blocks,
+            dropped_seconds=round(s.dropped_seconds - self.seconds, 3),
+            overflows=new_overflows,
+            total_dropped_blocks=s.dropped_blocks,
+            total_overflows=s.overflows,
+        )
         self.blocks, self.seconds, self.overflows, self.last = s.dropped_blocks, s.dropped_seconds, s.overflows, now
 
 
-def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, source: Source | None = None,
-        stop: threading.Event | None = None, install_signals: bool = True, on_record: RecordSink | None = None,
-        sinks: Sequence[RecordSink] = ()) -> dict:
+def run(
+    settings: LoopSettings,
+    out=None,
+    classifier: Classifier | None = None,
+    source: Source | None = None,
+    stop: threading.Event | None = None,
+    install_signals: bool = True,
+    on_record: RecordSink | None = None,
+    sinks: Sequence[RecordSink] = (),
+) -> dict:
     """Run the loop until the file ends, ``settings.supervision.duration`` passes, or ``stop`` is set
     (SIGINT/SIGTERM).
 
@@ -248,8 +291,9 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
         hop, hop_from = resolve_hop(m.hop, card)
         check_hop(hop)
         # resolved here, once; the caller's settings stay as they are
-        settings = dataclasses.replace(settings, input=dataclasses.replace(settings.input, channel=channel),
-                                       model=dataclasses.replace(m, hop=hop))
+        settings = dataclasses.replace(
+            settings, input=dataclasses.replace(settings.input, channel=channel), model=dataclasses.replace(m, hop=hop)
+        )
         window_counts(settings.decisions, hop)  # seconds that give no sensible window counts: one line now
         source.prepare(channel)  # no such device / channel: one line, before the model loads
         if settings.http.listen is not None:  # up while the model loads: /healthz says "starting"
@@ -261,8 +305,9 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
             try:
                 classifier = runtime.SoundClassifier(m.path, m.threads, m.runtime, m.machine)
             except (KeyError, TypeError, IndexError) as exc:  # a card the runtime's checks let through
-                raise FanwatchError(f"{card_path(m.path)}: malformed model card "
-                                    f"({type(exc).__name__}: {exc})") from None
+                raise FanwatchError(
+                    f"{card_path(m.path)}: malformed model card ({type(exc).__name__}: {exc})"
+                ) from None
         site_model = load_site(settings, card)  # one line for a broken one or another model's
         profile = bands.load_beside(m.path)  # normal band levels: what an alert's explanation compares with
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
@@ -275,12 +320,24 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
 
     bq = BlockQueue(settings.input.queue_blocks, stats)
     # a live "mean" leaves out channels that are pure padding (see analyzer.live_channels); files are averaged as is
-    analyzer = Analyzer(classifier, hop, channel, settings.decisions, skip_silent_channels=settings.input.wav is None,
-                        site_model=site_model, band_profile=profile)
+    analyzer = Analyzer(
+        classifier,
+        hop,
+        channel,
+        settings.decisions,
+        skip_silent_channels=settings.input.wav is None,
+        site_model=site_model,
+        band_profile=profile,
+    )
     worker = Worker(analyzer, bq, reporter, stop, stats, settings.supervision.simulate_slow_ms)
     drops = _DropReporter(stats, reporter, settings.supervision.drop_report_seconds)
-    reporter.event("start", **{**start_record(settings, classifier, source.describe(), channel_from, hop_from),
-                               **alert_record(analyzer, site_model)})
+    reporter.event(
+        "start",
+        **{
+            **start_record(settings, classifier, source.describe(), channel_from, hop_from),
+            **alert_record(analyzer, site_model),
+        },
+    )
     worker.start()
     try:
         if not stop.is_set():
@@ -290,8 +347,11 @@ def run(settings: LoopSettings, out=None, classifier: Classifier | None = None, 
             raise FanwatchError(f"{settings.input.wav}: no window could be analysed: {why}")
         if worker.error is not None:
             exc = worker.error
-            raise exc if isinstance(exc, FanwatchError) else FanwatchError(
-                f"the analysis worker failed: {type(exc).__name__}: {exc}")
+            raise (
+                exc
+                if isinstance(exc, FanwatchError)
+                else FanwatchError(f"the analysis worker failed: {type(exc).__name__}: {exc}")
+            )
     except FanwatchError:
         reason["why"] = reason["why"] or "error"
         raise
