@@ -312,11 +312,11 @@ def main(argv=None) -> int:
         ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or live_decisions.KNOWN_FAULT_DEFAULTS
     )
 
-    def live(key, r, kinds=(live_decisions.UNKNOWN,)):
+    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None):
         """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs."""
         out = streams[key]
         d = live_decisions.Decisions(
-            calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels, known_rule=known_rule
+            rule or calibrated, HOP_S, labels=classifier.labels, fault_labels=fault_labels, known_rule=known_rule
         )
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
@@ -388,31 +388,37 @@ def main(argv=None) -> int:
                 site_model = site.enroll(
                     classifier,
                     e["embeddings"][:n].astype(np.float32),
+                    e["bands"][:n],
                     ratios(classifier, _head(e, n)),
                     e["probabilities"][:n],
                     rms=float(e["rms"]),
                     model_sha256="bench",
                     force=True,
+                    score_config=classifier.scorer.config,
                 )
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")
                 continue
-            per = [
-                replay(
-                    (name, i),
-                    cusum_raises(
-                        site_model.adjust_many(
-                            streams[(name, i)]["embeddings"].astype(np.float32), stream_ratios[(name, i)]
-                        ),
-                        site_model.rule,
-                    ),
+            combined = {
+                (name, i): site_model.combine_file(
+                    streams[(name, i)]["embeddings"], streams[(name, i)]["bands"], stream_ratios[(name, i)]
                 )
                 for i in range(args.streams)
-            ]
-            m = evidence.stream_metrics(per, horizon_s=15.0)
-            m["site_threshold"] = site_model.rule.threshold
-            results["figures"][f"cusum + enrollment {seconds:g} s | {name}"] = m
-            rows.append(("cusum + enrollment", name, f"{seconds:g}", m))
+            }
+            for label, fn in (
+                ("cusum + enrollment", lambda k, c=combined, sm=site_model: cusum_raises(c[k], sm.rule)),
+                (
+                    "cusum + known fault + enrollment",
+                    lambda k, c=combined, sm=site_model: live(
+                        k, c[k], (live_decisions.UNKNOWN, live_decisions.KNOWN), sm.rule
+                    ),
+                ),
+            ):
+                per = [replay((name, i), fn((name, i))) for i in range(args.streams)]
+                m = evidence.stream_metrics(per, horizon_s=15.0)
+                m["site_threshold"] = site_model.rule.threshold
+                results["figures"][f"{label} {seconds:g} s | {name}"] = m
+                rows.append((label, name, f"{seconds:g}", m))
 
     for key, m in results["figures"].items():
         if "by_fault" in m and key.startswith("cusum + known"):

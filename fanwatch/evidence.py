@@ -60,6 +60,9 @@ class EvidenceRule:
     horizon_s: float = 8.0  # mean: the averaging window
     clear_fraction: float = 0.5  # clear when evidence < clear_fraction * threshold ...
     clear_s: float = 5.0  # ... for this long
+    # the hop the threshold was calibrated at: at another hop each window's evidence is weighted
+    # hop / hop_s, so that evidence accrues per second of audio as calibrated (None: unweighted)
+    hop_s: float | None = None
 
     def validate(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -74,6 +77,11 @@ class EvidenceRule:
                 f"alert rule: {name} must be a positive number, got {value!r}",
             )
         need(0 < self.clear_fraction < 1, f"alert rule: clear_fraction must be in (0, 1), got {self.clear_fraction}")
+        need(
+            self.hop_s is None
+            or (isinstance(self.hop_s, (int, float)) and math.isfinite(self.hop_s) and self.hop_s > 0),
+            f"alert rule: hop_s must be a positive number of seconds, got {self.hop_s!r}",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -117,7 +125,9 @@ class Evidence:
         self.rule = rule
         self.hop_s = hop_s
         self._log_ref = math.log(rule.reference)
-        self.cap = rule.threshold + rule.clip * _windows(rule.cap_s, hop_s)
+        # the cusum sums windows: weighted, it accrues per second as calibrated (a mean needs no weight)
+        self.weight = hop_s / rule.hop_s if rule.hop_s is not None and rule.method == "cusum" else 1.0
+        self.cap = rule.threshold + self.weight * rule.clip * _windows(rule.cap_s, hop_s)
         self._n = _windows(rule.horizon_s, hop_s)
         self.reset()
 
@@ -128,9 +138,9 @@ class Evidence:
 
     def increment(self, ratio: float) -> float:
         if not math.isfinite(ratio):  # NaN: no information; +inf: as much as one window may give
-            return 0.0 if math.isnan(ratio) else self.rule.clip
+            return 0.0 if math.isnan(ratio) else self.weight * self.rule.clip
         x = math.log(max(ratio, 1e-12)) - self._log_ref
-        return min(max(x, -self.rule.clip), self.rule.clip)
+        return self.weight * min(max(x, -self.rule.clip), self.rule.clip)
 
     def update(self, ratio: float) -> float:
         x = self.increment(ratio)
@@ -437,7 +447,7 @@ def calibrate(
     streams = [np.asarray(s, dtype=np.float64) for s in streams if len(s)]
     if not streams:
         raise FanwatchError("no normal audio to calibrate the alert rule on")
-    rule = replace(rule, reference=reference if reference is not None else reference_from_normal(streams))
+    rule = replace(rule, reference=reference if reference is not None else reference_from_normal(streams), hop_s=hop_s)
     tail = tail_bound(streams, rule, hop_s)
     if tail["blocks"] < MIN_CALIBRATION_BLOCKS:
         chosen = replace(rule, threshold=DEFAULT_THRESHOLD)

@@ -238,10 +238,11 @@ class SoundClassifier:
             "horizon_windows": self.scorer.config.horizon,
         }
 
-    def anomaly_stream(self) -> AnomalyStream | StatelessAnomaly:
+    def anomaly_stream(self, hop_s: float | None = None) -> AnomalyStream | StatelessAnomaly:
         """A new running anomaly state (one per continuous recording): ``update(prediction)`` -> (machine index,
-        score / threshold), ``reset()`` at a gap."""
-        return AnomalyStream(self) if self.scorer is not None else StatelessAnomaly(self)
+        score / threshold), ``reset()`` at a gap. ``hop_s``: the hop the windows come at, when it is not the
+        model card's: the score's horizon keeps its length in seconds (the threshold was set for it)."""
+        return AnomalyStream(self, hop_s) if self.scorer is not None else StatelessAnomaly(self)
 
     @property
     def runtime(self) -> str:
@@ -284,6 +285,7 @@ class StatelessAnomaly:
 
     settling = False  # one window is the whole score
     settle_windows = 0
+    horizon = None
 
     def reset(self) -> None:
         pass
@@ -296,18 +298,22 @@ class AnomalyStream:
     """The running anomaly state of one continuous recording: ``update(prediction)`` -> (machine index, score /
     threshold); the index is -1 when the pooled reference (an unknown machine) is used."""
 
-    def __init__(self, classifier: SoundClassifier):
+    def __init__(self, classifier: SoundClassifier, hop_s: float | None = None):
         from .scorer import POOLED
 
         self.classifier = classifier
         self.scoring = classifier.scoring()
         self.name = classifier.score_target()
         self.index = classifier.machines.index(self.name) if self.name != POOLED else -1
-        self._stream = classifier.scorer.stream(self.name)
+        horizon = classifier.scorer.config.horizon
+        if hop_s is not None:  # the same span of audio as in training at another hop
+            horizon = max(1, round(horizon * classifier.card.hop_seconds / hop_s))
+        self.horizon = horizon
+        self._stream = classifier.scorer.stream(self.name, horizon)
         self.threshold = self._stream.threshold
         # a median over fewer windows than half the horizon is one odd window's (the splice of a device's
         # start-up, the first window after a gap): the alert rules wait until it is not
-        self.settle_windows = max(1, classifier.scorer.config.horizon // 2)
+        self.settle_windows = max(1, horizon // 2)
         self._windows = 0
 
     @property

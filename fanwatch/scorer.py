@@ -507,8 +507,10 @@ class Scorer:
             raise FanwatchError(f"the anomaly score has no threshold for {name}")
         return float(self.thresholds[name])
 
-    def stream(self, machine: str | None) -> ScoreStream:
-        return ScoreStream(self, self.resolve(machine))
+    def stream(self, machine: str | None, horizon: int | None = None) -> ScoreStream:
+        """A running score; ``horizon`` (windows) overrides the config's, e.g. for the same span of audio at
+        another hop."""
+        return ScoreStream(self, self.resolve(machine), horizon)
 
     # ---- saving -------------------------------------------------------------------------------------
 
@@ -600,13 +602,16 @@ class ScoreStream:
     (the live loop resets at a gap in the audio, so no horizon spans a gap).
     """
 
-    def __init__(self, scorer: Scorer, name: str):
+    def __init__(self, scorer: Scorer, name: str, horizon: int | None = None):
         self.scorer, self.name = scorer, name
         self.reference = scorer.references[name]
+        self.horizon = int(horizon) if horizon is not None else scorer.config.horizon
+        if self.horizon < 1:
+            raise FanwatchError(f"score horizon must be at least 1 window, got {horizon}")
         self.reset()
 
     def reset(self) -> None:
-        h = self.scorer.config.horizon
+        h = self.horizon
         self._emb = deque(maxlen=h)
         self._rows = {c: deque(maxlen=h) for c in self.scorer.config.components if c != "embedding"}
 

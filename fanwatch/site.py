@@ -3,28 +3,23 @@
 A Pi hears its fan in its own room through its own microphone; the training recordings were made elsewhere.
 ``inference.py --enroll SECONDS`` listens to normal running (in memory only) and
 
-1. splits the enrollment windows into 10 s blocks, two of every three kept as the site's **reference** and
-   the third **held apart** (the window straddling a block boundary is dropped: windows overlap by half);
-2. adds the reference windows' embeddings as the site's normal: the site score of a window is the mean
-   cosine distance to its ``K`` nearest site embeddings (the model's own k-NN score, against the site's
-   audio), its per-window threshold the ``1 - false alarm rate`` quantile of a log-normal fitted to the
-   held-apart windows' site scores (never below the largest of them);
+1. splits the enrollment windows into 10 s blocks, the first two thirds kept as the site's **reference** and
+   the last third **held apart** (the window straddling a block boundary is dropped: windows overlap by half);
+2. fits the model's own anomaly score (:mod:`fanwatch.scorer`: embedding and spectral-shape k-NN, median
+   over the same horizon) on the reference windows alone, as the site's normal; its per-window threshold is
+   the ``1 - false alarm rate`` quantile of a gamma fit to the held-apart windows' site scores;
 3. combines the two: the window's ratio is the geometric mean ``sqrt(model ratio * site ratio)``, both
-   opinions weighted alike: a sound like the enrolled normal running is pulled down where the model finds it
-   unusual, a sound unlike both (a fault) stays high, and the site's tighter picture of its own normal sound
-   sharpens detection. Measured in ``bench/alerts.py`` (2 min enrolled, 1 h of normal audio and 60 faults
-   in each of 4 recording sessions, the card's rule): unknown-anomaly alerts within 15 s rose from
-   63/68/43/52 % to 87/83/43/63 % with no false alert, where ``min(model, site)`` lost detections
-   (63/67/38/52 %) and the site ratio alone raised 5 false alerts in an hour; 1 min enrolled raised 2 and 3
-   false alerts in an hour in two sessions, hence the 2 min minimum;
+   opinions weighted alike and both over the same horizon: a sound like the enrolled normal running is
+   pulled down where the model finds it unusual, a sound unlike both (a fault) stays high. The site score
+   was first a single-window embedding k-NN; combined with the model's horizon score it brought back
+   single-window spikes and raised false alerts (``bench/alerts.py``), hence the same score for both;
 4. recalibrates the alert rule on the held-apart audio with the combined ratio: the threshold is the
    model card's, raised if the held-apart evidence comes near it; the site's own tail bound (from far less
    audio than the card's) is reported beside the card's expected false alerts per day.
 
 It writes ``site_calibration.json`` (settings, figures, the model's sha256) and ``site_calibration.npz``
-(the reference embeddings, no pickle) beside the model. A site file made for another model (sha256) is
-refused. ``SiteScorer`` is the small interface a scorer offers for this (``fit`` on the site's normal
-embeddings, ``score`` windows); :class:`KnnSiteScorer` is the k-NN one.
+(the site's score state in :class:`fanwatch.scorer.Scorer`'s format, no pickle) beside the model. A site
+file made for another model (sha256), or by an older fanwatch, is refused with one line.
 
 Runtime module: numpy and the standard library.
 """
@@ -36,76 +31,48 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from . import config, evidence
+from . import config, evidence, spectral
 from .errors import FanwatchError
+from .scorer import ScoreConfig, Scorer
 
-SITE_FORMAT = "fanwatch-site/1"
+SITE_FORMAT = "fanwatch-site/2"  # /1: a single-window embedding k-NN (refused: enroll again)
 SITE_JSON = "site_calibration.json"
 SITE_NPZ = "site_calibration.npz"
-MIN_SECONDS = 120.0  # shorter is refused unless forced: 1 min raised 2-3 false alerts/h in bench/alerts.py
+SITE = "site"  # the name of the site's reference in its score state
+MIN_SECONDS = 120.0  # shorter is refused unless forced: 1 min raised false alerts in bench/alerts.py
 ABSOLUTE_MIN_SECONDS = 20.0  # never, even forced: too few windows for a site picture
 BLOCK_WINDOWS = 20  # 10 s blocks at the 0.5 s hop
 SILENT_RMS = 10 ** (-70 / 20)  # below -70 dBFS the input is silent (a muted or unplugged microphone)
 ANOMALOUS_SHARE = 0.5  # refuse when more than half of the windows are anomalous or a known fault
-KNN_K = 5
 PEAK_MARGIN = 1.5  # the site threshold stays this far above the held-apart evidence peak
-
-
-class SiteScorer(Protocol):
-    """What a scorer offers to be extended with a site's normal audio (numpy only, on the Pi)."""
-
-    def fit(self, embeddings: np.ndarray) -> None: ...
-
-    def score(self, embeddings: np.ndarray) -> np.ndarray: ...
-
-
-class KnnSiteScorer:
-    """Mean cosine distance to the K nearest site embeddings (fanwatch's k-NN score, against the site)."""
-
-    def __init__(self, k: int = KNN_K):
-        self.k = k
-        self.bank = np.zeros((0, config.EMBEDDING_DIM), np.float32)
-
-    def fit(self, embeddings: np.ndarray) -> None:
-        e = np.asarray(embeddings, np.float32)
-        self.bank = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        if len(self.bank) < self.k:
-            raise FanwatchError(f"enrollment needs at least {self.k} reference windows, got {len(self.bank)}")
-
-    def score(self, embeddings: np.ndarray) -> np.ndarray:
-        e = np.atleast_2d(np.asarray(embeddings, np.float32))
-        unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        sims = unit @ self.bank.T
-        top = -np.partition(-sims, self.k - 1, axis=1)[:, : self.k]
-        return (1.0 - top.mean(axis=1)).astype(np.float64)
 
 
 @dataclass
 class SiteModel:
-    """A site calibration: the site's scorer, its per-window threshold, the recalibrated alert rule."""
+    """A site calibration: the site's own anomaly score (fitted on its normal audio), the recalibrated alert
+    rule and the sha256 of the model it belongs to."""
 
-    scorer: KnnSiteScorer
-    threshold: float  # per-window site score threshold
+    scorer: Scorer  # one reference, SITE, with its threshold
     rule: evidence.EvidenceRule
     model_sha256: str
     info: dict = field(default_factory=dict)
 
-    def site_ratios(self, embeddings: np.ndarray) -> np.ndarray:
-        return self.scorer.score(embeddings) / self.threshold
+    @property
+    def threshold(self) -> float:
+        return self.scorer.threshold(SITE)
 
-    def adjust(self, embedding, model_ratio: float) -> float:
-        """The combined per-window ratio: sqrt(model ratio * site ratio)."""
-        if embedding is None:
-            return model_ratio
-        return float(self.adjust_many(embedding, np.asarray([model_ratio]))[0])
+    def stream(self, horizon: int | None = None) -> SiteStream:
+        """The site's running score for one continuous segment (reset with the model's); ``horizon``: the
+        model's score horizon in windows at the loop's hop."""
+        return SiteStream(self, horizon)
 
-    def adjust_many(self, embeddings: np.ndarray, model_ratios: np.ndarray) -> np.ndarray:
-        model = np.maximum(np.asarray(model_ratios, np.float64), 0.0)
-        return np.sqrt(model * self.site_ratios(embeddings))
+    def combine_file(self, embeddings: np.ndarray, bands: np.ndarray, model_ratios: np.ndarray) -> np.ndarray:
+        """The combined ratios of one continuous recording (what a stream reset at its start gives)."""
+        site = self.scorer.score_file(SITE, np.asarray(embeddings, np.float32), np.asarray(bands, np.float32))
+        return np.sqrt(np.maximum(np.asarray(model_ratios, np.float64), 0.0) * site / self.threshold)
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, model_path: str | Path) -> tuple[Path, Path]:
@@ -116,14 +83,11 @@ class SiteModel:
             "model": Path(model_path).name,
             "model_sha256": self.model_sha256,
             "site_threshold": self.threshold,
-            "k": self.scorer.k,
             "rule": self.rule.to_dict(),
             **self.info,
         }
         try:
-            tmp = npz_path.with_name(npz_path.name + ".tmp.npz")
-            np.savez(tmp, bank=self.scorer.bank.astype(np.float32))
-            tmp.replace(npz_path)
+            self.scorer.save(npz_path)
             tmp = json_path.with_name(json_path.name + ".tmp")
             tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
             tmp.replace(json_path)
@@ -132,6 +96,25 @@ class SiteModel:
                 f"cannot write the site calibration beside the model in {folder}: {exc.strerror or exc}"
             ) from None
         return json_path, npz_path
+
+
+class SiteStream:
+    """The site's score over the live loop's windows: ``update(embedding, band_levels, model ratio)`` -> the
+    combined ratio; ``reset()`` at a gap (its horizon restarts with the model's)."""
+
+    def __init__(self, site_model: SiteModel, horizon: int | None = None):
+        self.site_model = site_model
+        self._stream = site_model.scorer.stream(SITE, horizon)
+        self._threshold = site_model.threshold
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+    def update(self, embedding, band_levels, model_ratio: float) -> float:
+        if band_levels is None:  # a model without band levels: its site score is embedding-only
+            band_levels = np.zeros(spectral.BAND_FEATURES, np.float32)
+        site = self._stream.update(np.asarray(embedding, np.float32), np.asarray(band_levels, np.float32))
+        return float(math.sqrt(max(float(model_ratio), 0.0) * site / self._threshold))
 
 
 def site_paths(model_path: str | Path) -> tuple[Path, Path]:
@@ -147,36 +130,34 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
         return None
     try:
         doc = json.loads(json_path.read_text(encoding="utf-8"))
-        if not isinstance(doc, dict) or doc.get("format") != SITE_FORMAT:
+        if not isinstance(doc, dict) or not str(doc.get("format", "")).startswith("fanwatch-site/"):
             raise ValueError("not a fanwatch site calibration")
-        with np.load(npz_path, allow_pickle=False) as z:
-            bank = np.asarray(z["bank"], np.float32)
-        threshold = float(doc["site_threshold"])
-        k = int(doc.get("k", KNN_K))
-        if bank.ndim != 2 or len(bank) < k or not (threshold > 0 and math.isfinite(threshold)):
-            raise ValueError("bad reference embeddings or threshold")
-    except FileNotFoundError:
-        raise FanwatchError(
-            f"{json_path}: its reference embeddings {npz_path.name} are missing; enroll again or pass --no-site"
-        ) from None
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
         raise FanwatchError(
             f"{json_path}: unreadable site calibration ({exc}); enroll again or pass --no-site"
         ) from None
+    if doc.get("format") != SITE_FORMAT:
+        raise FanwatchError(
+            f"{json_path}: a site calibration of an older fanwatch ({doc.get('format')}); "
+            "enroll again or pass --no-site"
+        )
     sha = model_sha256 or config.sha256_file(model_path)
     if doc.get("model_sha256") != sha:
         raise FanwatchError(
             f"{json_path} was made for another model (sha256 {str(doc.get('model_sha256'))[:12]}, "
             f"this one is {sha[:12]}); enroll again or pass --no-site"
         )
-    scorer = KnnSiteScorer(k)
-    scorer.bank = bank
+    if not npz_path.is_file():
+        raise FanwatchError(f"{json_path}: its score state {npz_path.name} is missing; enroll again or pass --no-site")
+    try:
+        scorer = Scorer.load(npz_path)
+        scorer.threshold(SITE)
+    except FanwatchError as exc:
+        raise FanwatchError(f"{exc}; enroll again or pass --no-site") from None
     info = {
-        key: v
-        for key, v in doc.items()
-        if key not in ("format", "model", "model_sha256", "site_threshold", "k", "rule")
+        key: v for key, v in doc.items() if key not in ("format", "model", "model_sha256", "site_threshold", "rule")
     }
-    return SiteModel(scorer, threshold, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info)
+    return SiteModel(scorer, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,29 +165,25 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
 
 
 def split_blocks(n: int, block: int = BLOCK_WINDOWS) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """(reference blocks, held-apart blocks) of window indices: of every three blocks the third is held
-    apart; each block's last window, which overlaps the next block's audio, is dropped."""
-    ref, held = [], []
-    for b, start in enumerate(range(0, n, block)):
+    """(reference blocks, held-apart blocks) of window indices: the last third of the blocks is held apart
+    (later audio is what a calibration must hold for: blocks interleaved with the reference ones were so like
+    them that the site threshold came out too low, and false alerts followed, in ``bench/alerts.py``); each
+    block's last window, which overlaps the next block's audio, is dropped."""
+    blocks = []
+    for start in range(0, n, block):
         idx = np.arange(start, min(start + block, n))
         if start + block < n:
             idx = idx[:-1]
-        if len(idx) == 0:
-            continue
-        (held if b % 3 == 2 else ref).append(idx)
-    if not held and len(ref) > 1:  # short enrollment: hold the last block apart anyway
-        held.append(ref.pop())
-    return ref, held
-
-
-def lognormal_quantile(values: np.ndarray, q: float) -> float:
-    v = np.log(np.maximum(np.asarray(values, np.float64), 1e-12))
-    return float(math.exp(v.mean() + evidence._normal_quantile(q) * (v.std(ddof=1) if len(v) > 1 else 0.0)))
+        if len(idx):
+            blocks.append(idx)
+    held = max(1, len(blocks) // 3) if len(blocks) > 1 else 0
+    return blocks[: len(blocks) - held], blocks[len(blocks) - held :]
 
 
 def enroll(
     classifier,
     embeddings: np.ndarray,
+    bands: np.ndarray | None,
     model_ratios: np.ndarray,
     probabilities: np.ndarray,
     rms: float,
@@ -214,8 +191,11 @@ def enroll(
     force: bool = False,
     hop_s: float = config.HOP_SECONDS,
     source: str = "",
+    score_config: ScoreConfig | None = None,
 ) -> SiteModel:
-    """A site calibration from the enrollment windows (outputs of the deployed model on normal running).
+    """A site calibration from the enrollment windows (outputs of the deployed model on normal running:
+    embeddings, band levels, the model's combined ratios and probabilities). ``score_config``: the model's
+    score settings (the site score uses the same); a model without band levels gets an embedding-only one.
 
     Refuses (FanwatchError, one line) when the audio is shorter than MIN_SECONDS, silent, or already sounds
     anomalous to the model; ``force`` skips these checks (never below ABSOLUTE_MIN_SECONDS).
@@ -261,22 +241,31 @@ def enroll(
                 )
     ref_blocks, held_blocks = split_blocks(n)
     ref_idx = np.concatenate(ref_blocks)
-    scorer = KnnSiteScorer()
-    scorer.fit(embeddings[ref_idx])
-    held_scores = [scorer.score(embeddings[idx]) for idx in held_blocks]
-    pooled = np.concatenate(held_scores)
+    if bands is None or len(bands) != n:
+        bands, cfg = np.zeros((n, spectral.BAND_FEATURES), np.float32), ScoreConfig(weights={"embedding": 1.0})
+    else:
+        cfg = score_config or ScoreConfig()
+    bands = np.asarray(bands, np.float32)
     rate = float((card.get("anomaly") or {}).get("target_false_alarm_rate", 0.01))
-    site_threshold = max(lognormal_quantile(pooled, 1.0 - rate), float(pooled.max()))
-    held_ratios = [
-        np.sqrt(np.maximum(model_ratios[idx], 0.0) * s / site_threshold) for idx, s in zip(held_blocks, held_scores)
-    ]
+    site_model = SiteModel(
+        Scorer.fit({SITE: [(embeddings[i], bands[i]) for i in ref_blocks]}, cfg).with_threshold(
+            SITE, [(embeddings[i], bands[i]) for i in held_blocks], rate
+        ),
+        evidence.EvidenceRule(),
+        model_sha256,
+    )
+    # each held-apart block as a recording of its own (its horizon restarts), as the threshold was set
+    held_ratios = [site_model.combine_file(embeddings[i], bands[i], model_ratios[i]) for i in held_blocks]
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
     target = float(card_cal.get("target_false_alerts_per_day", evidence.DEFAULT_FALSE_ALERTS_PER_DAY))
-    peak = max(float(evidence.evidence_series(r, replace(card_rule, threshold=1e9), hop_s).max()) for r in held_ratios)
+    # the combined ratio is not the model's: its reference (what neither adds nor drains evidence) comes from
+    # the held-apart audio as the card's came from validation audio, never below the card's
+    site_rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held_ratios)))
+    peak = max(float(evidence.evidence_series(r, replace(site_rule, threshold=1e9), hop_s).max()) for r in held_ratios)
     threshold = max(card_rule.threshold, PEAK_MARGIN * peak)
-    rule = replace(card_rule, threshold=threshold)
+    rule = replace(site_rule, threshold=threshold)
     tail = evidence.tail_bound(held_ratios, rule, hop_s)
     before = [model_ratios[idx] for idx in held_blocks]
     info = {
@@ -303,7 +292,7 @@ def enroll(
         "site_bound_hours": evidence._round(tail["hours"]),
         "target_false_alerts_per_day": target,
     }
-    return SiteModel(scorer, site_threshold, rule, model_sha256, info)
+    return SiteModel(site_model.scorer, rule, model_sha256, info)
 
 
 def describe(site_model: SiteModel) -> str:

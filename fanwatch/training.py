@@ -495,16 +495,18 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
 
 
 def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -> list[np.ndarray]:
-    """Per machine, the deployed window ratios (fused score / that machine's threshold) of its normal
-    validation recordings, each recording scored as the live loop scores a continuous segment and the
-    recordings concatenated in order: what the live loop would have heard had they been played one after the
-    other. Each machine's own reference: the conservative choice (the live loop given no --machine uses the
-    pooled reference, whose threshold is set on the same files)."""
+    """Per machine, the deployed window ratios (fused score / threshold) of its normal validation recordings,
+    each recording scored as the live loop scores a continuous segment and the recordings concatenated in
+    order: what the live loop would have heard had they been played one after the other. Scored against the
+    machine's own reference (``--machine``) and, with several machines, against the pooled one too (the live
+    loop given no ``--machine``): one rule covers both."""
     streams = []
     for name, files in _normal_files(val_set).items():
-        ratios = [score.score_file(name, e, b) / score.threshold(name) for e, b in files]
-        if ratios:
-            streams.append(np.concatenate(ratios))
+        targets = [name] + ([scorer.POOLED] if len(score.machines) > 1 else [])
+        for target in targets:
+            ratios = [score.score_file(target, e, b) / score.threshold(target) for e, b in files]
+            if ratios:
+                streams.append(np.concatenate(ratios))
     return streams
 
 

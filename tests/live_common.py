@@ -226,7 +226,7 @@ class StubClassifier:
     def anomaly_ratio(self, scores) -> float:
         return self.anomaly(scores)[1]
 
-    def anomaly_stream(self):
+    def anomaly_stream(self, hop_s=None):
         return StatelessAnomaly(self)
 
     def scoring(self) -> dict:

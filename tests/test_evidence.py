@@ -3,6 +3,7 @@ and on-site enrollment (fanwatch/site.py) on synthetic score streams (no model n
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -51,6 +52,28 @@ def test_the_cap_bounds_how_long_a_long_fault_takes_to_clear():
     spans = evidence.alert_spans([5.0] * 2000 + [0.01] * 40, rule, HOP)
     ((_, end),) = spans
     assert end is not None and end - 2000 <= 4 + 2 + 2  # cap 3 + 4 windows: drains in <= 5, clears 2 later
+
+
+def test_evidence_accrues_per_second_at_any_hop_once_the_rule_knows_its_calibration_hop():
+    """A rule calibrated at the 0.5 s hop: at --hop 0.25 (twice the windows per second) each window weighs
+    half, so a fault raises the alert after the same seconds of audio; without the calibration hop (an older
+    card) the windows count as they come."""
+    calibrated = evidence.EvidenceRule(reference=0.5, threshold=3.0, clip=1.0, hop_s=0.5)
+
+    def seconds_to_alert(rule, hop):
+        n = int(30 / hop)
+        ((i, _),) = [(i, e) for i, e in evidence.alert_events([0.1] * n + [1.0] * n, rule, hop) if e == "raised"]
+        return (i + 1) * hop - 30
+
+    at_half = seconds_to_alert(calibrated, 0.5)
+    assert at_half == pytest.approx(2.5)  # 5 windows of ln 2
+    assert abs(seconds_to_alert(calibrated, 0.25) - at_half) <= 0.25  # one hop of rounding
+    assert abs(seconds_to_alert(calibrated, 1.0) - at_half) <= 1.0
+    unweighted = evidence.EvidenceRule(reference=0.5, threshold=3.0, clip=1.0)
+    assert seconds_to_alert(unweighted, 0.25) == pytest.approx(at_half / 2)
+    # train.py's calibration records the hop it calibrated at
+    normal = [normal_stream(4000, seed) for seed in range(2)]
+    assert evidence.calibrate(normal, hop_s=0.5).rule.hop_s == 0.5
 
 
 def test_mean_method_uses_its_horizon():
@@ -133,67 +156,89 @@ class _Classifier:
     }
 
 
-def _site_data(n: int, seed: int = 0, dim: int = 64):
-    rng = np.random.default_rng(seed)
-    centre = np.abs(rng.normal(size=dim))
-    emb = np.abs(centre + 0.1 * rng.normal(size=(n, dim))).astype(np.float32)
+def _site_data(n: int, seed: int = 0, centre_seed: int = 0):
+    """The model's outputs on a site's normal running: embeddings and band levels around one sound (the
+    centre), noise drawn with ``seed``; the model's ratios and probabilities of normal running."""
+    from fanwatch import config, spectral
+
+    centre = np.random.default_rng(centre_seed)
+    emb_centre = np.abs(centre.normal(size=config.EMBEDDING_DIM))
+    band_centre = centre.normal(-60.0, 8.0, size=spectral.BAND_FEATURES)
+    rng = np.random.default_rng([seed, 7])
+    emb = np.abs(emb_centre + 0.1 * rng.normal(size=(n, config.EMBEDDING_DIM))).astype(np.float32)
+    bands = (band_centre + rng.normal(0.0, 1.0, size=(n, spectral.BAND_FEATURES))).astype(np.float32)
     ratios = normal_stream(n, seed, median=0.6)
     probs = np.tile([0.8, 0.15, 0.05], (n, 1))
-    return emb, ratios, probs, centre
+    return emb, bands, ratios, probs
 
 
 def test_enrollment_splits_blocks_without_overlap_and_holds_a_third_apart():
     ref, held = site.split_blocks(240)
     assert len(ref) == 8 and len(held) == 4
+    assert max(b[-1] for b in ref) < min(b[0] for b in held)  # the later audio is held apart
     used = np.concatenate(ref + held)
     assert len(set(used.tolist())) == len(used)
     assert all(b[-1] + 1 not in used for b in ref + held if b[-1] < 239)  # boundary windows dropped
 
 
 def test_enrollment_adapts_to_the_site(tmp_path):
-    emb, ratios, probs, _ = _site_data(240)
+    emb, bands, ratios, probs = _site_data(240)
     model = tmp_path / "m.tflite"
     model.write_bytes(b"model bytes")
     from fanwatch import config
 
     sha = config.sha256_file(model)
-    s = site.enroll(_Classifier(), emb, ratios, probs, rms=0.05, model_sha256=sha)
-    assert s.rule.threshold >= 4.0 and s.rule.reference == 0.5
+    s = site.enroll(_Classifier(), emb, bands, ratios, probs, rms=0.05, model_sha256=sha)
+    assert s.rule.threshold >= 4.0 and s.rule.reference >= 0.5  # never below the card's
     assert s.info["reference_windows"] + s.info["held_apart_windows"] <= 240
-    # the site's own normal sound is pulled down where the model finds it unusual (ratio 3) ...
-    fresh, _, _, _ = _site_data(50, seed=0)
-    adjusted = s.adjust_many(fresh, np.full(50, 3.0))
-    assert np.median(adjusted) < 1.5 and (adjusted < 3.0).all()
-    np.testing.assert_allclose(adjusted, np.sqrt(3.0 * s.site_ratios(fresh)))
-    # ... and a sound unlike it stays above the threshold
-    other = np.abs(np.random.default_rng(9).normal(size=(20, 64))).astype(np.float32)
-    assert np.median(s.adjust_many(other, np.full(20, 3.0))) > 1.5
+    # the site's own normal sound (new windows of it) is pulled down where the model finds it unusual (3) ...
+    fresh_emb, fresh_bands, _, _ = _site_data(50, seed=1)
+    adjusted = s.combine_file(fresh_emb, fresh_bands, np.full(50, 3.0))
+    assert np.median(adjusted) < 0.55 * 3.0 and (adjusted < 3.0).all()  # about halved
+    site_ratio = s.scorer.score_file(site.SITE, fresh_emb, fresh_bands) / s.threshold
+    np.testing.assert_allclose(adjusted, np.sqrt(3.0 * site_ratio))
+    # ... and a sound unlike it stays where the model put it, or higher: far above the threshold
+    other_emb, other_bands, _, _ = _site_data(20, seed=2, centre_seed=9)
+    assert np.median(s.combine_file(other_emb, other_bands, np.full(20, 3.0))) > 3.0
+    # the live loop's stream gives what the file path gives (one continuous segment)
+    stream = s.stream()
+    live = [stream.update(e, b, 3.0) for e, b in zip(fresh_emb, fresh_bands)]
+    np.testing.assert_allclose(live, adjusted, rtol=1e-6)
     s.save(model)
     loaded = site.load(model)
     assert loaded.threshold == pytest.approx(s.threshold) and loaded.rule == s.rule
-    np.testing.assert_allclose(loaded.adjust_many(fresh, np.full(50, 3.0)), adjusted, rtol=1e-6)
+    np.testing.assert_allclose(loaded.combine_file(fresh_emb, fresh_bands, np.full(50, 3.0)), adjusted, rtol=1e-6)
     assert "enrolled" in site.describe(loaded)
+    doc = json.loads((tmp_path / site.SITE_JSON).read_text())
+    (tmp_path / site.SITE_JSON).write_text(json.dumps({**doc, "format": "fanwatch-site/1"}))
+    with pytest.raises(FanwatchError, match="older fanwatch"):
+        site.load(model)
+    (tmp_path / site.SITE_JSON).write_text(json.dumps(doc))
     model.write_bytes(b"another model")
     with pytest.raises(FanwatchError, match="another model"):
         site.load(model)
 
 
 def test_enrollment_refuses_short_silent_or_anomalous_audio_unless_forced():
-    emb, ratios, probs, _ = _site_data(240)
+    emb, bands, ratios, probs = _site_data(240)
     c = _Classifier()
     with pytest.raises(FanwatchError, match="at least 120 s"):
-        site.enroll(c, emb[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x")
+        site.enroll(c, emb[:200], bands[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x")
     with pytest.raises(FanwatchError, match="silent"):
-        site.enroll(c, emb, ratios, probs, rms=0.0, model_sha256="x")
+        site.enroll(c, emb, bands, ratios, probs, rms=0.0, model_sha256="x")
     with pytest.raises(FanwatchError, match="already sounds anomalous"):
-        site.enroll(c, emb, ratios * 5, probs, rms=0.05, model_sha256="x")
+        site.enroll(c, emb, bands, ratios * 5, probs, rms=0.05, model_sha256="x")
     fault = np.tile([0.05, 0.05, 0.9], (240, 1))
     with pytest.raises(FanwatchError, match="fault_bearing"):
-        site.enroll(c, emb, ratios, fault, rms=0.05, model_sha256="x")
-    assert site.enroll(c, emb, ratios * 5, fault, rms=0.0, model_sha256="x", force=True).info["forced"]
-    assert site.enroll(c, emb[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x", force=True)
+        site.enroll(c, emb, bands, ratios, fault, rms=0.05, model_sha256="x")
+    assert site.enroll(c, emb, bands, ratios * 5, fault, rms=0.0, model_sha256="x", force=True).info["forced"]
+    assert site.enroll(c, emb[:200], bands[:200], ratios[:200], probs[:200], rms=0.05, model_sha256="x", force=True)
     with pytest.raises(FanwatchError, match="at least 20 s"):
-        site.enroll(c, emb[:30], ratios[:30], probs[:30], rms=0.05, model_sha256="x", force=True)
+        site.enroll(c, emb[:30], bands[:30], ratios[:30], probs[:30], rms=0.05, model_sha256="x", force=True)
+    # a model without band levels is enrolled on its embeddings alone
+    assert site.enroll(c, emb, None, ratios, probs, rms=0.05, model_sha256="x").scorer.config.components == (
+        "embedding",
+    )
 
 
 def test_no_site_file_is_none_and_a_broken_one_is_one_line(tmp_path):

@@ -194,7 +194,7 @@ def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
         def anomaly(self, scores):
             return 0, float(scores[0])
 
-        def anomaly_stream(self):
+        def anomaly_stream(self, hop_s=None):
             return runtime.StatelessAnomaly(self)
 
     wav = tmp_path / "ok.wav"

@@ -107,11 +107,18 @@ def test_enrollment_writes_a_site_calibration_that_later_runs_apply(trained_mode
     plain = run_cli(["--model", model, "--wav", scene["wav"], "--fast", "--json", "--no-site"])
     assert events(parse(plain.stdout), "start")[0]["site"] is None
 
-    # a site file made for another model is refused with one line
+    # a site file made for another model (a retrained model copied over) is refused, and said so loudly, but
+    # the loop monitors with the model's own calibration rather than not at all
     doc["model_sha256"] = "0" * 64
     (model.parent / site.SITE_JSON).write_text(json.dumps(doc))
-    bad = run_cli(["--model", model, "--wav", scene["wav"], "--fast"])
-    assert "made for another model" in one_error_line(bad)
+    bad = run_cli(["--model", model, "--wav", scene["wav"], "--fast", "--json"])
+    assert bad.returncode == 0, bad.stderr
+    records = parse(bad.stdout)
+    assert events(records, "start")[0]["site"] is None
+    assert "made for another model" in events(records, "site_refused")[0]["reason"]
+    assert [r for r in records if r["type"] == "window"]
+    console = run_cli(["--model", model, "--wav", scene["wav"], "--fast", "--quiet"])
+    assert "SITE CALIBRATION NOT APPLIED" in console.stdout and "made for another model" in console.stdout
 
 
 def test_enrollment_refuses_short_or_silent_audio_with_one_line(trained_model, tmp_path):
@@ -123,3 +130,17 @@ def test_enrollment_refuses_short_or_silent_audio_with_one_line(trained_model, t
     assert "silent" in one_error_line(run_cli(["--model", model, "--enroll", "120", "--wav", silent], timeout=120))
     assert not (model.parent / site.SITE_JSON).exists()
     assert "--force only applies to --enroll" in one_error_line(run_cli(["--model", model, "--force"]))
+
+
+def test_the_score_horizon_keeps_its_seconds_at_another_hop(trained_model):
+    """The per-window threshold was set for medians over the card's horizon at the card's hop: at --hop 0.25
+    the horizon spans the same seconds (twice the windows), and settles for as long."""
+    from fanwatch import runtime
+    from fanwatch.live.analyzer import Analyzer
+
+    clf = runtime.SoundClassifier(trained_model / "sound_classifier.tflite")
+    h = clf.scorer.config.horizon
+    assert clf.anomaly_stream().horizon == h == clf.anomaly_stream(clf.card.hop_seconds).horizon
+    quarter = clf.anomaly_stream(clf.card.hop_seconds / 2)
+    assert quarter.horizon == 2 * h and quarter.settle_windows == h
+    assert Analyzer(clf, hop=clf.card.hop_seconds / 2)._anomaly.horizon == 2 * h

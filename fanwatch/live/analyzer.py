@@ -42,10 +42,11 @@ class Classifier(Protocol):
     def scoring(self) -> dict:
         """Which normal reference the anomaly score compares with (``unknown_machine``, ``scored_as``, ``rule``)."""
 
-    def anomaly_stream(self):
-        """A new anomaly state for one continuous segment: ``update(prediction)`` -> (machine index, score /
-        threshold), ``reset()``. The deployed score (fanwatch.scorer) averages over a horizon of windows, so it
-        has state; :class:`fanwatch.runtime.StatelessAnomaly` wraps a per-window rule."""
+    def anomaly_stream(self, hop_s: float | None = None):
+        """A new anomaly state for one continuous segment at windows ``hop_s`` apart: ``update(prediction)`` ->
+        (machine index, score / threshold), ``reset()``, ``settling``, ``horizon``. The deployed score
+        (fanwatch.scorer) averages over a horizon of windows, so it has state;
+        :class:`fanwatch.runtime.StatelessAnomaly` wraps a per-window rule."""
 
 
 @dataclass
@@ -182,6 +183,7 @@ class Analyzer:
         self.counts = window_counts(decisions, hop)
         c = self.counts
         self.site = site_model
+        self._site = site_model.stream() if site_model is not None else None
         self.rule, known_rule = rules_from_card(card, decisions, site_model)
         n_of_m = (c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio) if decisions.alert_rule == "n-of-m" else None
         faults = anomalous_labels(card) if decisions.known_faults and n_of_m is None else []
@@ -217,7 +219,10 @@ class Analyzer:
         self._next_start = 0  # absolute index where the next window starts
         self._total = 0  # 16 kHz samples produced so far (over all segments)
         self._arrivals: deque = deque()  # (absolute end index of a block's output, its arrival time)
-        self._anomaly = classifier.anomaly_stream()  # the score's horizon restarts with every segment
+        # the score's horizon restarts with every segment, and spans the seconds of audio it was fitted for
+        self._anomaly = classifier.anomaly_stream(hop)
+        if self._site is not None:
+            self._site = site_model.stream(self._anomaly.horizon)
 
     # -- the public streaming API
 
@@ -248,7 +253,7 @@ class Analyzer:
         carry on). Call it when audio was lost; :meth:`finish` first keeps the segment's last windows."""
         if self._resampler is not None:
             self._resampler.reset()
-        self._anomaly.reset()
+        self._reset_scores()
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = self._next_start = self._total
         self._arrivals.clear()
@@ -299,6 +304,11 @@ class Analyzer:
         return results + self.feed(block.data, block.rate, block.arrival)
 
     # -- internals
+
+    def _reset_scores(self) -> None:
+        self._anomaly.reset()
+        if self._site is not None:
+            self._site.reset()
 
     def _start(self, rate: float) -> None:
         self._resampler = audio.StreamResampler(rate, config.SAMPLE_RATE)
@@ -388,17 +398,17 @@ class Analyzer:
         if fault is not None:
             self._set_fault(fault, end)
             self.fault_seconds += self.hop / config.SAMPLE_RATE
-            self._anomaly.reset()  # the score's horizon does not reach across audio it could not judge
+            self._reset_scores()  # the score's horizon does not reach across audio it could not judge
             return None
         self._clear_fault(end)
         level = self.explainer.measure(window)
         best = int(np.argmax(probabilities))
         label = clf.labels[best]
         machine, ratio = self._anomaly.update(prediction)
-        ratio = float(ratio) / self.threshold_scale
         embedding = prediction.embedding
-        if self.site is not None:
-            ratio = self.site.adjust(embedding, ratio)
+        if self._site is not None:  # the site's own score over the same horizon, combined with the model's
+            ratio = self._site.update(embedding, prediction.band_levels, ratio)
+        ratio = float(ratio) / self.threshold_scale
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])

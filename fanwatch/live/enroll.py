@@ -89,14 +89,17 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
     settings = dataclasses.replace(
         settings, input=dataclasses.replace(settings.input, fast=settings.input.wav is not None)
     )
+    settings.validate()  # a bad option: one line before anything listens
     classifier, results, rms, what, hop = listen(settings, seconds, classifier, out)
     emb = [r.embedding for r in results]
     if results and any(e is None for e in emb):
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
+    bands = [r.band_levels for r in results]
     sha = config.sha256_file(settings.model.path)
     model = site.enroll(
         classifier,
         np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),
+        np.asarray(bands, np.float32) if results and all(b is not None for b in bands) else None,
         np.array([r.anomaly for r in results]),
         np.array([r.probabilities for r in results]),
         rms=rms,
@@ -104,6 +107,7 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
         force=force,
         hop_s=hop,
         source=str(what),
+        score_config=classifier.scorer.config if classifier.scorer is not None else None,
     )
     json_path, _ = model.save(settings.model.path)
     print(site.describe(model), file=out)

@@ -133,7 +133,7 @@ def _describe(r: dict) -> str:
         mix = "mean of the channels" if channel == "mean" else f"channel {channel}"
         site = r.get("site")
         where = (
-            f"site calibration applied ({site.get('seconds', 0):.0f} s enrolled {site.get('created', '')}; "
+            f"site calibration applied ({site.get('seconds') or 0:.0f} s enrolled {site.get('created', '')}; "
             "--no-site ignores it)"
             if site
             else "no site calibration"
@@ -148,6 +148,11 @@ def _describe(r: dict) -> str:
                 if r.get("unknown_machine")
                 else ""
             )
+        )
+    if e == "site_refused":
+        return (
+            f"SITE CALIBRATION NOT APPLIED: {r['reason']}; monitoring with the model's own calibration "
+            "(enroll again to adapt it to this site)"
         )
     if e == "state":
         return f"state: {r['from'] or '(start)'} -> {r['to']}  (t={r['t']:.1f} s, confidence {r['confidence']:.2f})"

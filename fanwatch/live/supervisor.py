@@ -170,12 +170,17 @@ def start_record(
     }
 
 
-def load_site(settings: LoopSettings, card) -> site.SiteModel | None:
-    """The site calibration beside the model (None with ``--no-site`` or when there is none); one line when it
-    is unreadable or belongs to another model."""
+def load_site(settings: LoopSettings, card) -> tuple[site.SiteModel | None, str | None]:
+    """(the site calibration beside the model, why one there is not applied). None with ``--no-site`` or when
+    there is none. One that is unreadable, of an older fanwatch or made for another model (a retrained model
+    copied over an enrolled one) is not applied, and the loop monitors with the model's own calibration
+    rather than not at all: the start is followed by a ``site_refused`` event saying why."""
     if not settings.model.site:
-        return None
-    return site.load(settings.model.path)
+        return None, None
+    try:
+        return site.load(settings.model.path), None
+    except FanwatchError as exc:
+        return None, str(exc)
 
 
 def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
@@ -308,7 +313,7 @@ def run(
                 raise FanwatchError(
                     f"{card_path(m.path)}: malformed model card ({type(exc).__name__}: {exc})"
                 ) from None
-        site_model = load_site(settings, card)  # one line for a broken one or another model's
+        site_model, site_refused = load_site(settings, card)  # another model's: not applied, and said
         profile = bands.load_beside(m.path)  # normal band levels: what an alert's explanation compares with
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
     except BaseException:
@@ -338,6 +343,8 @@ def run(
             **alert_record(analyzer, site_model),
         },
     )
+    if site_refused:
+        reporter.event("site_refused", reason=site_refused)
     worker.start()
     try:
         if not stop.is_set():
