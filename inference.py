@@ -471,9 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="FILE",
-        help="rewrite FILE with the time of the last analysed window (every few seconds), for "
-        "`python -m fanwatch.health` (the Docker HEALTHCHECK); under systemd with WatchdogSec= "
-        "the same beat pings the watchdog",
+        help="rewrite FILE with the time of the last analysed window and the current input fault (every few "
+        "seconds), for `python -m fanwatch.health` (the Docker HEALTHCHECK); under systemd with WatchdogSec= "
+        "the same beat pings the watchdog (also during an input fault, while audio arrives)",
     )
     ops.add_argument(
         "--simulate-slow-ms",

@@ -10,8 +10,11 @@ Topics (``<topic>`` is ``--mqtt-topic``, ``<device>`` the device name made topic
 * ``<topic>/<device>/status``: ``online`` / ``offline``, retained, QoS 1; ``offline`` is also the last will,
   so the broker says it when the process dies or the network goes.
 * ``<topic>/<device>/state``: retained JSON (operating state, confidence, anomaly ratio, alert active and
-  kind, updated at, model SHA-256, diagnostics), published when the state or the alert changes and at
-  most every ``state_interval`` seconds otherwise.
+  kind(s), the current input fault, updated at, model SHA-256, diagnostics), published when the state,
+  the alert or the input fault changes and at most every ``state_interval`` seconds otherwise. Both alert
+  kinds may be active at once: ``alert`` is true while any is, ``alert_kinds`` lists them, ``alert_kind``
+  is the latest raised of them. ``input_fault`` is the reason while the input cannot be judged (no window
+  comes then, so the state says it at once on ``input_fault`` and ``input_ok``), else null.
 * ``<topic>/<device>/events``: every event record the loop emits (and the run's summary), JSON, QoS 1, not
   retained.
 * ``homeassistant/...`` discovery configs (retained), sent on every connect and whenever Home Assistant
@@ -212,9 +215,9 @@ def settings_from(
 
 
 def discovery_messages(settings: MqttSettings, start: dict | None) -> list[tuple[str, dict]]:
-    """(topic, config) of every entity: alert (binary sensor, problem), operating state (enum sensor with the
-    model's labels as options), anomaly ratio, and diagnostics. ``start`` is the loop's start record (labels,
-    model SHA-256); without one the state sensor has no options yet."""
+    """(topic, config) of every entity: alert and input problem (binary sensors, problem), operating state
+    (enum sensor with the model's labels as options), anomaly ratio, and diagnostics. ``start`` is the loop's
+    start record (labels, model SHA-256); without one the state sensor has no options yet."""
     start = start or {}
     dev = settings.device_id
     base = settings.base
@@ -251,7 +254,22 @@ def discovery_messages(settings: MqttSettings, start: dict | None) -> list[tuple
                 "payload_off": "OFF",
                 "json_attributes_topic": state_topic,
                 "json_attributes_template": "{{ {'kind': value_json.alert_kind, 'anomaly': value_json.anomaly,"
-                " 'state': value_json.state} | tojson }}",
+                " 'state': value_json.state, 'kinds': value_json.alert_kinds} | tojson }}",
+            },
+        ),
+        (
+            "binary_sensor",
+            "input_problem",
+            {
+                "name": "Input problem",
+                "device_class": "problem",
+                "value_template": "{{ 'ON' if value_json.input_fault else 'OFF' }}",
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "json_attributes_topic": state_topic,
+                "json_attributes_template": "{{ {'reason': value_json.input_fault, 'since':"
+                " value_json.input_fault_since} | tojson }}",
+                "icon": "mdi:microphone-off",
             },
         ),
         (
@@ -386,7 +404,9 @@ class MqttPublisher:
         self._state_dirty = False  # the latest window's state is newer than the last one queued
         self._state_at = -math.inf
         self._device_losses = 0
-        self._alert_kind = None
+        self._alert_kinds: list[str] = []  # the active alert kinds, in the order raised
+        self._fault: str | None = None  # the current input fault's reason
+        self._fault_since: str | None = None
         self._broken = False  # a record the sink could not handle (reported once)
         self._stop_at: float | None = None  # monotonic deadline to deliver the outbox by, once closing
         self._connected = False
@@ -452,30 +472,87 @@ class MqttPublisher:
             elif event == "device_lost":
                 self._device_losses += 1
             elif event in ALERT_EVENTS:
-                self._alert_kind = record.get("kind") if event == "alert_raised" else None
+                kind = record.get("kind")
+                if event == "alert_raised":
+                    self._alert_kinds = [k for k in self._alert_kinds if k != kind] + [kind]
+                elif kind is None:  # a record without its kind clears them all
+                    self._alert_kinds = []
+                else:
+                    self._alert_kinds = [k for k in self._alert_kinds if k != kind]
+            elif event == "input_fault":
+                if self._fault is None:
+                    self._fault_since = record.get("time")
+                self._fault = record.get("reason") or "unusable input"
+            elif event == "input_ok":
+                self._fault = self._fault_since = None
             self._put(Message(f"{base}/events", _dumps(record), False, "alert" if event in ALERT_EVENTS else "event"))
             if event in ALERT_EVENTS and self._state:
-                # the window before this event already says alert on/off; the event adds its kind
-                active = event == "alert_raised"
-                self._state.update(alert=active, alert_kind=self._alert_kind if active else None)
-                key = (self._state["state"], active, self._state["alert_kind"])
-                if key != self._state_key:
-                    self._state_key, self._state_at = key, time.monotonic()
-                    self._put_state()
+                # the window before this event already says alert on/off and its kinds; the event confirms them
+                self._alerts_into_state()
+                self._state_changed()
+            elif event in ("input_fault", "input_ok"):
+                if not self._state:  # a fault before any window: say so all the same
+                    self._state = self._blank_state()
+                self._state.update(input_fault=self._fault, input_fault_since=self._fault_since)
+                self._state_changed()
         elif kind == "summary":
             self._put(Message(f"{base}/events", _dumps(record), False, "event"))
+
+    def _alerts_into_state(self) -> None:
+        """``alert``, ``alert_kind`` (the latest raised) and ``alert_kinds`` of the state from the active kinds."""
+        kinds = list(self._alert_kinds)
+        self._state.update(alert=bool(kinds), alert_kind=kinds[-1] if kinds else None, alert_kinds=kinds)
+
+    def _state_key_now(self) -> tuple:
+        s = self._state
+        return (s.get("state"), s.get("alert"), s.get("alert_kind"), tuple(s.get("alert_kinds") or ()), self._fault)
+
+    def _state_changed(self) -> None:
+        """Publish the state at once if what it says changed (not only the figures)."""
+        key = self._state_key_now()
+        if key != self._state_key:
+            self._state_key, self._state_at = key, time.monotonic()
+            self._put_state()
+
+    def _blank_state(self) -> dict:
+        start = self._start or {}
+        return {
+            "state": None,
+            "label": None,
+            "confidence": None,
+            "anomaly": None,
+            "alert": bool(self._alert_kinds),
+            "alert_kind": self._alert_kinds[-1] if self._alert_kinds else None,
+            "alert_kinds": list(self._alert_kinds),
+            "updated_at": None,
+            "t": None,
+            "model_sha256": start.get("model_sha256"),
+            "inference_ms": None,
+            "dropped_blocks": None,
+            "overflows": None,
+            "device_losses": self._device_losses,
+            "mqtt_dropped": sum(self.dropped.values()),
+            "input_fault": self._fault,
+            "input_fault_since": self._fault_since,
+        }
 
     def _window(self, r: dict) -> None:
         start = self._start or {}
         alert = bool(r.get("alert"))
-        kind = r.get("alert_kind", self._alert_kind) if alert else None
+        if "alert_kinds" in r:  # the window says which alerts are active after it (both kinds may be)
+            kinds = [str(k) for k in r.get("alert_kinds") or []]
+            order = {k: i for i, k in enumerate(self._alert_kinds)}
+            self._alert_kinds = sorted(kinds, key=lambda k: order.get(k, len(order)))  # the order they were raised
+            alert = alert or bool(kinds)
+        kinds = list(self._alert_kinds) if alert else []
         self._state = {
             "state": r.get("state"),
             "label": r.get("label"),
             "confidence": r.get("confidence"),
             "anomaly": r.get("anomaly"),
             "alert": alert,
-            "alert_kind": kind,
+            "alert_kind": kinds[-1] if kinds else None,
+            "alert_kinds": kinds,
             "updated_at": r.get("time"),
             "t": r.get("t"),
             "model_sha256": start.get("model_sha256"),
@@ -484,9 +561,11 @@ class MqttPublisher:
             "overflows": r.get("overflows"),
             "device_losses": self._device_losses,
             "mqtt_dropped": sum(self.dropped.values()),
+            "input_fault": self._fault,
+            "input_fault_since": self._fault_since,
         }
         self._state_dirty = True
-        key = (self._state["state"], alert, kind)
+        key = self._state_key_now()
         now = time.monotonic()
         if key != self._state_key or now - self._state_at >= self.settings.state_interval:
             self._state_key, self._state_at = key, now

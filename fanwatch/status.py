@@ -8,6 +8,11 @@ no JSON is encoded and no I/O happens on the worker's side. The server threads r
 size is fixed (the last hour of points, the last events, the last messages), so neither the number of
 clients nor the run's length makes the board grow or the worker wait longer.
 
+Alerts of both kinds (``unknown_anomaly``, ``known_fault``) may be active at once: the board keeps each
+active one, and the alert is active while any is. An input fault (``input_fault`` / ``input_ok`` events:
+audio that arrives but cannot be judged, so no window comes) is kept as the current fault; during one, the
+worker's ``alive()`` calls (a block processed) tell a loop that runs from one that is stuck.
+
 What it keeps is what the status page shows: decisions, scores, levels and counters. No audio, no
 spectrum: nothing from which sound could be rebuilt.
 
@@ -39,6 +44,8 @@ LISTED_EVENTS = (
     "device_error",
     "drops",
     "silent_channels",
+    "input_fault",
+    "input_ok",
     "stop",
 )
 # fields of the start record that say which model and which site calibration are running
@@ -57,7 +64,7 @@ IDENTITY_FIELDS = (
     "channel",
     "source",
 )
-CALIBRATION_FIELDS = ("site_calibration", "calibration", "enrollment")
+CALIBRATION_FIELDS = ("site", "site_calibration", "calibration", "enrollment")  # "site": the start record's
 
 
 class _Buckets:
@@ -105,7 +112,10 @@ class StatusBoard:
         self.calibration = None
         self.input: dict = {}
         self.window: dict | None = None
-        self.alert: dict = {"active": False, "since": None, "since_t": None, "kind": None, "event": None}
+        self.alert: dict = {"active": False, "since": None, "since_t": None, "kind": None, "kinds": [], "event": None}
+        self._alerts: dict = {}  # kind -> its alert_raised event, for every active alert, in the order raised
+        self.input_fault: dict | None = None  # the current input fault: reason, since (UTC), since_t
+        self.last_block_at: float | None = None  # monotonic time the worker last processed a block
         self.counters = {
             "windows": 0,
             "alerts": 0,
@@ -116,6 +126,7 @@ class StatusBoard:
             "dropped_seconds": 0.0,
             "overflows": 0,
             "gap_restarts": 0,
+            "input_faults": 0,
         }
         self.last_window_at: float | None = None  # monotonic time of the last analysed window
         self.summary: dict | None = None
@@ -181,15 +192,29 @@ class StatusBoard:
                 c["state_changes"] += 1
             elif name == "alert_raised":
                 c["alerts"] += 1
-                self.alert = {
-                    "active": True,
-                    "since": r.get("time"),
-                    "since_t": r.get("t"),
-                    "kind": r.get("kind"),
-                    "event": dict(r),
-                }
+                self._alerts.pop(r.get("kind"), None)
+                self._alerts[r.get("kind")] = dict(r)
+                self._set_alert()
             elif name == "alert_cleared":
-                self.alert = dict(self.alert, active=False, cleared=r.get("time"))
+                if r.get("kind") is None and self._alerts:  # a record without its kind clears them all
+                    raised = list(self._alerts.values())[-1]
+                    self._alerts.clear()
+                else:
+                    raised = self._alerts.pop(r.get("kind"), None)
+                if self._alerts:  # another kind is still active: so is the alert
+                    self._set_alert()
+                elif raised is not None:
+                    self._set_alert([raised])
+                    self.alert = dict(self.alert, active=False, kinds=[], cleared=r.get("time"))
+            elif name == "input_fault":
+                if self.input_fault is None:
+                    c["input_faults"] += 1
+                    self.input_fault = {"reason": r.get("reason"), "since": r.get("time"), "since_t": r.get("t")}
+                else:  # another kind of unusable input within the same episode
+                    self.input_fault = dict(self.input_fault, reason=r.get("reason"))
+                self.input_fault["at"] = self._clock()
+            elif name == "input_ok":
+                self.input_fault = None
             elif name == "device_lost":
                 c["device_losses"] += 1
             elif name == "device_error":
@@ -202,12 +227,35 @@ class StatusBoard:
                 self._events.append(dict(r))
             self._publish({"type": "event", "event": dict(r)})
 
+    def _set_alert(self, raised: list | None = None) -> None:
+        """``self.alert`` from the active alerts (lock held): active while any is; ``kind``, ``since`` and
+        ``event`` are the latest raised one's (as before there were two kinds), ``kinds`` all of them."""
+        raised = list(self._alerts.values()) if raised is None else raised
+        latest = raised[-1]
+        self.alert = {
+            "active": True,
+            "since": latest.get("time"),
+            "since_t": latest.get("t"),
+            "kind": latest.get("kind"),
+            "kinds": [e.get("kind") for e in raised],
+            "event": latest,
+            "first_since": raised[0].get("time"),  # the alert (any kind) has been up since then
+        }
+
+    def alive(self) -> None:
+        """The worker processed a block of audio (windows or not): called on its thread, never raises."""
+        now = self._clock()
+        with self._lock:
+            self.last_block_at = now
+
     # ---------------------------------------------------------------------------------------------
     # the server's side (copies, built under the lock)
 
     def health(self) -> tuple[bool, str, float | None]:
         """(healthy, reason, seconds since the last analysed window): unhealthy when no audio has been
-        analysed for ``stale_seconds`` (or none at all that long after the start)."""
+        analysed for ``stale_seconds`` (or none at all that long after the start), and during an input
+        fault (the reason says it; once no block has been processed for ``stale_seconds`` either, it says
+        that no audio is analysed, as for a stuck loop)."""
         with self._lock:
             return self._health_locked()
 
@@ -234,11 +282,26 @@ class StatusBoard:
             "model": self.identity,
             "calibration": self.calibration,
             "input": self.input,
+            "input_fault": self._fault_view(),
             "summary": self.summary,
         }
 
+    def _fault_view(self) -> dict | None:
+        """The current input fault for the page and the API (lock held), without the board's own clock."""
+        if self.input_fault is None:
+            return None
+        return {k: v for k, v in self.input_fault.items() if k != "at"}
+
     def _health_locked(self) -> tuple[bool, str, float | None]:
         now = self._clock()
+        fault = self.input_fault
+        if fault is not None:
+            age = None if self.last_window_at is None else now - self.last_window_at
+            moments = [x for x in (self.last_window_at, self.last_block_at, fault["at"]) if x is not None]
+            idle = now - max(moments)
+            if idle > self.stale_seconds:  # not even the unusable audio comes: stuck, or the device gone
+                return False, f"no audio analysed for {idle:.1f} s (input fault before: {fault['reason']})", age
+            return False, f"input fault since {fault['since']}: {fault['reason']}", age
         if self.last_window_at is None:
             waited = now - self.started
             if waited > self.stale_seconds:
@@ -300,6 +363,8 @@ class StatusBoard:
                 "queue": w.get("queue"),
                 "alert": bool(self.alert.get("active")),
                 "alert_kind": self.alert.get("kind") if self.alert.get("active") else None,
+                "alert_kinds": list(self.alert.get("kinds") or []) if self.alert.get("active") else [],
+                "input_fault": self._fault_view(),
                 "labels": list(self.identity.get("labels") or []),
                 "identity": dict(self.identity),
                 "calibration": self.calibration,

@@ -8,7 +8,8 @@ every request reads the :class:`fanwatch.status.StatusBoard` the worker publishe
 ``/``              the status page (one HTML file, no external resource: works with the Pi offline)
 ``/api/status``    the board's snapshot as JSON (current window, alert, last hour's points, events, health)
 ``/events``        server-sent events: a ``status`` snapshot first, then ``window``, ``event`` and ``summary``
-``/healthz``       200 while audio is being analysed, 503 once none has been for ``stale_seconds``
+``/healthz``       200 while audio is analysed; 503 once none has been for ``stale_seconds``, or during an
+                   input fault (audio arrives but cannot be judged: digital silence, a constant, NaN)
 ``/metrics``       Prometheus text format (prometheus-client), ``fanwatch_*`` metrics in base units
 =================  ===========================================================================================
 
@@ -164,6 +165,7 @@ class _Collector:
             ("fanwatch_dropped_audio_seconds", "dropped_seconds", "seconds of audio dropped (queue full)"),
             ("fanwatch_input_overflows", "overflows", "input overflows reported by the audio driver"),
             ("fanwatch_gap_restarts", "gap_restarts", "analysis restarts after lost audio"),
+            ("fanwatch_input_faults", "input_faults", "input fault episodes (audio that cannot be judged)"),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], c[key])
@@ -183,8 +185,15 @@ class _Collector:
                 gauge = GaugeMetricFamily(name, doc)
                 gauge.add_metric([], float(value))
                 yield gauge
-        gauge = GaugeMetricFamily("fanwatch_alert_active", "1 while an anomaly alert is raised")
+        gauge = GaugeMetricFamily("fanwatch_alert_active", "1 while an alert (of any kind) is raised")
         gauge.add_metric([], 1.0 if m["alert"] else 0.0)
+        yield gauge
+        gauge = GaugeMetricFamily(
+            "fanwatch_input_fault",
+            "1 during an input fault: audio arrives but cannot be judged (digital silence, a constant, NaN), "
+            "so no state or alert is decided",
+        )
+        gauge.add_metric([], 1.0 if m["input_fault"] else 0.0)
         yield gauge
         gauge = GaugeMetricFamily("fanwatch_healthy", "1 while audio is being analysed (as /healthz)")
         gauge.add_metric([], 1.0 if m["healthy"] else 0.0)

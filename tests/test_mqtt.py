@@ -28,6 +28,7 @@ from fanwatch.errors import FanwatchError
 REPO = Path(__file__).resolve().parents[1]
 ENTITIES = {
     "binary_sensor/{d}/alert",
+    "binary_sensor/{d}/input_problem",
     "sensor/{d}/state",
     "sensor/{d}/anomaly",
     "sensor/{d}/inference_ms",
@@ -225,6 +226,10 @@ def test_discovery_state_and_events_end_to_end(broker, trained_model, clips, tmp
         assert c["device"]["sw_version"] and c["device"]["model"] and c["origin"]["name"] == "fanwatch"
     alert = configs["binary_sensor/Test_Pi_1/alert"]
     assert alert["device_class"] == "problem" and (alert["payload_on"], alert["payload_off"]) == ("ON", "OFF")
+    problem = configs["binary_sensor/Test_Pi_1/input_problem"]
+    assert problem["device_class"] == "problem" and problem["name"] == "Input problem"
+    assert "value_json.input_fault" in problem["value_template"] and "entity_category" not in problem
+    assert state["input_fault"] is None and state["alert_kinds"]  # the run's input was sound throughout
     assert configs["sensor/Test_Pi_1/state"]["device_class"] == "enum"
     assert configs["sensor/Test_Pi_1/state"]["options"] == card["labels"]
     assert configs["sensor/Test_Pi_1/anomaly"]["state_class"] == "measurement"
@@ -400,6 +405,99 @@ def test_a_full_outbox_drops_state_first_keeps_alerts_and_delivers_in_order(tmp_
     assert states[-1]["updated_at"] == "w39" and states[-1]["alert"] is False  # the latest state wins
     assert states[-1]["mqtt_dropped"] > 0
     assert any("dropped" in line for line in logs) and any("connection lost" in line for line in logs)
+
+
+UNKNOWN, KNOWN = "unknown_anomaly", "known_fault"
+SILENCE = "digital silence (every sample is 0)"
+
+
+def _kinds_window(i: int, kinds: list[str]) -> dict:
+    """A window record as the loop writes it: ``alert`` and the active ``alert_kinds`` after the window."""
+    return dict(_window(i, "on", alert=bool(kinds)), alert_kinds=list(kinds))
+
+
+def _alert(event: str, kind: str, i: int) -> dict:
+    return {"type": "event", "event": event, "t": i * 0.5, "kind": kind, "anomaly": 1.5, "time": f"e{i}"}
+
+
+def test_concurrent_alert_kinds_and_input_faults_in_the_retained_state(broker):
+    """Both alert kinds at once: clearing one leaves the alert on (Home Assistant's problem sensor must not
+    flicker); an input fault (no window comes then) reaches the state at once, and so does its end."""
+    publisher = mqtt.MqttPublisher(mqtt.settings_from(broker.url, device_name="kinds", state_interval=600.0))
+    with Watcher(broker.port, topics=("fanwatch/kinds/state",)) as w:
+        try:
+            publisher({"type": "event", "event": "start", "labels": ["on"], "model_sha256": "f" * 64})
+            # as the loop emits them: each window, then its events
+            publisher(_kinds_window(0, []))
+            publisher(_kinds_window(1, [UNKNOWN]))
+            publisher(_alert("alert_raised", UNKNOWN, 1))
+            publisher(_kinds_window(2, [UNKNOWN, KNOWN]))
+            publisher(_alert("alert_raised", KNOWN, 2))
+            publisher(_kinds_window(3, [UNKNOWN]))
+            publisher(_alert("alert_cleared", KNOWN, 3))
+            publisher(_kinds_window(4, [UNKNOWN]))  # nothing new: not published (interval 600 s)
+            publisher({"type": "event", "event": "input_fault", "t": 2.5, "reason": SILENCE, "time": "f1"})
+            publisher({"type": "event", "event": "input_ok", "t": 6.0, "time": "f2"})
+            publisher(_kinds_window(12, []))
+            publisher(_alert("alert_cleared", UNKNOWN, 12))
+            # events alone (no window between them) tell the same
+            publisher(_alert("alert_raised", UNKNOWN, 13))
+            publisher(_alert("alert_raised", KNOWN, 14))
+            publisher(_alert("alert_cleared", KNOWN, 15))
+            states = w.wait(lambda m: len(m) >= 10 and [json.loads(p) for _, p, _ in m], what="ten states")
+        finally:
+            publisher.close()
+    expected = [
+        (False, None, [], None),
+        (True, UNKNOWN, [UNKNOWN], None),
+        (True, KNOWN, [UNKNOWN, KNOWN], None),
+        (True, UNKNOWN, [UNKNOWN], None),  # known_fault cleared: the anomaly alert is still up
+        (True, UNKNOWN, [UNKNOWN], SILENCE),  # the fault at once, though no window comes
+        (True, UNKNOWN, [UNKNOWN], None),
+        (False, None, [], None),
+        (True, UNKNOWN, [UNKNOWN], None),
+        (True, KNOWN, [UNKNOWN, KNOWN], None),
+        (True, UNKNOWN, [UNKNOWN], None),
+    ]
+    assert [(s["alert"], s["alert_kind"], s["alert_kinds"], s["input_fault"]) for s in states] == expected
+    assert states[4]["input_fault_since"] == "f1" and states[4]["updated_at"] == "w4"  # the last window's figures
+    assert all(key in s for s in states for key in ("state", "confidence", "anomaly", "updated_at", "mqtt_dropped"))
+    with Watcher(broker.port, topics=("fanwatch/kinds/state",)) as later:
+        retained = later.wait(lambda m: m and json.loads(m[-1][1]), what="the retained state")
+    assert (retained["alert"], retained["alert_kinds"]) == (True, [UNKNOWN])
+
+
+def test_an_input_fault_from_a_replayed_dropout_reaches_the_state_and_the_events(broker, trained_model, tmp_path):
+    import numpy as np
+
+    x = synth.render("high_speed", 3.0, 7, sample_rate=16000)
+    wav = tmp_path / "dropout.wav"
+    sf.write(wav, np.concatenate([x, np.zeros(3 * 16000, np.float32), x]), 16000, subtype="FLOAT")
+    with Watcher(broker.port, topics=("fanwatch/#",)) as live:
+        proc = subprocess.run(
+            cli(trained_model, wav, "--fast", "--json", "--mqtt", broker.url, "--device-name", "mute"),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = records(proc.stdout)
+        expected = [r for r in out if r["type"] in ("event", "summary")]
+        live.wait(lambda m: len([1 for t, _, _ in m if t == "fanwatch/mute/events"]) >= len(expected), what="events")
+        states = live.json("fanwatch/mute/state")
+        events = live.json("fanwatch/mute/events")
+    fault = next(r for r in out if r.get("event") == "input_fault")
+    assert [e.get("event") for e in events] == [e.get("event") for e in expected]
+    faulty = [s for s in states if s["input_fault"]]
+    assert faulty and faulty[0]["input_fault"] == fault["reason"] and "digital silence" in fault["reason"]
+    assert faulty[0]["input_fault_since"] == fault["time"]
+    after = states[states.index(faulty[-1]) + 1 :]
+    assert after and after[0]["input_fault"] is None  # input_ok clears it
+    assert (
+        states[-1]["input_fault"] is None
+        and states[-1]["updated_at"] == [r for r in out if r["type"] == "window"][-1]["time"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------

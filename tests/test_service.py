@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +189,138 @@ def test_heartbeat_pings_the_systemd_watchdog(tmp_path):
         beat({"type": "event", "event": "start"})
         beat({"type": "window"})
         assert server.recv(100) == b"WATCHDOG=1"
+
+
+SILENCE = "digital silence (every sample is 0)"
+
+
+def _pings(server: socket.socket, timeout: float = 0.3) -> list[bytes]:
+    """Every datagram waiting on the fake NOTIFY_SOCKET (the last one within ``timeout``)."""
+    got = []
+    server.settimeout(timeout)
+    try:
+        while True:
+            got.append(server.recv(100))
+    except TimeoutError:
+        return got
+
+
+def test_an_input_fault_keeps_the_watchdog_fed_and_makes_the_check_say_why(tmp_path):
+    """During an input fault no window comes, but the loop is alive (``alive()`` after each block): the
+    watchdog keeps being pinged (a restart would not mend a muted microphone) while the check fails with the
+    fault's reason. Without blocks (a dead device, a stuck loop) nothing beats, and the check fails as ever."""
+    path, address = tmp_path / "hb", str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        beat = health.Heartbeat(path, every=0.0, environ={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "120000000"})
+        beat({"type": "window", "time": "w1"})
+        beat.alive()  # outside a fault the windows beat, not the blocks
+        assert _pings(server) == [b"WATCHDOG=1"]
+        assert health.check(path, 60)[0]
+        since = "2026-01-01T00:00:00.000Z"
+        beat({"type": "event", "event": "input_fault", "t": 3.0, "reason": SILENCE, "time": since})
+        for _ in range(3):
+            beat.alive()
+        assert _pings(server) == [b"WATCHDOG=1"] * 4  # the fault (at once), then every processed block
+        ok, line = health.check(path, 60)
+        assert not ok and line.startswith(f"unhealthy: input fault since {since}: {SILENCE}"), line
+        data = json.loads(path.read_text())
+        assert data["input_fault"] == SILENCE and data["input_fault_since"] == since and data["time"] == "w1"
+        assert data["last_beat"] >= data["last_window"]
+        env = dict(os.environ, FANWATCH_HEARTBEAT=str(path))
+        proc = subprocess.run(
+            [sys.executable, "-m", "fanwatch.health"], cwd=REPO, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 1 and proc.stdout.startswith(f"unhealthy: input fault since {since}: {SILENCE}")
+        # no block any more during the fault (the device died, the loop hangs): no beat, the file ages
+        ok, line = health.check(path, 60, now=time.time() + 300)
+        assert not ok and "no audio analysed for 300 s" in line and "input fault" not in line
+        beat({"type": "event", "event": "input_ok", "t": 9.0, "time": "x"})
+        assert health.check(path, 60)[0] and not json.loads(path.read_text())["input_fault"]
+        beat.alive()
+        assert _pings(server) == [b"WATCHDOG=1"]  # input_ok itself; alive() is quiet again
+    # the rate limit holds during a fault too: at most every ``every`` seconds
+    slow = health.Heartbeat(tmp_path / "slow", every=60.0)
+    slow({"type": "event", "event": "input_fault", "t": 0.0, "reason": SILENCE, "time": since})
+    before = (tmp_path / "slow").stat().st_mtime_ns
+    time.sleep(0.02)
+    slow.alive()
+    assert (tmp_path / "slow").stat().st_mtime_ns == before
+
+
+def test_a_muted_microphone_is_not_restarted_but_reported_and_a_hung_one_still_fails(trained_model, tmp_path):
+    """The real loop on the virtual ALSA microphone: sound, then the digital zeros of a muted microphone
+    (an input fault for as long as it lasts), then a hung device (no blocks at all)."""
+    import numpy as np
+    from alsa_virtual import VirtualMic
+    from live_common import portaudio_available
+
+    from fanwatch import synth
+
+    if not portaudio_available():
+        pytest.skip("needs sounddevice and libportaudio2")
+    rate, heartbeat, address = 48000, tmp_path / "hb", str(tmp_path / "notify")
+    sound = synth.render("high_speed", 2.5, 11, sample_rate=rate).astype(np.float32)
+    pings: list[float] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server, VirtualMic(tmp_path / "mic", sound, rate) as mic:
+        server.bind(address)
+        server.settimeout(0.2)
+        stop = threading.Event()
+
+        def listen():
+            while not stop.is_set():
+                try:
+                    if server.recv(100) == b"WATCHDOG=1":
+                        pings.append(time.monotonic())
+                except TimeoutError:
+                    pass
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        env = dict(mic.env, NOTIFY_SOCKET=address, WATCHDOG_USEC="120000000")
+        model = trained_model / "sound_classifier.tflite"
+        cmd = [sys.executable, "inference.py", "--model", str(model), "--device", mic.device, "--json", "--quiet"]
+        proc = subprocess.Popen(
+            [*cmd, "--heartbeat", str(heartbeat), "--stall-seconds", "60"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert mic.played.wait(timeout=60), "the device never played its signal"
+            deadline = time.monotonic() + 20
+            while "input fault" not in health.check(heartbeat, 60)[1] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            fault_seen = time.monotonic()
+            time.sleep(11.0)  # the muted microphone: more than two heartbeat periods (5 s) of zeros
+            check = [sys.executable, "-m", "fanwatch.health", "--heartbeat", str(heartbeat)]
+            during = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=30)
+            mic.hold.set()  # now the device hangs: no block at all
+            held = time.monotonic()
+            time.sleep(8.0)
+            after_hold = health.check(heartbeat, 6.0)
+            mic.hold.clear()
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            stop.set()
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+        listener.join(timeout=2)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    faults = [r for r in records if r.get("event") == "input_fault"]
+    assert faults and SILENCE in [f["reason"] for f in faults], faults
+    # the watchdog went on through the fault, every ~5 s, and stopped when the device hung
+    in_fault = [p for p in pings if fault_seen <= p <= held]
+    assert len(in_fault) >= 2, (pings, fault_seen, held)
+    assert not [p for p in pings if held + 1.0 < p < held + 8.0], (pings, held)
+    assert during.returncode == 1 and "unhealthy: input fault since " in during.stdout, during.stdout
+    assert SILENCE in during.stdout
+    assert not after_hold[0] and "no audio analysed for" in after_hold[1], after_hold
 
 
 # --------------------------------------------------------------------------------------------------

@@ -338,6 +338,127 @@ def test_metrics_in_process_follow_prometheus_naming():
     assert values["fanwatch_anomaly_ratio"] == pytest.approx(1.4)
 
 
+UNKNOWN, KNOWN = "unknown_anomaly", "known_fault"
+SILENCE = "digital silence (every sample is 0)"
+SITE = {"file": "site_calibration.json", "created": "2026-01-02T03:04:05Z", "seconds": 300.0, "threshold": 1.2}
+
+
+def _alert_event(event: str, kind: str, i: int) -> dict:
+    return {"type": "event", "event": event, "t": 0.5 * i, "kind": kind, "anomaly": 1.5, "time": f"2026-01-01T00:0{i}Z"}
+
+
+def _board_with_two_alerts(clock=time.monotonic) -> status.StatusBoard:
+    """A run with the site calibration applied (the start record's ``site``) and both alert kinds raised."""
+    board = status.StatusBoard(0.5, 5.0, clock=clock)
+    board({"type": "event", "event": "start", "labels": ["on", "off"], "site": SITE, "time": "x"})
+    board(dict(_window_record(0, alert=True), alert_kinds=[UNKNOWN]))
+    board(_alert_event("alert_raised", UNKNOWN, 1))
+    board(dict(_window_record(1, alert=True), alert_kinds=[UNKNOWN, KNOWN]))
+    board(_alert_event("alert_raised", KNOWN, 2))
+    return board
+
+
+def test_board_keeps_both_alert_kinds_the_site_calibration_and_the_input_fault():
+    now = [100.0]
+    board = _board_with_two_alerts(clock=lambda: now[0])
+    assert board.snapshot()["calibration"] == SITE  # the start record's "site", not "none"
+    board(_alert_event("alert_cleared", KNOWN, 3))  # the anomaly alert is still up
+    with webserver.StatusServer(board, "127.0.0.1", 0) as server:
+        alert = json.loads(_get(server.url + "api/status")[2])["alert"]
+        assert alert["active"] is True and alert["kind"] == UNKNOWN and alert["kinds"] == [UNKNOWN]
+        values = check_metrics(_get(server.url + "metrics")[2].decode(), ["on", "off"])
+        assert values["fanwatch_alert_active"] == 1 and values["fanwatch_alerts_total"] == 2
+        assert values["fanwatch_input_fault"] == 0 and values["fanwatch_input_faults_total"] == 0
+        board(_alert_event("alert_cleared", UNKNOWN, 4))
+        alert = json.loads(_get(server.url + "api/status")[2])["alert"]
+        assert alert["active"] is False and alert["kind"] == UNKNOWN and alert["cleared"]
+        assert check_metrics(_get(server.url + "metrics")[2].decode())["fanwatch_alert_active"] == 0
+
+        # an input fault: no window comes, the loop goes on processing blocks (alive)
+        board({"type": "event", "event": "input_fault", "t": 3.0, "reason": SILENCE, "time": "2026-01-01T00:05Z"})
+        code, _, body = _get(server.url + "healthz")
+        assert code == 503 and json.loads(body)["reason"] == f"input fault since 2026-01-01T00:05Z: {SILENCE}"
+        snap = json.loads(_get(server.url + "api/status")[2])
+        assert snap["input_fault"] == {"reason": SILENCE, "since": "2026-01-01T00:05Z", "since_t": 3.0}
+        assert snap["events"][-1]["event"] == "input_fault"  # listed on the page
+        values = check_metrics(_get(server.url + "metrics")[2].decode())
+        assert values["fanwatch_input_fault"] == 1 and values["fanwatch_input_faults_total"] == 1
+        assert values["fanwatch_healthy"] == 0
+        for _ in range(3):  # 30 s of unusable blocks: still the fault, not a stuck loop
+            now[0] += 10.0
+            board.alive()
+        assert json.loads(_get(server.url + "healthz")[2])["reason"].startswith("input fault since")
+        now[0] += 6.0  # no block for longer than stale_seconds: the device or the loop is stuck
+        code, _, body = _get(server.url + "healthz")
+        assert code == 503 and json.loads(body)["reason"].startswith("no audio analysed for 6.0 s")
+        board.alive()
+        board({"type": "event", "event": "input_fault", "t": 9.0, "reason": "a constant signal (0.25), no sound"})
+        assert board.counters["input_faults"] == 1  # another reason, the same episode
+        assert board.snapshot()["input_fault"]["since"] == "2026-01-01T00:05Z"
+        board({"type": "event", "event": "input_ok", "t": 12.0, "time": "y"})
+        board(_window_record(30))
+        code, _, body = _get(server.url + "healthz")
+        assert code == 200 and json.loads(body)["reason"] == "ok"
+        values = check_metrics(_get(server.url + "metrics")[2].decode())
+        assert values["fanwatch_input_fault"] == 0 and values["fanwatch_input_faults_total"] == 1
+        assert json.loads(_get(server.url + "api/status")[2])["input_fault"] is None
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (make setup installs it as root)")
+def test_page_shows_both_alert_kinds_and_the_site_calibration(tmp_path):
+    board = _board_with_two_alerts()
+    with webserver.StatusServer(board, "127.0.0.1", 0) as server, Browser(tmp_path / "browser") as browser:
+        page = browser.open(server.url, width=1000, height=800)
+        status_text = page.wait_for(
+            "document.getElementById('alert-status').textContent.startsWith('ALERT') && "
+            "document.getElementById('alert-status').textContent",
+            timeout=20,
+        )
+        assert status_text == "ALERT: unknown anomaly + known fault"
+        calibration = page.evaluate("document.getElementById('calibration').textContent")
+        assert calibration == "site calibration site_calibration.json, 300 s of normal running enrolled 2026-01-02"
+        board(_alert_event("alert_cleared", KNOWN, 3))
+        board(_window_record(2, alert=True))  # something on the stream: the page redraws
+        page.wait_for("document.getElementById('alert-status').textContent === 'ALERT: unknown anomaly'", timeout=10)
+        assert page.evaluate("document.getElementById('alert-card').classList.contains('active')")
+
+
+def dropout_scene(path: Path, silent_seconds: float = 5.0) -> Path:
+    """Fan sound, then the digital zeros of a muted microphone, then sound again (16 kHz)."""
+    x = synth.render("high_speed", 4.0, 7, sample_rate=16000)
+    sf.write(path, np.concatenate([x, np.zeros(int(silent_seconds * 16000), np.float32), x]), 16000, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="needs Debian's chromium (make setup installs it as root)")
+def test_page_healthz_and_metrics_show_an_input_fault_while_a_dropout_replays(trained_model, tmp_path):
+    wav = dropout_scene(tmp_path / "dropout.wav")
+    with Browser(tmp_path / "browser") as browser:
+        run = LiveRun(["--model", model_path(trained_model), "--wav", wav, "--json", "--http", "127.0.0.1:0"])
+        page = browser.open(run.url, width=1000, height=900)
+        page.wait_for("document.getElementById('state').textContent === 'high_speed'", timeout=30)
+        assert page.evaluate("document.getElementById('fault-banner').hidden") is True
+        page.wait_for("!document.getElementById('fault-banner').hidden", timeout=15)
+        banner = page.evaluate("document.getElementById('fault-banner').innerText")
+        assert "The monitor hears nothing it can judge" in banner and "digital silence" in banner, banner
+        assert page.evaluate("document.getElementById('level-note').textContent").startswith(
+            "digital silence: is the microphone connected"
+        )
+        assert page.evaluate("document.getElementById('health').textContent").startswith("unhealthy: input fault since")
+        code, _, body = _get(run.url + "healthz")
+        assert code == 503 and "input fault since" in json.loads(body)["reason"] and "digital silence" in body.decode()
+        values = check_metrics(_get(run.url + "metrics")[2].decode())
+        assert values["fanwatch_input_fault"] == 1 and values["fanwatch_input_faults_total"] == 1
+        page.screenshot(tmp_path / "page-input-fault.png")
+        page.wait_for("document.getElementById('fault-banner').hidden", timeout=15)  # sound again: input_ok
+        assert _get(run.url + "healthz")[0] == 200
+        assert check_metrics(_get(run.url + "metrics")[2].decode())["fanwatch_input_fault"] == 0
+        listed = page.evaluate("[...document.querySelectorAll('#events li')].map(li => li.dataset.event)")
+        records, _ = run.finish()
+    assert "input_fault" in listed and "input_ok" in listed
+    assert events_of(records, "input_fault") and events_of(records, "input_ok")
+
+
 # --------------------------------------------------------------------------------------------------
 # the page in a real browser while a file replays
 

@@ -2,7 +2,10 @@
 line or JSON Lines to the console, events and summaries also to an optional rotating event log.
 
 A record sink is any ``callable(record: dict)``: MQTT, a web status page, a test. Records are a contract
-(``type``, ``event``, ``t``, ``alert``, ``anomaly``, ...): fields may be added, never renamed.
+(``type``, ``event``, ``t``, ``alert``, ``anomaly``, ...): fields may be added, never renamed. A sink may also
+have an ``alive()`` method: the worker calls it (through :meth:`Reporter.alive`) after every block of audio it
+processed, windows or not, so that liveness (the heartbeat, the watchdog, ``/healthz``) can tell a loop that
+runs through an input fault from one that is stuck or gets no audio.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Reporter:
         self.quiet = settings.quiet
         event_log = settings.event_log
         self.sinks = list(sinks)
+        self._alive = [hook for hook in (getattr(sink, "alive", None) for sink in self.sinks) if callable(hook)]
         self.closed = False
         self._lock = threading.Lock()
         self._logger = None
@@ -89,6 +93,16 @@ class Reporter:
                 self._logger.info(json.dumps(record, separators=(",", ":")))
             if line is not None:
                 self._write(json.dumps(record, separators=(",", ":")) if self.json_lines else line)
+
+    def alive(self) -> None:
+        """A block of audio was processed (the worker, after each block): the sinks' ``alive()`` hooks."""
+        if self._alive:
+            with self._lock:
+                for hook in self._alive:
+                    try:
+                        hook()
+                    except Exception:  # a sink's liveness never stops the audio loop
+                        pass
 
     def window(self, result: WindowResult) -> None:
         record = result.record()

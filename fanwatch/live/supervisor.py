@@ -100,6 +100,7 @@ class Worker(threading.Thread):
                     self.done.set()
                     return
                 self._emit(self.analyzer.feed_block(item))
+                self.reporter.alive()  # processed, windows or not (an input fault gives none)
         except BaseException as exc:  # handed to the supervisor
             self.error = exc
             self.stop.set()
