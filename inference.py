@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--machine",
         metavar="ID",
         default=MDL.machine,
-        help="machine id whose anomaly threshold applies (models trained on several machines; "
-        "default: the only one, or the closest)",
+        help="machine id whose normal reference and threshold the anomaly score uses (models trained on several "
+        "machines); default: the only one; with several and none given, or an id the model does not know, the "
+        "pooled normal reference of all of them",
     )
     mdl.add_argument(
         "--hop",
