@@ -72,8 +72,8 @@ def main() -> None:
         )
         model_path = tmp / "out" / runtime.MODEL_NAME
     card = runtime.read_card(model_path)
-    float_path = model_path.with_name(card["files"]["float32"])
-    variants = {"end-to-end " + card["quantization"]: model_path}
+    float_path = model_path.with_name(card.raw["files"]["float32"])
+    variants = {"end-to-end " + card.quantization: model_path}
     if float_path != model_path:
         variants["end-to-end float32"] = float_path
 
@@ -129,7 +129,7 @@ def main() -> None:
             f"  {name:32s} median {med:6.2f} ms  p95 {p95:6.2f} ms  {med / base:4.2f}x published  "
             f"{entry['size_bytes'] / 1e6:5.1f} MB{extra}"
         )
-    deployed = results["end-to-end " + card["quantization"]]
+    deployed = results["end-to-end " + card.quantization]
     clf = runtime.SoundClassifier(model_path, num_threads=args.threads)
     if clf.scorer is not None:
         stream = clf.anomaly_stream()

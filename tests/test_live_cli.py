@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -153,6 +154,24 @@ def test_runtime_imports_stay_light(trained_model, tmp_path):
     litert = importlib.util.find_spec("ai_edge_litert") or importlib.util.find_spec("tflite_runtime")
     if litert:  # a TFLite runtime is installed, so TensorFlow must not be the one in use
         assert not [m for m in report["run"] if m.split(".")[0] in heavy]
+
+
+def test_the_loop_keeps_numpy_to_one_blas_thread_unless_told_otherwise():
+    """OpenBLAS threads spinning after the score's matrix products cost ~20 % of a core at real-time pace
+    (bench/stream): inference.py asks for one thread before numpy loads; an explicit setting wins."""
+    code = "import os, inference, numpy; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 0 and proc.stdout.split() == ["1"], proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**env, "OPENBLAS_NUM_THREADS": "3"},
+    )
+    assert proc.stdout.split() == ["3"], proc.stderr
 
 
 def test_slow_model_drops_are_counted_and_memory_stays_bounded(trained_model, tmp_path):
