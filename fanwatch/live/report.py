@@ -176,12 +176,17 @@ def _describe(r: dict) -> str:
             f"score {r['anomaly']:.2f} x threshold, state {r['state']}, t={r['t']:.1f} s)"
         )
     if e == "alert_raised":
-        evidence = f", evidence {r['evidence']:.2f} x alert level" if r.get("evidence") is not None else ""
         explanation = r.get("explanation") or {}
+        if r.get("evidence") is not None:  # the evidence rule: windows above the reference add up
+            why = (
+                f"anomaly evidence reached the alert level ({r['evidence']:.2f} x; {r['exceeding']} of the last "
+                f"{r['of']} windows above the per-window threshold)"
+            )
+        else:
+            why = f"anomaly in {r['exceeding']} of the last {r['of']} windows"
         return (
-            f"ALERT RAISED (unknown anomaly): anomaly in {r['exceeding']} of the last {r['of']} windows "
-            f"(score {r['anomaly']:.2f} x threshold{evidence}, state {r['state']}, t={r['t']:.1f} s)"
-            + (f"; what changed: {explanation['text']}" if explanation.get("text") else "")
+            f"ALERT RAISED (unknown anomaly): {why} (score {r['anomaly']:.2f} x threshold, state {r['state']}, "
+            f"t={r['t']:.1f} s)" + (f"; what changed: {explanation['text']}" if explanation.get("text") else "")
         )
     if e == "alert_cleared":
         what = f"known fault {r.get('class')}" if r.get("kind") == "known_fault" else "anomaly"
