@@ -57,6 +57,8 @@ class ModelCard:
     score_file: str | None = None
     embedding_thresholds: tuple[float, ...] | None = None  # of the anomaly_score output, when score_file is set
     alerts: dict = field(default_factory=dict, repr=False, compare=False)  # the calibrated alert rules
+    # sha256 of each model file the card describes, by file name (older cards: empty, nothing checked)
+    file_sha256: dict = field(default_factory=dict, repr=False, compare=False)
     raw: dict = field(default_factory=dict, repr=False, compare=False)  # the whole card as written
 
     @property
@@ -86,6 +88,13 @@ class ModelCard:
             raise FanwatchError(f"{where}: not a fanwatch model card (missing or bad {exc})") from None
         if not labels or not machines:
             raise FanwatchError(f"{where}: model card lists no labels or no machines")
+        if not isinstance(card["labels"], list) or not all(isinstance(x, str) and x for x in labels):
+            raise FanwatchError(f"{where}: model card labels must be a list of names, got {card['labels']!r}")
+        if len(set(labels)) != len(labels):
+            raise FanwatchError(f"{where}: model card lists a label twice")
+        file_sha = card.get("sha256") or {}
+        if not isinstance(file_sha, dict):
+            raise FanwatchError(f"{where}: model card has a bad sha256 entry")
         if not all(math.isfinite(t) and t > 0 for t in thresholds):
             raise FanwatchError(f"{where}: model card has a threshold that is not a positive number")
         if hop < 1:
@@ -124,6 +133,7 @@ class ModelCard:
             score_file=score_file,
             embedding_thresholds=embedding_thresholds,
             alerts=card["alerts"] if isinstance(card.get("alerts"), dict) else {},
+            file_sha256={str(k): str(v) for k, v in file_sha.items()},
             raw=card,
         )
 

@@ -157,7 +157,15 @@ class SoundClassifier:
         self, path: str | os.PathLike, num_threads: int = 1, runtime: str | None = None, machine: str | None = None
     ):
         self.card: ModelCard = read_card(path)
-        self.model = TFLiteModel(path, num_threads, runtime)
+        self.model = TFLiteModel(path, num_threads, runtime)  # first: a damaged file says so itself
+        expected = self.card.file_sha256.get(Path(path).name)
+        if expected is not None:  # the card belongs to this very file, not to a model copied over it
+            actual = config.sha256_file(path)
+            if actual != expected:
+                raise FanwatchError(
+                    f"{path}: the model file does not match its card (sha256 {actual[:12]}, the card was written "
+                    f"for {expected[:12]}): copy a model together with its model_card.json and the files beside it"
+                )
         self.labels: list[str] = list(self.card.labels)
         self.machines: list[str] = list(self.card.machines)
         self.thresholds = np.asarray(self.card.thresholds, np.float32)

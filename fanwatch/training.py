@@ -469,6 +469,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         },
         "quantization": s.quantization,
         "files": {q: p.name for q, p in paths.items()},
+        "sha256": {p.name: config.sha256_file(p) for p in paths.values()},  # ties the card to its model files
         "sizes_bytes": {q: p.stat().st_size for q, p in paths.items()},
         "yamnet": {"path": str(weights.path), "sha256": yamnet_sha},
         "data": {

@@ -107,6 +107,24 @@ def test_a_malformed_model_card_ends_in_one_line(trained_model, tmp_path):
     assert runtime.CARD_NAME in line and "anomaly" in line
 
 
+def test_a_card_that_belongs_to_another_model_file_ends_in_one_line(trained_model, tmp_path):
+    """The card records the sha256 of the model files it was written with: a model copied over another one's
+    folder (its card left behind) or a card of wrong labels is refused instead of naming wrong states."""
+    wav = tmp_path / "ok.wav"
+    sf.write(wav, scenario(16000)[: 16000 * 2], 16000)
+    model = model_copy(trained_model, tmp_path / "swapped")
+    card = json.loads((model.parent / runtime.CARD_NAME).read_text())
+    assert card["sha256"][runtime.MODEL_NAME] == config.sha256_file(model)
+    with open(model, "ab") as handle:  # another file of the same name (a flatbuffer ignores trailing bytes)
+        handle.write(b"another model")
+    line = one_error_line(run_cli(["--wav", wav, "--model", model], timeout=30))
+    assert "does not match its card" in line and str(model) in line
+    for labels in ("abcdefg", ["on", "on"]):
+        bad = model_copy(trained_model, tmp_path / f"labels{len(labels)}", lambda c, v=labels: c.update(labels=v))
+        line = one_error_line(run_cli(["--wav", wav, "--model", bad], timeout=30))
+        assert runtime.CARD_NAME in line and "label" in line
+
+
 def test_help_explains_every_option_and_privacy():
     proc = run_cli(["--help"], timeout=30)
     assert proc.returncode == 0
