@@ -33,6 +33,7 @@ from . import config
 from .errors import FanwatchError
 
 PROFILE_NAME = "band_profile.json"
+SITE_PROFILE_NAME = "site_band_profile.json"  # written by on-site enrollment beside the model
 PROFILE_FORMAT = "fanwatch-band-profile/1"
 FLOOR_DB = -120.0  # the level of digital silence (a band with no energy)
 MIN_STD_DB = 1.0  # a band's normal spread is taken as at least this (a very steady band is not infinitely telling)
@@ -199,10 +200,32 @@ class BandProfile:
         return None
 
 
-def load_beside(model_path: str | os.PathLike) -> BandProfile | None:
-    """The band profile stored beside a model, or None when the model has none (trained before it existed)."""
+def load_beside(model_path: str | os.PathLike, site: bool = False) -> BandProfile | None:
+    """The band profile stored beside a model, or None when the model has none (trained before it existed).
+    ``site``: the site's own (written by enrollment) when there is one: a room and microphone of their own
+    would otherwise show up in every explanation as a change of level."""
+    site_path = Path(model_path).with_name(SITE_PROFILE_NAME)
+    if site and site_path.is_file():
+        return BandProfile.load(site_path)
     path = Path(model_path).with_name(PROFILE_NAME)
     return BandProfile.load(path) if path.is_file() else None
+
+
+def fit_site_profile(levels, bands, labels, machine: str, source: str) -> BandProfile:
+    """A profile from enrollment windows (their overall levels, band levels and the head's labels): one
+    machine, with a profile per normal state heard long enough, like training's."""
+    levels = np.asarray(levels, dtype=np.float64).reshape(-1)
+    bands = np.asarray(bands, dtype=np.float64).reshape(len(levels), -1)
+    profile = MachineProfile.fit(levels, bands)
+    labels = np.asarray(list(labels))
+    kinds = sorted(set(labels.tolist()))
+    if len(kinds) > 1:
+        profile.states = {
+            k: MachineProfile.fit(levels[labels == k], bands[labels == k])
+            for k in kinds
+            if int((labels == k).sum()) >= MIN_STATE_WINDOWS
+        }
+    return BandProfile(edges=BAND_EDGES, machines={machine: profile}, source=source)
 
 
 def fit_profile(
@@ -339,10 +362,11 @@ class AlertExplainer:
         self.meter = BandMeter(profile.edges if profile is not None else BAND_EDGES)
         self.recent: deque = deque(maxlen=max(1, int(history)))
 
-    def measure(self, window: np.ndarray) -> float:
+    def measure(self, window: np.ndarray) -> tuple[float, np.ndarray]:
+        """(overall level dBFS, third-octave band levels dB) of the window, kept for :meth:`explain`."""
         level, bands = self.meter.measure(window)
         self.recent.append((level, bands))
-        return level
+        return level, bands
 
     def reset(self) -> None:
         """Audio was lost: what follows is not compared with what came before."""

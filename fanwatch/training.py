@@ -172,7 +172,7 @@ OUTPUT_NAMES = (
     runtime.CARD_NAME,
 )
 """What a run writes into --out; the model card moves into place last (it names the others)."""
-STALE_NAMES = ("site_calibration.json", "site_calibration.npz")
+STALE_NAMES = ("site_calibration.json", "site_calibration.npz", "site_band_profile.json")
 """Made for an earlier model (its sha256) and refused with any other: removed when a new one is written."""
 
 

@@ -98,6 +98,17 @@ def test_enrollment_writes_a_site_calibration_that_later_runs_apply(trained_mode
     np.load(model.parent / site.SITE_NPZ, allow_pickle=False)  # no pickle
     card = json.loads((model.parent / "model_card.json").read_text())
     assert doc["rule"]["threshold"] >= card["alerts"]["rule"]["threshold"]
+    # and the site's normal band levels: an alert's "what changed" compares with this room, not training's
+    from fanwatch import audio, bands
+
+    profile = bands.load_beside(model, site=True)
+    assert profile is not None and profile.source.startswith("site enrollment")
+    ((name, normal),) = profile.machines.items()
+    assert normal.windows >= 100 and bands.load_beside(model) is None  # the copy has no training profile
+    explainer = bands.AlertExplainer(profile, 1000)
+    for window in audio.frame_windows(audio.load_audio(wav)):  # the site's own normal running, all of it
+        explainer.measure(window)
+    assert abs(explainer.explain(name)["level_change_db"]) < 1.0
 
     # later runs apply it and say so; --no-site ignores it
     run = run_cli(["--model", model, "--wav", scene["wav"], "--fast", "--json", "--threshold-scale", scene["scale"]])

@@ -67,6 +67,7 @@ class WindowResult:
     events: list = field(default_factory=list)
     settling: bool = False  # the anomaly score's horizon is starting: the window counts towards no alert
     level_dbfs: float | None = None  # RMS level of the window the model heard (16 kHz), dB re full scale
+    third_octave: np.ndarray | None = field(default=None, repr=False)  # its band levels (dB), enrollment
     probabilities: np.ndarray | None = field(default=None, repr=False)  # the model's outputs, [n_labels]
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
     machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to; -1: pooled reference
@@ -401,7 +402,7 @@ class Analyzer:
             self._reset_scores()  # the score's horizon does not reach across audio it could not judge
             return None
         self._clear_fault(end)
-        level = self.explainer.measure(window)
+        level, third_octave = self.explainer.measure(window)
         best = int(np.argmax(probabilities))
         label = clf.labels[best]
         machine, ratio = self._anomaly.update(prediction)
@@ -441,4 +442,5 @@ class Analyzer:
             embedding=embedding,
             band_levels=prediction.band_levels,
             level_dbfs=level,
+            third_octave=third_octave,
         )

@@ -16,10 +16,11 @@ import queue
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
-from .. import config, runtime, site
+from .. import bands, config, runtime, site
 from ..card import read_card, resolve_channel
 from ..errors import FanwatchError
 from .analyzer import Analyzer
@@ -94,12 +95,12 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
     emb = [r.embedding for r in results]
     if results and any(e is None for e in emb):
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
-    bands = [r.band_levels for r in results]
+    band_levels = [r.band_levels for r in results]
     sha = config.sha256_file(settings.model.path)
     model = site.enroll(
         classifier,
         np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),
-        np.asarray(bands, np.float32) if results and all(b is not None for b in bands) else None,
+        np.asarray(band_levels, np.float32) if results and all(b is not None for b in band_levels) else None,
         np.array([r.anomaly for r in results]),
         np.array([r.probabilities for r in results]),
         rms=rms,
@@ -110,11 +111,37 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
         score_config=classifier.scorer.config if classifier.scorer is not None else None,
     )
     json_path, _ = model.save(settings.model.path)
+    written = [site.SITE_NPZ]
+    if write_band_profile(settings.model.path, classifier, results, model.info.get("created", "")):
+        written.append(bands.SITE_PROFILE_NAME)
     print(site.describe(model), file=out)
     print(
-        f"wrote {json_path} (and {site.SITE_NPZ}); inference.py and evaluate_model.py apply it from now on "
+        f"wrote {json_path} (and {', '.join(written)}); inference.py and evaluate_model.py apply it from now on "
         "(--no-site to ignore it)",
         file=out,
         flush=True,
     )
     return model
+
+
+def write_band_profile(model_path, classifier, results, created: str) -> bool:
+    """The site's normal band levels beside the model (``site_band_profile.json``), so that an alert's "what
+    changed" compares with this room and microphone rather than the training recordings' level. From the
+    windows the head called a normal state (all of them for a model without normal labels)."""
+    card = classifier.card
+    normal = set(card.normal_labels) if card is not None and card.normal_labels else None
+    use = [r for r in results if r.third_octave is not None and (normal is None or r.label in normal)]
+    if not use:
+        return False
+    trained = bands.load_beside(model_path)
+    chosen = trained.for_machine(classifier.machine) if trained is not None else None
+    name = chosen[0] if chosen else (classifier.machine or (classifier.machines[0] if classifier.machines else "site"))
+    profile = bands.fit_site_profile(
+        [r.level_dbfs for r in use],
+        np.stack([r.third_octave for r in use]),
+        [r.label for r in use],
+        name,
+        source=f"site enrollment {created}".strip(),
+    )
+    profile.save(Path(model_path).with_name(bands.SITE_PROFILE_NAME))
+    return True

@@ -315,7 +315,8 @@ def run(
                     f"{card_path(m.path)}: malformed model card ({type(exc).__name__}: {exc})"
                 ) from None
         site_model, site_refused = load_site(settings, card)  # another model's: not applied, and said
-        profile = bands.load_beside(m.path)  # normal band levels: what an alert's explanation compares with
+        # normal band levels, what an alert's explanation compares with: the site's with its calibration
+        profile = bands.load_beside(m.path, site=site_model is not None)
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
     except BaseException:
         source.close()
