@@ -53,6 +53,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="interpreter threads (1 = one Pi core)")
     p.add_argument("--rounds", type=int, default=400, help="timed invocations per model")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/latency.json)")
+    p.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="another .tflite timed in the same interleaved rounds (e.g. one exported by an older fanwatch)",
+    )
     args = p.parse_args()
 
     from fanwatch import audio, config, runtime, synth, yamnet
@@ -86,6 +94,9 @@ def main() -> None:
     models = {name: runtime.TFLiteModel(path, num_threads=args.threads) for name, path in variants.items()}
     runners = {name: _invoker(path, args.threads) for name, path in variants.items()}
     runners["published yamnet.tflite"] = _invoker(yamnet_path, args.threads)
+    others = {f"also: {path}": path for path in args.also}
+    for name, path in others.items():
+        runners[name] = _invoker(path, args.threads)
     for run in runners.values():  # warm-up
         for w in windows:
             run(w)
@@ -104,7 +115,7 @@ def main() -> None:
     print(f"per-window latency, {args.threads} thread(s), {args.rounds} interleaved rounds:")
     for name, ts in times.items():
         med, p95 = float(np.median(ts)), float(np.percentile(ts, 95))
-        path = variants.get(name, yamnet_path)
+        path = variants.get(name) or others.get(name) or yamnet_path
         entry = {
             "median_ms": med,
             "p95_ms": p95,
