@@ -1095,7 +1095,7 @@ def evaluate(s: EvalSettings) -> dict:
         "alerts": alerts,
         "model": {
             "path": str(model_path.resolve()),
-            "sha256": config.sha256_file(model_path),
+            "sha256": model.sha256,
             "quantization": card.quantization,
             "runtime": model.runtime,
             "yamnet_sha256": card.yamnet_sha256,
@@ -1135,7 +1135,7 @@ def alert_level(
     from .live.analyzer import Analyzer
     from .live.settings import DecisionSettings
 
-    site_model = site.load(model_path) if s.site else None
+    site_model = site.load(model_path, model.sha256) if s.site else None
     if site_model is not None:
         log(
             f"alerts: applying the site calibration beside the model ({site.describe(site_model)}); "

@@ -158,14 +158,13 @@ class SoundClassifier:
     ):
         self.card: ModelCard = read_card(path)
         self.model = TFLiteModel(path, num_threads, runtime)  # first: a damaged file says so itself
+        self.sha256 = config.sha256_file(path)  # once: the start record and the site calibration use it too
         expected = self.card.file_sha256.get(Path(path).name)
-        if expected is not None:  # the card belongs to this very file, not to a model copied over it
-            actual = config.sha256_file(path)
-            if actual != expected:
-                raise FanwatchError(
-                    f"{path}: the model file does not match its card (sha256 {actual[:12]}, the card was written "
-                    f"for {expected[:12]}): copy a model together with its model_card.json and the files beside it"
-                )
+        if expected is not None and expected != self.sha256:  # the card belongs to this very file
+            raise FanwatchError(
+                f"{path}: the model file does not match its card (sha256 {self.sha256[:12]}, the card was written "
+                f"for {expected[:12]}): copy a model together with its model_card.json and the files beside it"
+            )
         self.labels: list[str] = list(self.card.labels)
         self.machines: list[str] = list(self.card.machines)
         self.thresholds = np.asarray(self.card.thresholds, np.float32)

@@ -797,51 +797,32 @@ def snr_label(snr_db: float) -> str:
     return f"{value:g}dB"
 
 
+def _dcase_plan(machine_ids: tuple[str, ...], n_a: int, n_b: int, faults, sessions: int = 1) -> list[_Planned]:
+    """The DCASE 2020 layout: per machine id, train normals, test normals, test anomalies. With
+    ``sessions >= 2`` the train recordings cycle through days 0..S-2 and the test ones are day S-1."""
+    test_day = sessions - 1 if sessions >= 2 else None
+    parts = (
+        ("train", "normal", n_a, lambda i: RUNNING_STATES[i % 2]),
+        ("test", "normal", n_b, lambda i: RUNNING_STATES[i % 2]),
+        ("test", "anomaly", n_b, lambda i: faults[i % len(faults)]),
+    )
+    plan = []
+    for mid in machine_ids:
+        for split, kind_name, count, kind in parts:
+            key = f"{mid}/{split}/{kind_name}"
+            for i in range(count):
+                session = None if test_day is None else (i % test_day if split == "train" else test_day)
+                path = f"fan/{split}/{kind_name}_{mid}_{i:08d}.wav"
+                plan.append(_Planned(path, kind(i), MACHINES[mid], key, i, key, session))
+    return plan
+
+
 def _plan(
     layout: str, n_a: int, n_b: int, snr_db: float, sessions: int = 1, machine_ids: tuple[str, ...] = LAYOUT_MACHINE_IDS
 ) -> list[_Planned]:
+    if sessions >= 2:  # dcase only (checked by the caller)
+        return _dcase_plan(machine_ids, n_a, n_b, SESSION_FAULTS, sessions)
     plan: list[_Planned] = []
-    if sessions >= 2:  # dcase only (checked by the caller): train days 0..S-2 in turn, test day S-1
-        test_day = sessions - 1
-        for mid in machine_ids:
-            m = MACHINES[mid]
-            for i in range(n_a):
-                plan.append(
-                    _Planned(
-                        f"fan/train/normal_{mid}_{i:08d}.wav",
-                        RUNNING_STATES[i % 2],
-                        m,
-                        f"{mid}/train/normal",
-                        i,
-                        f"{mid}/train/normal",
-                        i % test_day,
-                    )
-                )
-            for i in range(n_b):
-                plan.append(
-                    _Planned(
-                        f"fan/test/normal_{mid}_{i:08d}.wav",
-                        RUNNING_STATES[i % 2],
-                        m,
-                        f"{mid}/test/normal",
-                        i,
-                        f"{mid}/test/normal",
-                        test_day,
-                    )
-                )
-            for i in range(n_b):
-                plan.append(
-                    _Planned(
-                        f"fan/test/anomaly_{mid}_{i:08d}.wav",
-                        SESSION_FAULTS[i % len(SESSION_FAULTS)],
-                        m,
-                        f"{mid}/test/anomaly",
-                        i,
-                        f"{mid}/test/anomaly",
-                        test_day,
-                    )
-                )
-        return plan
     if layout == "folders":
         m = DEFAULT_MACHINE
         for kind in STATES:
@@ -867,52 +848,10 @@ def _plan(
                     )
                 )
             for i in range(n_b):
-                plan.append(
-                    _Planned(
-                        f"{root}/{mid}/abnormal/{i:08d}.wav",
-                        FAULTS[i % len(FAULTS)],
-                        m,
-                        f"{mid}/abnormal",
-                        i,
-                        f"{mid}/abnormal",
-                    )
-                )
+                key = f"{mid}/abnormal"
+                plan.append(_Planned(f"{root}/{mid}/abnormal/{i:08d}.wav", FAULTS[i % len(FAULTS)], m, key, i, key))
     elif layout == "dcase":
-        for mid in LAYOUT_MACHINE_IDS:
-            m = MACHINES[mid]
-            for i in range(n_a):
-                plan.append(
-                    _Planned(
-                        f"fan/train/normal_{mid}_{i:08d}.wav",
-                        RUNNING_STATES[i % 2],
-                        m,
-                        f"{mid}/train/normal",
-                        i,
-                        f"{mid}/train/normal",
-                    )
-                )
-            for i in range(n_b):
-                plan.append(
-                    _Planned(
-                        f"fan/test/normal_{mid}_{i:08d}.wav",
-                        RUNNING_STATES[i % 2],
-                        m,
-                        f"{mid}/test/normal",
-                        i,
-                        f"{mid}/test/normal",
-                    )
-                )
-            for i in range(n_b):
-                plan.append(
-                    _Planned(
-                        f"fan/test/anomaly_{mid}_{i:08d}.wav",
-                        FAULTS[i % len(FAULTS)],
-                        m,
-                        f"{mid}/test/anomaly",
-                        i,
-                        f"{mid}/test/anomaly",
-                    )
-                )
+        plan = _dcase_plan(LAYOUT_MACHINE_IDS, n_a, n_b, FAULTS)
     else:
         raise FanwatchError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     return plan

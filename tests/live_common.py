@@ -201,6 +201,7 @@ class StubClassifier:
         self.thresholds = np.asarray([threshold], np.float32)
         self.loud = loud
         self.runtime = "stub"
+        self.sha256 = None
         self.card = ModelCard.from_dict(
             {
                 "labels": self.labels,

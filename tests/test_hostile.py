@@ -186,7 +186,7 @@ def test_non_finite_model_outputs_skip_the_file_in_evaluation(tmp_path):
     from fanwatch import evaluation, runtime
 
     class NaNModel:  # stands in for a damaged model: the real runtimes cannot be made to output NaN on demand
-        labels, machines, card, runtime = ["a", "b"], ["default"], None, "stub"
+        labels, machines, card, runtime, sha256 = ["a", "b"], ["default"], None, "stub", None
 
         def predict(self, window):
             return runtime.Prediction(np.array([np.nan, 0.5], np.float32), np.array([0.1], np.float32))

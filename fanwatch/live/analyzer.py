@@ -35,6 +35,7 @@ class Classifier(Protocol):
     labels: list[str]
     card: ModelCard | None  # the hop default; the live loop's start record and channel setting
     runtime: str  # the TFLite runtime's name, for the start record
+    sha256: str | None  # the model file's, for the start record and the site calibration (None: a stand-in)
 
     def predict(self, window: np.ndarray):
         """An object with ``probabilities`` [n_labels] and ``anomaly_scores`` [n_machines]."""

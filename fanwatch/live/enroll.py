@@ -96,7 +96,7 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
     if results and any(e is None for e in emb):
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
     band_levels = [r.band_levels for r in results]
-    sha = config.sha256_file(settings.model.path)
+    sha = classifier.sha256
     model = site.enroll(
         classifier,
         np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),

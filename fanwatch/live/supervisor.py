@@ -131,10 +131,7 @@ def start_record(
     card: ModelCard | None = classifier.card
     m, d = settings.model, settings.decisions
     counts = window_counts(d, m.hop)
-    try:
-        model_sha = config.sha256_file(m.path)
-    except OSError:
-        model_sha = None
+    model_sha = classifier.sha256
     flat = {
         name: (str(v) if isinstance(v, Path) else v)
         for group in dataclasses.asdict(settings).values()
@@ -171,7 +168,7 @@ def start_record(
     }
 
 
-def load_site(settings: LoopSettings, card) -> tuple[site.SiteModel | None, str | None]:
+def load_site(settings: LoopSettings, model_sha256: str | None) -> tuple[site.SiteModel | None, str | None]:
     """(the site calibration beside the model, why one there is not applied). None with ``--no-site`` or when
     there is none. One that is unreadable, of an older fanwatch or made for another model (a retrained model
     copied over an enrolled one) is not applied, and the loop monitors with the model's own calibration
@@ -179,7 +176,7 @@ def load_site(settings: LoopSettings, card) -> tuple[site.SiteModel | None, str 
     if not settings.model.site:
         return None, None
     try:
-        return site.load(settings.model.path), None
+        return site.load(settings.model.path, model_sha256), None
     except FanwatchError as exc:
         return None, str(exc)
 
@@ -314,7 +311,7 @@ def run(
                 raise FanwatchError(
                     f"{card_path(m.path)}: malformed model card ({type(exc).__name__}: {exc})"
                 ) from None
-        site_model, site_refused = load_site(settings, card)  # another model's: not applied, and said
+        site_model, site_refused = load_site(settings, classifier.sha256)  # another model's: not applied, and said
         # normal band levels, what an alert's explanation compares with: the site's with its calibration
         profile = bands.load_beside(m.path, site=site_model is not None)
         reporter = Reporter(out, settings.output, [*([on_record] if on_record else []), *sinks], output_closed)
