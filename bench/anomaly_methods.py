@@ -6,9 +6,11 @@ Methods (all fitted on normal training recordings only, per machine):
   ltas          long-term average spectrum: mean log power of 64 linear bands (1024-point FFT), z-scored,
                 mean Euclidean distance to the 5 nearest normal training clips (windows)
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
-  fused         the deployed score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
-                of their normalised k-NN distances, over a horizon of 8 windows
-  options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fused+level (with the level),
+  fused         the deployed score (fanwatch.scorer defaults): embedding, spectral shape and band fluctuation,
+                geometric mean of their normalised k-NN distances, over a horizon of 8 windows
+  fused_v1      the score before the fluctuation component: embedding 2/3, shape 1/3
+  options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fluct_h8 (band fluctuation
+                alone), fused+level (with the level),
                 fused_closest (fused, but a machine not in training by the earlier rule: the smallest score over
                 the known machines, window by window, instead of the pooled reference)
 
@@ -62,7 +64,18 @@ MIMII_GROUPS = {
     ),
 }
 BASELINES = ("loudness", "ltas")
-METHODS = ("loudness", "ltas", "yamnet_knn", "fused", "emb_h8", "shape_h8", "fused+level", "fused_closest")
+METHODS = (
+    "loudness",
+    "ltas",
+    "yamnet_knn",
+    "fused",
+    "fused_v1",
+    "emb_h8",
+    "shape_h8",
+    "fluct_h8",
+    "fused+level",
+    "fused_closest",
+)
 NEW = "fused"
 
 
@@ -126,6 +139,8 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         "fused_closest": scorer.DEFAULT_WEIGHTS,
         "emb_h8": {"embedding": 1.0},
         "shape_h8": {"shape": 1.0},
+        "fluct_h8": {"fluctuation": 1.0},
+        "fused_v1": {"embedding": 2.0, "shape": 1.0},
         "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5},
     }.get(name)
     if weights is None:  # "embedding:2,shape:1@h4"

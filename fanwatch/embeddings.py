@@ -34,7 +34,8 @@ from .errors import BadAudioError, FanwatchError
 from .export import DEFAULT_QUANTIZATION
 from .runtime import TFLiteModel
 
-CACHE_VERSION = 3  # 2: DFT by matrix product in the front end; 3: band levels beside the embeddings
+CACHE_VERSION = 4  # 2: DFT by matrix product in the front end; 3: band levels beside the embeddings;
+# 4: the bands' fluctuation beside their levels
 
 
 def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Path:

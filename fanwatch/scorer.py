@@ -74,13 +74,13 @@ import numpy as np
 from . import config, spectral
 from .errors import FanwatchError
 
-COMPONENTS = ("embedding", "shape", "level", "bands")
-DEFAULT_WEIGHTS = {"embedding": 2.0 / 3.0, "shape": 1.0 / 3.0}
+COMPONENTS = ("embedding", "shape", "fluctuation", "level", "bands")
+DEFAULT_WEIGHTS = {"embedding": 0.5, "shape": 0.25, "fluctuation": 0.25}
 DEFAULT_HORIZON = 8  # windows: 8 x 0.5 s hop + 0.975 s = 4.5 s of audio
 KNN_K = 5
 EMBEDDING_BANK = 1024
 FEATURE_BANK = 4096
-STD_FLOOR = {"shape": 0.1, "level": 1.0, "bands": 0.1}
+STD_FLOOR = {"shape": 0.1, "fluctuation": 0.05, "level": 1.0, "bands": 0.1}
 SCALE_QUANTILE = 0.95
 POOLED = "*pooled*"
 FORMAT = "fanwatch-scorer/1"
@@ -139,6 +139,13 @@ def features(component: str, bands: np.ndarray) -> np.ndarray:
     lin = b[:, spectral.LINEAR_SLICE]
     if component == "shape":
         return lin - lin.mean(axis=1, keepdims=True)
+    if component == "fluctuation":
+        if b.shape[1] < spectral.FLUCTUATION_SLICE.stop:
+            raise FanwatchError(
+                "this model gives no band fluctuation (exported by an older fanwatch): retrain it, "
+                "or choose score components without 'fluctuation'"
+            )
+        return b[:, spectral.FLUCTUATION_SLICE]
     if component == "level":
         return b[:, spectral.LEVEL_INDEX : spectral.LEVEL_INDEX + 1]
     if component == "bands":

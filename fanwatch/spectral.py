@@ -2,13 +2,22 @@
 
 The YAMNet front end already computes, for the 96 frames of a window (400-sample periodic Hann, hop
 160, 512-point DFT), the magnitude spectrum and the log-mel patch. From them the model also outputs
-``band_levels`` ([1, BAND_FEATURES]), at the cost of a mean over frames and one small matrix product:
+``band_levels`` ([1, BAND_FEATURES]), at the cost of means over frames and one small matrix product:
 
 * ``[0:64]``   mean over the frames of the log-mel patch (exactly what YAMNet sees, ``log(mel + 0.001)``);
 * ``[64:128]`` mean over the frames of ``log(power + 1e-10)`` of 64 linear bands of 125 Hz (DFT bins
   1..256, 4 bins each, power = |X|^2 summed over the band): fine resolution where the mel bands are
   coarse (above 1 kHz), where bearing, rubbing and wear show;
-* ``[128]``    the window's level, ``10 log10(mean(x^2) + 1e-10)`` dB.
+* ``[128]``    the window's level, ``10 log10(mean(x^2) + 1e-10)`` dB;
+* ``[129:193]`` the **fluctuation** of the same 64 linear bands: the standard deviation over the 96 frames of
+  their log power. A fan's normal sound is steady within a second; an imbalance modulates it at the shaft
+  rate, a rub or a bearing defect comes in bursts, and none of that moves the time mean. A log power's spread
+  over time does not change with the microphone's gain or a room's or microphone's colouring (a constant
+  factor per band is a constant offset of its log), only with what the machine does and with the
+  background's level (measured in ``bench/anomaly_methods.py`` and ``bench/alerts.py``).
+
+Models exported before the fluctuation output give the first 129 values only (``LEGACY_FEATURES``); their
+anomaly score does not use it, so they keep working.
 
 This module is runtime-safe (numpy only). :func:`reference` is the float64 numpy replica of the
 TFLite computation, used by the parity checks; the mel matrix is passed in (TensorFlow makes it on
@@ -25,7 +34,9 @@ MEL_SLICE = slice(0, config.MEL_BANDS)
 LINEAR_BANDS = 64
 LINEAR_SLICE = slice(config.MEL_BANDS, config.MEL_BANDS + LINEAR_BANDS)
 LEVEL_INDEX = config.MEL_BANDS + LINEAR_BANDS
-BAND_FEATURES = LEVEL_INDEX + 1
+LEGACY_FEATURES = LEVEL_INDEX + 1  # models exported before the fluctuation output
+FLUCTUATION_SLICE = slice(LEGACY_FEATURES, LEGACY_FEATURES + LINEAR_BANDS)
+BAND_FEATURES = FLUCTUATION_SLICE.stop
 POWER_FLOOR = 1e-10
 OUTPUT_NAME = "band_levels"
 
@@ -49,6 +60,6 @@ def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     spec = np.fft.rfft(w[:, idx] * hann, n=config.FFT_LENGTH, axis=-1)  # [n, frames, 257]
     power = spec.real**2 + spec.imag**2
     mel = np.log(np.sqrt(power) @ np.asarray(mel_matrix, np.float64) + config.LOG_OFFSET).mean(axis=1)
-    lin = np.log(power @ linear_band_matrix().astype(np.float64) + POWER_FLOOR).mean(axis=1)
+    lin_frames = np.log(power @ linear_band_matrix().astype(np.float64) + POWER_FLOOR)  # [n, frames, 64]
     level = 10.0 * np.log10((w * w).mean(axis=1) + POWER_FLOOR)
-    return np.concatenate([mel, lin, level[:, None]], axis=1)
+    return np.concatenate([mel, lin_frames.mean(axis=1), level[:, None], lin_frames.std(axis=1)], axis=1)

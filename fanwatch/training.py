@@ -71,7 +71,7 @@ class TrainSettings:
     quantization: str = export.DEFAULT_QUANTIZATION
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
-    score_components: str = "embedding:2,shape:1"
+    score_components: str = "embedding:2,shape:1,fluctuation:1"
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200

@@ -214,7 +214,11 @@ def _log_mel_layer():
             linear = tf.math.log(tf.tensordot(power, self._bands, axes=1) + spectral.POWER_FLOOR)
             level = tf.reduce_mean(waveform * waveform, axis=-1, keepdims=True)
             level_db = tf.math.log(level + spectral.POWER_FLOOR) * (10.0 / np.log(10.0))
-            bands = tf.concat([tf.reduce_mean(log_mel, axis=-2), tf.reduce_mean(linear, axis=-2), level_db], axis=-1)
+            linear_mean = tf.reduce_mean(linear, axis=-2)
+            # fluctuation: the spread over frames of each band's log power (see fanwatch.spectral)
+            deviation = linear - linear_mean[..., None, :]
+            fluctuation = tf.sqrt(tf.reduce_mean(deviation * deviation, axis=-2))
+            bands = tf.concat([tf.reduce_mean(log_mel, axis=-2), linear_mean, level_db, fluctuation], axis=-1)
             return log_mel[..., None], bands
 
         def compute_output_shape(self, input_shape):

@@ -86,3 +86,20 @@ def test_keras_export_path_leaves_no_nan_for_nested_models(yamnet_weights, tmp_p
     path = export.export_tflite(outer, tmp_path / "nested.tflite", "float32")
     out = runtime.TFLiteModel(path)(np.full(config.WINDOW_SAMPLES, 0.01, np.float32))["embedding"]
     assert np.isfinite(out).all() and np.abs(out).max() > 0
+
+
+def test_band_levels_output_is_the_numpy_reference(yamnet_weights, windows, tmp_path):
+    """The deployed front end's band_levels (mean log-mel, linear band levels, level, fluctuation) against
+    fanwatch.spectral's float64 replica: what the scorer's references were fitted on is what the Pi computes."""
+    from fanwatch import spectral
+
+    model = yamnet.build_model(yamnet_weights, with_scores=False, with_bands=True)
+    path = export.export_tflite(model, tmp_path / "bands.tflite", export.DEFAULT_QUANTIZATION)
+    tfl = runtime.TFLiteModel(path)
+    got = np.stack([tfl(w)[spectral.OUTPUT_NAME] for w in windows]).reshape(len(windows), -1)
+    want = spectral.reference(windows, yamnet.mel_matrix())
+    assert got.shape == want.shape == (len(windows), spectral.BAND_FEATURES)
+    for part in (spectral.MEL_SLICE, spectral.LINEAR_SLICE, spectral.FLUCTUATION_SLICE):
+        assert np.abs(got[:, part] - want[:, part]).max() < 2e-3
+    assert np.abs(got[:, spectral.LEVEL_INDEX] - want[:, spectral.LEVEL_INDEX]).max() < 1e-3
+    assert (got[:, spectral.FLUCTUATION_SLICE] > 0).all()

@@ -184,3 +184,37 @@ def test_baselines_are_the_documented_features():
     z = (normal - normal.mean(0)) / normal.std(0)
     expected = np.sort(np.linalg.norm(z - (np.full(3, 5.0) - normal.mean(0)) / normal.std(0), axis=1))[:5].mean()
     assert abs(far[0] - expected) < 1e-9
+
+
+def test_fluctuation_ignores_gain_and_colouring_and_sees_modulation():
+    """The bands' fluctuation (spread over frames of their log power): a microphone's gain or a smooth
+    colouring moves a band's log power by a constant and leaves it alone; a shaft-rate modulation of the
+    machine's sound (an imbalance) raises it in every band."""
+    rng = np.random.default_rng(7)
+    mel = np.abs(rng.standard_normal((config.FFT_LENGTH // 2 + 1, config.MEL_BANDS)))
+    n = config.WINDOW_SAMPLES
+    noise = 0.05 * rng.standard_normal(n)
+    f = np.fft.rfftfreq(n, 1.0 / config.SAMPLE_RATE)
+    tilt = 10 ** (1.5 * np.log2(np.maximum(f, 50.0) / 1000.0) / 20.0)  # +1.5 dB per octave
+    coloured = np.fft.irfft(np.fft.rfft(noise) * tilt, n)
+    t = np.arange(n) / config.SAMPLE_RATE
+    modulated = noise * (1.0 + 0.6 * np.sin(2 * np.pi * 20.0 * t))  # 20 Hz shaft rate, 60 % depth
+    fl = {
+        name: spectral.reference(x, mel)[0, spectral.FLUCTUATION_SLICE]
+        for name, x in {"plain": noise, "louder": 4.0 * noise, "coloured": coloured, "modulated": modulated}.items()
+    }
+    assert np.abs(fl["louder"] - fl["plain"]).max() < 1e-6
+    # a smooth colouring: the same spread within what the 4-bin bands' own randomness allows
+    assert abs(np.median(fl["coloured"] / fl["plain"]) - 1.0) < 0.05
+    assert np.median(fl["modulated"] / fl["plain"]) > 1.3
+    assert (fl["modulated"] > fl["plain"]).mean() > 0.9
+
+
+def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_it(fitted):
+    rng = np.random.default_rng(8)
+    e = np.abs(rng.standard_normal((10, D))).astype(np.float32)
+    legacy = rng.normal(-8, 2, (10, spectral.LEGACY_FEATURES)).astype(np.float32)
+    old = scorer.Scorer.fit({"a": [(e, legacy), (e[::-1], legacy[::-1])]}, scorer.ScoreConfig({"embedding": 2, "shape": 1}))
+    assert np.isfinite(old.score_file("a", e, legacy)).all()
+    with pytest.raises(FanwatchError, match="no band fluctuation"):
+        scorer.Scorer.fit({"a": [(e, legacy), (e[::-1], legacy[::-1])]})
