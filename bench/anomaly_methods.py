@@ -392,6 +392,7 @@ def main() -> None:
         lost = [
             f"{b} {k}"
             for b in ("loudness", "ltas", "yamnet_knn")
+            if b in methods
             for k in ("file_auc", "window_auc")
             if summary[g][NEW][k] < summary[g][b][k] - 1e-9
         ]

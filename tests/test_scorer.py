@@ -214,7 +214,9 @@ def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_
     rng = np.random.default_rng(8)
     e = np.abs(rng.standard_normal((10, D))).astype(np.float32)
     legacy = rng.normal(-8, 2, (10, spectral.LEGACY_FEATURES)).astype(np.float32)
-    old = scorer.Scorer.fit({"a": [(e, legacy), (e[::-1], legacy[::-1])]}, scorer.ScoreConfig({"embedding": 2, "shape": 1}))
+    old = scorer.Scorer.fit(
+        {"a": [(e, legacy), (e[::-1], legacy[::-1])]}, scorer.ScoreConfig({"embedding": 2, "shape": 1})
+    )
     assert np.isfinite(old.score_file("a", e, legacy)).all()
     with pytest.raises(FanwatchError, match="no band fluctuation"):
         scorer.Scorer.fit({"a": [(e, legacy), (e[::-1], legacy[::-1])]})
