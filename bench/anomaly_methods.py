@@ -6,9 +6,9 @@ Methods (all fitted on normal training recordings only, per machine):
   ltas          long-term average spectrum: mean log power of 64 linear bands (1024-point FFT), z-scored,
                 mean Euclidean distance to the 5 nearest normal training clips (windows)
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
-  fused         the deployed score (fanwatch.scorer defaults): embedding, spectral shape and band fluctuation,
-                geometric mean of their normalised k-NN distances, over a horizon of 8 windows
-  fused_v1      the score before the fluctuation component: embedding 2/3, shape 1/3
+  fused         the deployed score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
+                of their normalised k-NN distances, over a horizon of 8 windows
+  fused+fluct   the option with the bands' fluctuation: embedding 4/7, shape 2/7, fluctuation 1/7
   options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fluct_h8 (band fluctuation
                 alone), fused+level (with the level),
                 fused_closest (fused, but a machine not in training by the earlier rule: the smallest score over
@@ -69,7 +69,7 @@ METHODS = (
     "ltas",
     "yamnet_knn",
     "fused",
-    "fused_v1",
+    "fused+fluct",
     "emb_h8",
     "shape_h8",
     "fluct_h8",
@@ -140,7 +140,7 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         "emb_h8": {"embedding": 1.0},
         "shape_h8": {"shape": 1.0},
         "fluct_h8": {"fluctuation": 1.0},
-        "fused_v1": {"embedding": 2.0, "shape": 1.0},
+        "fused+fluct": {"embedding": 4.0, "shape": 2.0, "fluctuation": 1.0},
         "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5},
     }.get(name)
     if weights is None:  # "embedding:2,shape:1@h4"

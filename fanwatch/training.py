@@ -71,7 +71,7 @@ class TrainSettings:
     quantization: str = export.DEFAULT_QUANTIZATION
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
-    score_components: str = "embedding:4,shape:2,fluctuation:1"
+    score_components: str = "embedding:2,shape:1"
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
@@ -445,9 +445,9 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
                 "pooled_threshold_details": score.threshold_info[scorer.POOLED],
                 "unknown_machine_rule": scorer.UNKNOWN_MACHINE_RULE,
                 "reference_windows": score.describe()["reference_windows"],
-                "definition": "fanwatch.scorer: weighted geometric mean of the embedding k-NN, spectral "
-                "shape k-NN and band fluctuation k-NN distances (each over its normal leave-one-file-out 95th "
-                "percentile; their weights under 'weights'), "
+                "definition": "fanwatch.scorer: weighted geometric mean of the k-NN distances of its components "
+                "(embedding, spectral shape, optionally band fluctuation; each over its normal leave-one-file-out "
+                "95th percentile; their weights under 'weights'), "
                 f"over the last {score.config.horizon} windows; computed in numpy from the "
                 "model's embedding and band_levels outputs",
             },

@@ -219,4 +219,7 @@ def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_
     )
     assert np.isfinite(old.score_file("a", e, legacy)).all()
     with pytest.raises(FanwatchError, match="no band fluctuation"):
-        scorer.Scorer.fit({"a": [(e, legacy), (e[::-1], legacy[::-1])]})
+        scorer.Scorer.fit(
+            {"a": [(e, legacy), (e[::-1], legacy[::-1])]},
+            scorer.ScoreConfig({"embedding": 4, "shape": 2, "fluctuation": 1}),
+        )
