@@ -8,15 +8,18 @@ the Keras layouts here. The activations are ReLU (not ReLU6).
 The log-mel front end is part of the model and uses builtin TFLite ops only: periodic Hann 400 /
 hop 160, 512-point FFT magnitude, 64 mel bands 125-7500 Hz, ``log(mel + 0.001)``. The mel matrix is
 the exact float one (``tf.signal.linear_to_mel_weight_matrix``), which the file's int8 copy
-approximates. The 512-point real FFT of each zero-padded 400-sample frame is computed as one matrix
-product with the windowed DFT basis ([400, 2 x 257], Hann folded in) instead of ``tf.signal.rfft``:
-TFLite's RFFT2D kernel took 0.77 ms of a 2.2 ms window here, the matrix product (run by XNNPACK)
-0.5 ms, with the same result to 1e-6.
+approximates. The 512-point real FFT of each zero-padded 400-sample frame is computed with matrix
+products instead of ``tf.signal.rfft`` (TFLite's RFFT2D kernel took 0.77 ms of a 2.2 ms window here):
+first one product with the whole windowed DFT basis ([400, 2 x 257], 19.7 M multiply-adds per window,
+0.5 ms, then 0.29 of 0.75 ms), now one radix step of Cooley-Tukey (:func:`fft_factors`: 512 = 32 x 16,
+the 400 samples as 25 x 16, a 32-point DFT, twiddles, a 16-point DFT; 4.4 M multiply-adds), each stage
+a small matrix product that XNNPACK runs. The bins come out in (k1, k2) order; the mel and band matrices
+take them in that order (their rows permuted, :func:`bin_order`), so no reordering is computed.
 
 With ``with_bands=True`` the front end layer also returns the window's ``band_levels``
-(:mod:`fanwatch.spectral`: mean log-mel, mean log power of 64 linear bands, level in dB) from the
-spectrum it has already computed: a mean over frames and one [257, 64] matrix product, a few per cent
-of the front end's time.
+(:mod:`fanwatch.spectral`: mean log-mel, mean log power of 64 linear bands, level in dB, the bands'
+fluctuation over the frames) from the spectrum it has already computed: means over frames and one
+[288, 64] matrix product, a few per cent of the front end's time.
 
 Input: ``[batch, WINDOW_SAMPLES]`` float32 waveform in [-1, 1] at 16 kHz, exactly one 96-frame patch.
 """
@@ -172,14 +175,70 @@ def mel_matrix() -> np.ndarray:
     ).numpy()
 
 
-def dft_basis() -> np.ndarray:
-    """[400, 514]: periodic-Hann-windowed real and imaginary 512-point DFT basis for bins 0..256."""
-    n = np.arange(config.STFT_WINDOW)[:, None]
-    k = np.arange(config.FFT_LENGTH // 2 + 1)[None, :]
-    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)
-    angle = 2 * np.pi * n * k / config.FFT_LENGTH
-    basis = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1) * hann[:, None]
-    return basis.astype(np.float32)
+# One radix step of the 512-point FFT: n = N2 * n1 + n2, k = k1 + N1 * k2 (Cooley-Tukey).
+FFT_N1, FFT_N2 = 32, 16
+FFT_K2 = (config.FFT_LENGTH // 2) // FFT_N1 + 1  # k2 = 0..8 covers bins 0..256 (and a few beyond, unused)
+
+
+def hann_window() -> np.ndarray:
+    """[400] periodic Hann window."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)).astype(np.float32)
+
+
+def fft_factors() -> dict:
+    """The constant matrices of the front end's FFT, for frames reshaped to [n1 = 25, n2 = 16]:
+
+    * ``first`` [25, 2 * 32]: the 32-point DFT over n1 (real | imaginary), for each n2 (a frame has 400
+      samples, n1 < 25: the zero padding to 512 needs no rows);
+    * ``twiddle_re``, ``twiddle_im`` [16, 32]: exp(-2 pi i n2 k1 / 512);
+    * ``second`` [2 * 16, 2 * FFT_K2]: the 16-point DFT over n2 of a complex input (real rows | imaginary
+      rows) for k2 = 0..FFT_K2-1 (real | imaginary columns).
+
+    The result is bin ``k1 + 32 k2`` at position ``k1 * FFT_K2 + k2`` (:func:`bin_order`)."""
+    n1 = np.arange(config.STFT_WINDOW // FFT_N2)[:, None]
+    k1 = np.arange(FFT_N1)[None, :]
+    a = 2 * np.pi * n1 * k1 / FFT_N1
+    first = np.concatenate([np.cos(a), -np.sin(a)], axis=1)
+    t = 2 * np.pi * np.arange(FFT_N2)[:, None] * k1 / config.FFT_LENGTH
+    b = 2 * np.pi * np.arange(FFT_N2)[:, None] * np.arange(FFT_K2)[None, :] / FFT_N2
+    cos_b, sin_b = np.cos(b), -np.sin(b)
+    second = np.block([[cos_b, sin_b], [-sin_b, cos_b]])  # (re + i im)(cos + i sin), stacked as reals
+    f32 = np.float32
+    return {
+        "first": first.astype(f32),
+        "twiddle_re": np.cos(t).astype(f32),
+        "twiddle_im": (-np.sin(t)).astype(f32),
+        "second": second.astype(f32),
+    }
+
+
+def bin_order() -> np.ndarray:
+    """[32 * FFT_K2] DFT bin of each position of the front end's power spectrum (bins > 256 are unused)."""
+    return (np.arange(FFT_N1)[:, None] + FFT_N1 * np.arange(FFT_K2)[None, :]).reshape(-1)
+
+
+def in_bin_order(matrix: np.ndarray) -> np.ndarray:
+    """A [257, m] matrix over DFT bins with its rows in the front end's order (zero rows where unused)."""
+    order = bin_order()
+    out = np.zeros((len(order), matrix.shape[1]), np.float32)
+    used = order <= config.FFT_LENGTH // 2
+    out[used] = matrix[order[used]]
+    return out
+
+
+def power_spectrum_reference(frames: np.ndarray) -> np.ndarray:
+    """numpy replica of the front end's FFT: [..., 400] frames -> [..., 32 * FFT_K2] power in bin order."""
+    x = np.asarray(frames, np.float64) * hann_window()
+    f = fft_factors()
+    x = np.swapaxes(x.reshape(*x.shape[:-1], -1, FFT_N2), -1, -2)  # [..., n2, n1]
+    y = x @ f["first"].astype(np.float64)
+    yr, yi = y[..., :FFT_N1], y[..., FFT_N1:]
+    zr = yr * f["twiddle_re"] - yi * f["twiddle_im"]
+    zi = yr * f["twiddle_im"] + yi * f["twiddle_re"]
+    z = np.swapaxes(np.concatenate([zr, zi], axis=-2), -1, -2)  # [..., k1, 2 * n2]
+    out = z @ f["second"].astype(np.float64)
+    power = out[..., :FFT_K2] ** 2 + out[..., FFT_K2:] ** 2
+    return power.reshape(*power.shape[:-2], -1)
 
 
 def _log_mel_layer():
@@ -196,16 +255,22 @@ def _log_mel_layer():
         def __init__(self, with_bands: bool = False, **kwargs):
             super().__init__(**kwargs)
             self.with_bands = with_bands
-            self._basis = tf.constant(dft_basis())
-            self._mel = tf.constant(mel_matrix())
-            self._bands = tf.constant(spectral.linear_band_matrix())
+            self._hann = tf.constant(hann_window())
+            self._fft = {name: tf.constant(value) for name, value in fft_factors().items()}
+            self._mel = tf.constant(in_bin_order(mel_matrix()))
+            self._bands = tf.constant(in_bin_order(spectral.linear_band_matrix()))
 
         def call(self, waveform):
-            frames = tf.signal.frame(waveform, config.STFT_WINDOW, config.STFT_HOP, axis=-1)
-            spectrum = tf.tensordot(frames, self._basis, axes=1)  # [..., re(257) | im(257)]
-            bins = config.FFT_LENGTH // 2 + 1
-            real, imag = spectrum[..., :bins], spectrum[..., bins:]
-            power = real * real + imag * imag
+            frames = tf.signal.frame(waveform, config.STFT_WINDOW, config.STFT_HOP, axis=-1) * self._hann
+            n1 = config.STFT_WINDOW // FFT_N2
+            x = tf.reshape(frames, [-1, config.PATCH_FRAMES, n1, FFT_N2])
+            y = tf.tensordot(tf.transpose(x, [0, 1, 3, 2]), self._fft["first"], axes=1)  # [b, t, n2, 2*32]
+            yr, yi = y[..., :FFT_N1], y[..., FFT_N1:]
+            tr, ti = self._fft["twiddle_re"], self._fft["twiddle_im"]
+            z = tf.concat([yr * tr - yi * ti, yr * ti + yi * tr], axis=-2)  # [b, t, 2*n2, k1]
+            spectrum = tf.tensordot(tf.transpose(z, [0, 1, 3, 2]), self._fft["second"], axes=1)  # [b, t, k1, 2*K2]
+            real, imag = spectrum[..., :FFT_K2], spectrum[..., FFT_K2:]
+            power = tf.reshape(real * real + imag * imag, [-1, config.PATCH_FRAMES, FFT_N1 * FFT_K2])
             magnitude = tf.sqrt(power)
             mel = tf.tensordot(magnitude, self._mel, axes=1)
             log_mel = tf.math.log(mel + config.LOG_OFFSET)

@@ -223,3 +223,20 @@ def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_
             {"a": [(e, legacy), (e[::-1], legacy[::-1])]},
             scorer.ScoreConfig({"embedding": 4, "shape": 2, "fluctuation": 1}),
         )
+
+
+def test_front_end_fft_factors_give_the_power_spectrum():
+    """The front end's one-radix-step FFT (fanwatch.yamnet.fft_factors, bins in its own order) is numpy's
+    rfft of the Hann-windowed, zero-padded frame."""
+    from fanwatch import yamnet
+
+    rng = np.random.default_rng(11)
+    frames = rng.standard_normal((3, config.STFT_WINDOW))
+    got = yamnet.power_spectrum_reference(frames)
+    order = yamnet.bin_order()
+    used = order <= config.FFT_LENGTH // 2
+    want = np.abs(np.fft.rfft(frames * yamnet.hann_window(), config.FFT_LENGTH, axis=-1)) ** 2
+    assert sorted(order[used]) == list(range(config.FFT_LENGTH // 2 + 1))
+    assert np.abs(got[:, used] - want[:, order[used]]).max() < 1e-6 * want.max()  # float32 constants
+    mel = rng.random((config.FFT_LENGTH // 2 + 1, 4))
+    assert np.allclose(want @ mel, got @ yamnet.in_bin_order(mel), rtol=1e-5)
