@@ -8,7 +8,8 @@ A Pi hears its fan in its own room through its own microphone; the training reco
 2. fits the model's own anomaly score (:mod:`fanwatch.scorer`: embedding and spectral-shape k-NN, median
    over the same horizon) on the reference windows alone, as the site's normal; its per-window threshold is
    the ``1 - false alarm rate`` quantile of a gamma fit to the held-apart windows' site scores;
-3. combines the two: the window's ratio is the geometric mean ``sqrt(model ratio * site ratio)``, both
+3. combines the two: the window's ratio is the geometric mean ``sqrt(model ratio * site ratio)``, capped
+   at the model's ratio (:func:`combine`: the site may explain a sound away, never accuse it), both
    opinions weighted alike and both over the same horizon: a sound like the enrolled normal running is
    pulled down where the model finds it unusual, a sound unlike both (a fault) stays high. The site score
    was first a single-window embedding k-NN; combined with the model's horizon score it brought back
@@ -38,7 +39,7 @@ from . import config, evidence, spectral
 from .errors import FanwatchError
 from .scorer import ScoreConfig, Scorer
 
-SITE_FORMAT = "fanwatch-site/2"  # /1: a single-window embedding k-NN (refused: enroll again)
+SITE_FORMAT = "fanwatch-site/3"  # /1: a single-window embedding k-NN; /2: not capped at the model (enroll again)
 SITE_JSON = "site_calibration.json"
 SITE_NPZ = "site_calibration.npz"
 SITE = "site"  # the name of the site's reference in its score state
@@ -72,7 +73,7 @@ class SiteModel:
     def combine_file(self, embeddings: np.ndarray, bands: np.ndarray, model_ratios: np.ndarray) -> np.ndarray:
         """The combined ratios of one continuous recording (what a stream reset at its start gives)."""
         site = self.scorer.score_file(SITE, np.asarray(embeddings, np.float32), np.asarray(bands, np.float32))
-        return np.sqrt(np.maximum(np.asarray(model_ratios, np.float64), 0.0) * site / self.threshold)
+        return combine(np.asarray(model_ratios, np.float64), site / self.threshold)
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, model_path: str | Path) -> tuple[Path, Path]:
@@ -114,7 +115,18 @@ class SiteStream:
         if band_levels is None:  # a model without band levels: its site score is embedding-only
             band_levels = np.zeros(spectral.BAND_FEATURES, np.float32)
         site = self._stream.update(np.asarray(embedding, np.float32), np.asarray(band_levels, np.float32))
-        return float(math.sqrt(max(float(model_ratio), 0.0) * site / self._threshold))
+        return float(combine(np.float64(model_ratio), site / self._threshold))
+
+
+def combine(model_ratio, site_ratio):
+    """The enrolled window ratio: the geometric mean of the model's and the site's, never above the model's.
+
+    The site's opinion rests on a minute or two of audio: it may explain a sound away (a window unlike the
+    training recordings but like this room's normal running), never make one more anomalous than the model
+    finds it. Without that cap, the site's few references made later normal windows of a loud room look far
+    from them and enrollment raised false alerts where the model alone raised none (``bench/alerts.py``)."""
+    model = np.maximum(model_ratio, 0.0)
+    return np.minimum(model, np.sqrt(model * np.maximum(site_ratio, 0.0)))
 
 
 def site_paths(model_path: str | Path) -> tuple[Path, Path]:

@@ -197,9 +197,10 @@ def test_enrollment_adapts_to_the_site(tmp_path):
     assert np.median(adjusted) < 0.55 * 3.0 and (adjusted < 3.0).all()  # about halved
     site_ratio = s.scorer.score_file(site.SITE, fresh_emb, fresh_bands) / s.threshold
     np.testing.assert_allclose(adjusted, np.sqrt(3.0 * site_ratio))
-    # ... and a sound unlike it stays where the model put it, or higher: far above the threshold
+    # ... and a sound unlike it stays where the model put it, far above the threshold (the site never raises
+    # a ratio: site.combine caps it at the model's)
     other_emb, other_bands, _, _ = _site_data(20, seed=2, centre_seed=9)
-    assert np.median(s.combine_file(other_emb, other_bands, np.full(20, 3.0))) > 3.0
+    assert np.allclose(s.combine_file(other_emb, other_bands, np.full(20, 3.0)), 3.0)
     # the live loop's stream gives what the file path gives (one continuous segment)
     stream = s.stream()
     live = [stream.update(e, b, 3.0) for e, b in zip(fresh_emb, fresh_bands)]
@@ -297,3 +298,14 @@ def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_kno
         == []
     )
     assert decisions.anomalous_labels({"labels": ["on", "fault_x"], "normal_labels": ["on"]}) == ["fault_x"]
+
+
+def test_site_can_explain_a_sound_away_but_never_accuse_it():
+    """The enrolled ratio (fanwatch.site.combine): the geometric mean of the model's and the site's ratios,
+    capped at the model's, so a site calibration from two minutes of audio cannot add false alerts."""
+    model = np.array([0.5, 2.0, 2.0, 1.0])
+    site_ratio = np.array([4.0, 0.5, 8.0, 1.0])
+    combined = site.combine(model, site_ratio)
+    assert np.allclose(combined, [0.5, 1.0, 2.0, 1.0])
+    assert (combined <= model).all()
+    assert float(site.combine(np.float64(3.0), 1.0 / 3.0)) == 1.0
