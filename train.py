@@ -116,6 +116,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=D.hidden,
         help=f"units of a hidden layer in the head (default {D.hidden}: a linear softmax head)",
     )
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=D.augment,
+        metavar="N",
+        help=f"augmented copies of each training recording for the head: another gain, colouring, background "
+        f"noise, a hum (default {D.augment}; 0 = none; see fanwatch/augment.py). The anomaly score never sees them",
+    )
     cli.add_common(p)
     p.set_defaults(channel=D.channel)
     return p.parse_args(argv)
@@ -155,6 +163,7 @@ def main(argv=None) -> None:
             epochs=args.epochs,
             patience=args.patience,
             hidden=args.hidden,
+            augment=args.augment,
             workers=args.workers,
             progress=not args.no_progress,
         )

@@ -204,6 +204,12 @@ def equal_rate_threshold(false_alerts, budget: int, lo: float = 1e-3, hi: float 
     return hi
 
 
+def training_defaults():
+    from fanwatch import training
+
+    return training.TrainSettings(data=Path("."), out=Path("."))
+
+
 def train_model(work: Path, args) -> Path:
     from fanwatch import training
 
@@ -229,6 +235,8 @@ def train_model(work: Path, args) -> Path:
             seed=args.seed,
             cache=str(work / "cache"),
             false_alerts_per_day=args.false_alerts_per_day,
+            augment=args.augment,
+            score_components=args.score,
             workers=1,
             progress=not args.no_progress,
         )
@@ -255,6 +263,9 @@ def main(argv=None) -> int:
         help="compare the rule families at these numbers of false alerts on all test streams",
     )
     p.add_argument("--seed", type=int, default=0)
+    defaults = training_defaults()
+    p.add_argument("--augment", type=int, default=defaults.augment, help="train.py --augment for the trained model")
+    p.add_argument("--score", default=defaults.score_components, help="train.py --score for the trained model")
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

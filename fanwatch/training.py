@@ -16,6 +16,7 @@ from . import (
     __version__,
     anomaly,
     audio,
+    augment,
     bands,
     config,
     datasets,
@@ -77,6 +78,7 @@ class TrainSettings:
     epochs: int = 200
     patience: int = 15
     hidden: int = 0
+    augment: int = 0  # nuisance copies of each training recording for the head (fanwatch.augment), opt-in
     workers: int | None = None
     progress: bool = True
     extra: dict = field(default_factory=dict)
@@ -97,6 +99,8 @@ class TrainSettings:
             raise FanwatchError(f"--false-alerts-per-day must be between 0 and 1000, not {self.false_alerts_per_day}")
         if self.epochs < 1 or self.patience < 1 or self.hidden < 0:
             raise FanwatchError("--epochs and --patience must be at least 1, --hidden 0 or more")
+        if not 0 <= self.augment <= 10:
+            raise FanwatchError(f"--augment must be a whole number from 0 to 10, not {self.augment}")
         if self.workers is not None and self.workers < 1:
             raise FanwatchError("--workers must be at least 1")
         if self.quantization not in export.QUANTIZATIONS:
@@ -263,9 +267,18 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             f"head: one class only ({train_labels[0] if train_labels else 'none'}); "
             "the head always answers it and the anomaly score does the work"
         )
+    head_x, head_y = train_set.embeddings, y_train
+    if s.augment and len(train_labels) >= 2:
+        extra_x, extra_file = augmented_embeddings(extractor, train_set, s.augment, s.seed, s.progress)
+        y_file = targets(train_set)[1]
+        head_x, head_y = np.concatenate([head_x, extra_x]), np.concatenate([head_y, y_file[extra_file]])
+        log(
+            f"head: {len(extra_x)} windows of {s.augment} augmented cop{'y' if s.augment == 1 else 'ies'} of each "
+            "training recording (gain, colouring, background noise, another machine's hum; fanwatch/augment.py)"
+        )
     head = train_head(
-        train_set.embeddings,
-        y_train,
+        head_x,
+        head_y,
         val_set.embeddings[val_known],
         y_val[val_known],
         train_labels,
@@ -494,6 +507,31 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         for f, r in skipped:
             log(f"  {f}: {r}")
     return card
+
+
+def augmented_embeddings(
+    extractor: embeddings.Extractor, es: embeddings.EmbeddingSet, copies: int, seed: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """([n, 1024] embeddings, [n] index into ``es.recordings``) of ``copies`` seeded nuisance copies of each
+    recording (:mod:`fanwatch.augment`), for the head's training only."""
+    from tqdm import tqdm
+
+    out, index = [], []
+    for i, rec in enumerate(tqdm(es.recordings, desc="augmented copies (train)", unit="file", disable=not progress)):
+        try:
+            x = audio.load_audio(rec.path, channel=extractor.channel)
+        except FanwatchError as exc:  # it loaded a moment ago; if it no longer does, train without its copies
+            tqdm.write(f"augmentation skipped {rec.path}: {exc}")
+            continue
+        for c in range(copies):
+            y, _ = augment.nuisance(x, np.random.default_rng([seed, i, c]))
+            emb = extractor.features_signal(y)[0]
+            if np.isfinite(emb).all():
+                out.append(emb)
+                index.append(np.full(len(emb), i))
+    if not out:
+        return np.zeros((0, config.EMBEDDING_DIM), np.float32), np.zeros(0, int)
+    return np.concatenate(out), np.concatenate(index)
 
 
 def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -> list[np.ndarray]:
