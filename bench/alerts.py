@@ -19,7 +19,8 @@ per-window false-alarm rate. This benchmark
    of the log ratio and the CUSUM, without and with on-site enrollment (:mod:`fanwatch.site`).
 
 Prints a table and writes ``bench/results/alerts.json``. Usage:
-``python -m bench.alerts [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120]``.
+``python -m bench.alerts [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120] [--augment N] [--score C:W,...]``
+(``--augment`` and ``--score`` are train.py's, for the model it trains; use a fresh ``--work`` or ``--retrain``).
 """
 
 from __future__ import annotations

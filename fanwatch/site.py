@@ -43,7 +43,8 @@ SITE_FORMAT = "fanwatch-site/3"  # /1: a single-window embedding k-NN; /2: not c
 SITE_JSON = "site_calibration.json"
 SITE_NPZ = "site_calibration.npz"
 SITE = "site"  # the name of the site's reference in its score state
-MIN_SECONDS = 120.0  # shorter is refused unless forced: 1 min raised false alerts in bench/alerts.py
+MIN_SECONDS = 120.0  # shorter is refused unless forced: less audio knows less of the site's normal sound
+# (before the cap of combine(), 1 min also raised false alerts in bench/alerts.py)
 ABSOLUTE_MIN_SECONDS = 20.0  # never, even forced: too few windows for a site picture
 BLOCK_WINDOWS = 20  # 10 s blocks at the 0.5 s hop
 SILENT_RMS = 10 ** (-70 / 20)  # below -70 dBFS the input is silent (a muted or unplugged microphone)
@@ -227,7 +228,7 @@ def enroll(
     if seconds < short - hop_s:
         raise FanwatchError(
             f"enrollment needs at least {short:g} s of normal running, got {seconds:.1f} s"
-            + ("" if force else " (--force to enroll from less; 1 min was measured to raise false alerts)")
+            + ("" if force else " (--force to enroll from less: it knows less of this site's normal sound)")
         )
     if embeddings.ndim != 2 or len(embeddings) != n:
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
