@@ -188,7 +188,8 @@ class Analyzer:
         self._site = site_model.stream() if site_model is not None else None
         self.rule, known_rule = rules_from_card(card, decisions, site_model)
         n_of_m = (c.alert_n, c.alert_m, c.clear_n, decisions.clear_ratio) if decisions.alert_rule == "n-of-m" else None
-        faults = anomalous_labels(card) if decisions.known_faults and n_of_m is None else []
+        site_off = site_model is not None and site_model.known_faults_off  # the head is fooled at this site
+        faults = anomalous_labels(card) if decisions.known_faults and n_of_m is None and not site_off else []
         self.decisions = Decisions(
             self.rule,
             hop,

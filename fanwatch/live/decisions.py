@@ -282,8 +282,8 @@ class Decisions:
 
 def rules_from_card(card, decisions: DecisionSettings, site_model=None):
     """(anomaly evidence rule, known-fault rule) for a run: the model card's calibrated rules (the defaults
-    for a card without them), the site calibration's anomaly rule when one is applied, ``--alert-level``
-    over both."""
+    for a card without them), the site calibration's anomaly rule when one is applied, ``--alert-level`` over
+    the anomaly rule."""
     alerts = getattr(card, "alerts", None)
     if alerts is None:
         alerts = (getattr(card, "raw", card) or {}).get("alerts") or {}
