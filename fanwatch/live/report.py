@@ -148,7 +148,7 @@ def _describe(r: dict) -> str:
         site = r.get("site")
         where = (
             f"site calibration applied ({site.get('seconds') or 0:.0f} s enrolled {site.get('created', '')}; "
-            "--no-site ignores it)"
+            "--no-site ignores it)" + ("; known-fault alerts off at this site" if site.get("known_faults_off") else "")
             if site
             else "no site calibration"
         )

@@ -202,6 +202,7 @@ def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
             "source": site_model.info.get("source"),
             "threshold": site_model.rule.threshold,
             "card_threshold": site_model.info.get("card_threshold"),
+            "known_faults_off": site_model.known_faults_off,
         }
     return out
 
