@@ -131,3 +131,35 @@ def test_reset_starts_a_new_segment_and_run_file_uses_the_same_path(tmp_path):
     assert len(first) == audio.n_windows(32000) and len(after) == 1
     start = after[0].t - config.WINDOW_SECONDS  # where the new segment began: the samples produced so far
     assert first[-1].t <= start <= 2.0
+
+
+def test_a_site_that_turned_known_faults_off_gets_no_known_fault_alerts():
+    """An enrolled site where the head called normal running a fault (fanwatch.site: known_faults_off) runs
+    without the known-fault rule; any other site, and no site, keeps it."""
+    from fanwatch import evidence
+    from fanwatch.card import ModelCard
+
+    class FaultyHead(StubClassifier):  # "loud" is a fault class of this head
+        def __init__(self):
+            super().__init__()
+            self.card = ModelCard.from_dict({**self.card.raw, "normal_labels": ["quiet"]}, "stub card")
+
+    class Site:  # the part of fanwatch.site.SiteModel the analyzer uses; its ratio is the model's
+        rule = evidence.EvidenceRule()
+
+        def __init__(self, off):
+            self.known_faults_off = off
+
+        def stream(self, horizon=None):
+            return self
+
+        def update(self, embedding, band_levels, ratio):
+            return ratio
+
+        def reset(self):
+            pass
+
+    assert live.Analyzer(FaultyHead(), channel="mean").decisions.known_evidence is not None
+    assert live.Analyzer(FaultyHead(), channel="mean", site_model=Site(False)).decisions.known_evidence is not None
+    off = live.Analyzer(FaultyHead(), channel="mean", site_model=Site(True)).decisions
+    assert off.known_evidence is None and off.fault_index == []
