@@ -220,12 +220,6 @@ def equal_rate_threshold(false_alerts, budget: int, lo: float = 1e-3, hi: float 
     return hi
 
 
-def training_defaults():
-    from fanwatch import training
-
-    return training.TrainSettings(data=Path("."), out=Path("."))
-
-
 def train_model(work: Path, args) -> Path:
     from fanwatch import training
 
@@ -279,7 +273,8 @@ def main(argv=None) -> int:
         help="compare the rule families at these numbers of false alerts on all test streams",
     )
     p.add_argument("--seed", type=int, default=0)
-    defaults = training_defaults()
+    from fanwatch.training import TrainSettings as defaults  # its fields' defaults are class attributes
+
     p.add_argument("--augment", type=int, default=defaults.augment, help="train.py --augment for the trained model")
     p.add_argument("--score", default=defaults.score_components, help="train.py --score for the trained model")
     p.add_argument("--out", default=None)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import config
+from . import config, spectral
 
 LTAS_FFT = 1024
 LTAS_HOP = 512
@@ -44,7 +44,7 @@ def ltas(signal: np.ndarray) -> np.ndarray:
         x = np.pad(x, (0, LTAS_FFT - len(x)))
     n = 1 + (len(x) - LTAS_FFT) // LTAS_HOP
     idx = np.arange(LTAS_FFT)[None, :] + LTAS_HOP * np.arange(n)[:, None]
-    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(LTAS_FFT) / LTAS_FFT)
+    hann = spectral.hann_window(LTAS_FFT)
     power = np.abs(np.fft.rfft(x[idx] * hann, axis=1)) ** 2  # [n, 513]
     bands = power[:, 1:].reshape(n, LTAS_BANDS, -1).sum(axis=2)
     return np.log(bands + LTAS_FLOOR).mean(axis=0)

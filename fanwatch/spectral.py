@@ -41,6 +41,11 @@ POWER_FLOOR = 1e-10
 OUTPUT_NAME = "band_levels"
 
 
+def hann_window(length: int = config.STFT_WINDOW) -> np.ndarray:
+    """[length] periodic Hann window in float64 (the front end's, and the long-term-spectrum baseline's)."""
+    return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(length) / length)
+
+
 def linear_band_matrix() -> np.ndarray:
     """[257, 64] 0/1 matrix summing DFT power bins 1..256 into 64 bands of 4 bins (125 Hz each)."""
     bins = config.FFT_LENGTH // 2 + 1
@@ -56,7 +61,7 @@ def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     w = np.atleast_2d(np.asarray(windows, np.float64))
     n_frames = 1 + (w.shape[1] - config.STFT_WINDOW) // config.STFT_HOP
     idx = np.arange(config.STFT_WINDOW)[None, :] + config.STFT_HOP * np.arange(n_frames)[:, None]
-    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(config.STFT_WINDOW) / config.STFT_WINDOW)
+    hann = hann_window()
     spec = np.fft.rfft(w[:, idx] * hann, n=config.FFT_LENGTH, axis=-1)  # [n, frames, 257]
     power = spec.real**2 + spec.imag**2
     mel = np.log(np.sqrt(power) @ np.asarray(mel_matrix, np.float64) + config.LOG_OFFSET).mean(axis=1)

@@ -288,6 +288,8 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         hidden=s.hidden,
     )
     validation: dict = {"head_target": target, "epochs": head.epochs}
+    if s.augment and len(train_labels) >= 2:
+        validation["augmentation"] = {"copies_per_recording": s.augment, **augment.describe()}
     if len(val_set.embeddings):
         probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
         pred = probs.argmax(axis=1)
