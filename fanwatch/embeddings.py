@@ -34,8 +34,8 @@ from .errors import BadAudioError, FanwatchError
 from .export import DEFAULT_QUANTIZATION
 from .runtime import TFLiteModel
 
-CACHE_VERSION = 5  # 2: DFT by matrix product in the front end; 3: band levels beside the embeddings;
-# 4: the bands' fluctuation beside their levels; 5: the front end's FFT in one radix step
+CACHE_VERSION = 6  # 2: DFT by matrix product in the front end; 3: band levels beside the embeddings;
+# 4: the bands' fluctuation beside their levels; 5: the front end's FFT in one radix step; 6: the modulation spectrum
 
 
 def frontend_path(cache_dir: Path, yamnet_sha256: str, quantization: str) -> Path:

@@ -15,9 +15,19 @@ The YAMNet front end already computes, for the 96 frames of a window (400-sample
   over time does not change with the microphone's gain or a room's or microphone's colouring (a constant
   factor per band is a constant offset of its log), only with what the machine does and with the
   background's level (measured in ``bench/anomaly_methods.py`` and ``bench/alerts.py``).
+* ``[193:238]`` the **modulation spectrum** of the window: the 64 linear bands summed into 8 groups of
+  1 kHz, each group's log power over the 96 frames (100 frames a second) taken as an envelope, its mean
+  removed, a 96-point periodic Hann window, the power of its DFT at modulation frequencies 3.1-49 Hz
+  (bins 3..47 of 100/96 Hz), averaged over the groups, as ``log(power + 1e-10)``. A fault that modulates the
+  machine's sound at the shaft rate (an imbalance, a rub once per revolution, bearing impacts) puts a peak
+  there; a steady sound in steady noise gives a smooth floor. The envelope is a log power, so the
+  microphone's gain and colouring do not move it, and the scorer compares only its *shape* over the
+  modulation frequencies (:func:`fanwatch.scorer.features`), which more background noise lowers
+  evenly instead of moving, as it moves the fluctuation.
 
-Models exported before the fluctuation output give the first 129 values only (``LEGACY_FEATURES``); their
-anomaly score does not use it, so they keep working.
+Models exported before the fluctuation output give the first 129 values only (``LEGACY_FEATURES``), models
+exported before the modulation spectrum the first 193 (``FLUCTUATION_FEATURES``); their anomaly scores do not
+use what they lack, so they keep working.
 
 This module is runtime-safe (numpy only). :func:`reference` is the float64 numpy replica of the
 TFLite computation, used by the parity checks; the mel matrix is passed in (TensorFlow makes it on
@@ -36,7 +46,12 @@ LINEAR_SLICE = slice(config.MEL_BANDS, config.MEL_BANDS + LINEAR_BANDS)
 LEVEL_INDEX = config.MEL_BANDS + LINEAR_BANDS
 LEGACY_FEATURES = LEVEL_INDEX + 1  # models exported before the fluctuation output
 FLUCTUATION_SLICE = slice(LEGACY_FEATURES, LEGACY_FEATURES + LINEAR_BANDS)
-BAND_FEATURES = FLUCTUATION_SLICE.stop
+FLUCTUATION_FEATURES = FLUCTUATION_SLICE.stop  # models exported before the modulation spectrum
+MODULATION_GROUPS = 8  # groups of 8 linear bands (1 kHz each)
+MODULATION_FRAMES = config.PATCH_FRAMES  # the envelope's length: the window's 96 frames
+MODULATION_BINS = slice(3, 48)  # modulation frequencies 3.1-49 Hz at 100/96 Hz per bin
+MODULATION_SLICE = slice(FLUCTUATION_FEATURES, FLUCTUATION_FEATURES + MODULATION_BINS.stop - MODULATION_BINS.start)
+BAND_FEATURES = MODULATION_SLICE.stop
 POWER_FLOOR = 1e-10
 OUTPUT_NAME = "band_levels"
 
@@ -56,6 +71,22 @@ def linear_band_matrix() -> np.ndarray:
     return m
 
 
+def group_matrix() -> np.ndarray:
+    """[64, 8] 0/1 matrix summing the linear bands' power into the modulation spectrum's groups."""
+    per = LINEAR_BANDS // MODULATION_GROUPS
+    return np.kron(np.eye(MODULATION_GROUPS), np.ones((per, 1))).astype(np.float32)
+
+
+def modulation_dft() -> np.ndarray:
+    """[96, 2 * 45]: the periodic Hann window times the DFT's cosines, then its (negated) sines, at the
+    modulation bins: ``envelope @ modulation_dft()`` gives their real and imaginary parts."""
+    n = np.arange(MODULATION_FRAMES)[:, None]
+    k = np.arange(MODULATION_BINS.start, MODULATION_BINS.stop)[None, :]
+    angle = 2 * np.pi * n * k / MODULATION_FRAMES
+    w = hann_window(MODULATION_FRAMES)[:, None]
+    return np.concatenate([w * np.cos(angle), -w * np.sin(angle)], axis=1).astype(np.float32)
+
+
 def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     """[n, BAND_FEATURES] in float64 for [n, WINDOW_SAMPLES] windows: what the model's output should be."""
     w = np.atleast_2d(np.asarray(windows, np.float64))
@@ -65,6 +96,12 @@ def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     spec = np.fft.rfft(w[:, idx] * hann, n=config.FFT_LENGTH, axis=-1)  # [n, frames, 257]
     power = spec.real**2 + spec.imag**2
     mel = np.log(np.sqrt(power) @ np.asarray(mel_matrix, np.float64) + config.LOG_OFFSET).mean(axis=1)
-    lin_frames = np.log(power @ linear_band_matrix().astype(np.float64) + POWER_FLOOR)  # [n, frames, 64]
+    band_power = power @ linear_band_matrix().astype(np.float64)  # [n, frames, 64]
+    lin_frames = np.log(band_power + POWER_FLOOR)
     level = 10.0 * np.log10((w * w).mean(axis=1) + POWER_FLOOR)
-    return np.concatenate([mel, lin_frames.mean(axis=1), level[:, None], lin_frames.std(axis=1)], axis=1)
+    envelope = np.log(band_power @ group_matrix().astype(np.float64) + POWER_FLOOR)  # [n, frames, 8]
+    envelope = envelope - envelope.mean(axis=1, keepdims=True)
+    k = MODULATION_BINS.stop - MODULATION_BINS.start
+    spectrum = np.einsum("ntg,tk->ngk", envelope, modulation_dft().astype(np.float64))
+    modulation = np.log((spectrum[..., :k] ** 2 + spectrum[..., k:] ** 2).mean(axis=1) + POWER_FLOOR)
+    return np.concatenate([mel, lin_frames.mean(axis=1), level[:, None], lin_frames.std(axis=1), modulation], axis=1)
