@@ -48,6 +48,38 @@ def test_stream_gives_what_score_file_gives_and_reset_restarts_the_horizon(fitte
     assert not np.allclose(short.score_file("a", e, b), offline)
 
 
+def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fitted, tmp_path):
+    """The modulation side channel: scored on its own beside the fused score (which it does not change),
+    with a threshold per machine from the validation recordings; a modulation that the fused score barely
+    sees is far above the channel's threshold; the stream gives what the file gives; save/load keeps it."""
+    sc, rng, centres, profiles = fitted
+    train = {m: _machine(np.random.default_rng(5), centres[m], profiles[m]) for m in centres}
+    val = {m: _machine(np.random.default_rng(6), centres[m], profiles[m], n_files=3) for m in centres}
+    cfg = scorer.ScoreConfig(channels=("modulation",))
+    side = scorer.Scorer.fit(train, cfg).set_thresholds(val)
+    plain = scorer.Scorer.fit(train).set_thresholds(val)
+    assert side.channel_thresholds["modulation"].keys() == {"a", "b", scorer.POOLED}
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=20)[0]
+    fused, channels = side.score_file_channels("a", e, b)
+    np.testing.assert_allclose(fused, plain.score_file("a", e, b), rtol=1e-12)  # the fused score is untouched
+    shaft = b.copy()
+    shaft[:, spectral.MODULATION_SLICE.start + 16] += 3.0  # a peak at one modulation frequency (nats)
+    modulated, by_channel = side.score_file_channels("a", e, shaft)
+    assert (channels["modulation"][-10:] / side.channel_threshold("a", "modulation")).max() < 1.0
+    assert (by_channel["modulation"][-10:] / side.channel_threshold("a", "modulation")).min() > 2.0
+    assert (modulated[-10:] / side.threshold("a")).max() < 1.0  # diluted in the fused score
+    stream = side.stream("a")
+    online = [stream.update_channels(e[i], shaft[i]) for i in range(len(e))]
+    np.testing.assert_allclose([f for f, _ in online], modulated, rtol=1e-9)
+    np.testing.assert_allclose([c["modulation"] for _, c in online], by_channel["modulation"], rtol=1e-9)
+    loaded = scorer.Scorer.load(side.save(tmp_path / "side.npz"))
+    assert loaded.config.channels == ("modulation",) and loaded.channel_thresholds == side.channel_thresholds
+    np.testing.assert_allclose(loaded.score_file_channels("a", e, shaft)[1]["modulation"], by_channel["modulation"])
+    with pytest.raises(FanwatchError, match="side channels"):
+        scorer.ScoreConfig(channels=("embedding",))
+    assert scorer.parse_channels("none") == () and scorer.parse_channels("modulation") == ("modulation",)
+
+
 def test_normal_scores_below_threshold_and_a_band_rise_above(fitted):
     sc, rng, centres, profiles = fitted
     e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=16)[0]
@@ -210,6 +242,31 @@ def test_fluctuation_ignores_gain_and_colouring_and_sees_modulation():
     assert (fl["modulated"] > fl["plain"]).mean() > 0.9
 
 
+def test_modulation_spectrum_ignores_gain_and_colouring_and_peaks_at_the_shaft_rate():
+    """The modulation spectrum (fanwatch.spectral, its shape as the scorer compares it): the same for a
+    louder or coloured recording of the same sound, and a peak at the modulation frequency of a sound
+    modulated at a shaft rate (an imbalance) that steady noise does not have."""
+    rng = np.random.default_rng(9)
+    mel = np.abs(rng.standard_normal((config.FFT_LENGTH // 2 + 1, config.MEL_BANDS)))
+    n = config.WINDOW_SAMPLES
+    noise = 0.05 * rng.standard_normal(n)
+    f = np.fft.rfftfreq(n, 1.0 / config.SAMPLE_RATE)
+    tilt = 10 ** (1.5 * np.log2(np.maximum(f, 50.0) / 1000.0) / 20.0)
+    coloured = np.fft.irfft(np.fft.rfft(noise) * tilt, n)
+    t = np.arange(n) / config.SAMPLE_RATE
+    shaft_hz = 20.0
+    modulated = noise * (1.0 + 0.3 * np.sin(2 * np.pi * shaft_hz * t))
+    mod = {
+        name: scorer.features("modulation", spectral.reference(x, mel))[0]
+        for name, x in {"plain": noise, "louder": 4.0 * noise, "coloured": coloured, "modulated": modulated}.items()
+    }
+    assert np.abs(mod["louder"] - mod["plain"]).max() < 1e-6
+    assert np.abs(mod["coloured"] - mod["plain"]).mean() < 0.1  # nats
+    peak = int(round(shaft_hz / (100.0 / spectral.MODULATION_FRAMES))) - spectral.MODULATION_BINS.start
+    assert mod["modulated"][peak] - mod["plain"][peak] > 2.0  # nats: the shaft rate stands out ...
+    assert int(np.argmax(mod["modulated"] - mod["plain"])) in (peak - 1, peak, peak + 1)  # ... there
+
+
 def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_it(fitted):
     rng = np.random.default_rng(8)
     e = np.abs(rng.standard_normal((10, D))).astype(np.float32)
@@ -222,6 +279,12 @@ def test_a_model_without_fluctuation_keeps_its_score_and_refuses_one_that_needs_
         scorer.Scorer.fit(
             {"a": [(e, legacy), (e[::-1], legacy[::-1])]},
             scorer.ScoreConfig({"embedding": 4, "shape": 2, "fluctuation": 1}),
+        )
+    older = rng.normal(-8, 2, (10, spectral.FLUCTUATION_FEATURES)).astype(np.float32)
+    with pytest.raises(FanwatchError, match="no modulation spectrum"):
+        scorer.Scorer.fit(
+            {"a": [(e, older), (e[::-1], older[::-1])]},
+            scorer.ScoreConfig({"embedding": 2, "shape": 1, "modulation": 1}),
         )
 
 
