@@ -41,6 +41,7 @@ class StreamReplay:
     evidence: np.ndarray
     alert: np.ndarray
     raised: list[dict] = field(default_factory=list)  # alert_raised events
+    channels: dict = field(default_factory=dict)  # the score's side channels: {channel: [n] score / threshold}
     faults: list[tuple[float, float]] = field(default_factory=list)  # (onset, end) in stream seconds
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -73,6 +74,10 @@ def replay(make_analyzer, files: list[str], machine: str, kind: str) -> StreamRe
         alert=np.array([r.alert for r in results], dtype=bool),
         raised=[e for r in results for e in r.events if e["event"] == "alert_raised"],
         skipped=skipped,
+        channels={
+            ch: np.array([getattr(r, "channels", {}).get(ch, np.nan) for r in results], dtype=np.float64)
+            for ch in sorted({ch for r in results for ch in getattr(r, "channels", {})})
+        },
     )
     if kind == "fault" and used:
         rep.faults = [(0.0, rep.seconds)]  # the whole recording is the fault
@@ -109,7 +114,8 @@ def metrics(normal: list[StreamReplay], faults: list[StreamReplay], horizon_s: f
 
 
 def plot_timeline(replays: list[StreamReplay], path: Path, title: str) -> Path:
-    """Score ratio, evidence (relative to its alert level) and alert spans, one panel per stream."""
+    """Score ratio (and the side channels'), evidence (relative to its alert level) and alert spans, one panel
+    per stream."""
     from .evaluation import pyplot
 
     plt = pyplot()
@@ -118,6 +124,8 @@ def plot_timeline(replays: list[StreamReplay], path: Path, title: str) -> Path:
     for ax, r in zip(axes[:, 0], replays):
         if len(r.t):
             ax.plot(r.t, r.anomaly, lw=0.8, color="tab:blue", label="score / threshold")
+            for (ch, ratio), colour in zip(r.channels.items(), ("tab:green", "tab:purple", "tab:brown")):
+                ax.plot(r.t, ratio, lw=0.7, color=colour, alpha=0.8, label=f"{ch} channel / its threshold")
             if np.isfinite(r.evidence).any():
                 ax.plot(r.t, r.evidence, lw=1.2, color="tab:orange", label="evidence / alert level")
             ax.axhline(1.0, color="k", lw=0.8, ls="--", label="1.0 (threshold / alert level)")

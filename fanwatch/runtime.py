@@ -294,6 +294,10 @@ class StatelessAnomaly:
     settle_windows = 0
     horizon = None
 
+    @property
+    def channel_ratios(self) -> dict:
+        return {}  # no side channels
+
     def reset(self) -> None:
         pass
 
@@ -318,6 +322,9 @@ class AnomalyStream:
         self.horizon = horizon
         self._stream = classifier.scorer.stream(self.name, horizon)
         self.threshold = self._stream.threshold
+        scorer = classifier.scorer
+        self.channel_thresholds = {ch: scorer.channel_threshold(self.name, ch) for ch in scorer.config.channels}
+        self.channel_ratios: dict = {}  # the last window's side-channel ratios (score / its threshold)
         # a median over fewer windows than half the horizon is one odd window's (the splice of a device's
         # start-up, the first window after a gap): the alert rules wait until it is not
         self.settle_windows = max(1, horizon // 2)
@@ -337,4 +344,6 @@ class AnomalyStream:
         if prediction.band_levels is None or prediction.embedding is None:
             raise FanwatchError("the model gives no band_levels/embedding output, which its anomaly score needs")
         self._windows += 1
-        return self.index, self._stream.update(prediction.embedding, prediction.band_levels) / self.threshold
+        fused, side = self._stream.update_channels(prediction.embedding, prediction.band_levels)
+        self.channel_ratios = {ch: side[ch] / t for ch, t in self.channel_thresholds.items()}
+        return self.index, fused / self.threshold

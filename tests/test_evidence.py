@@ -286,6 +286,36 @@ def test_decisions_raise_known_fault_and_unknown_anomaly_alerts_each_with_its_ki
     assert d.active is False
 
 
+def test_a_side_channel_raises_the_one_unknown_anomaly_alert_and_says_which_evidence_did():
+    """The score's side channel (the modulation spectrum) has its own evidence: it raises the unknown-anomaly
+    alert while the fused score stays low; with both high there is one alert, cleared when both are quiet."""
+    rule = evidence.EvidenceRule(reference=0.5, threshold=3.0, clear_s=1.0)
+    side = evidence.EvidenceRule(reference=0.6, threshold=4.0, clear_s=1.0)
+    d = decisions.Decisions(rule, HOP, labels=["on"], channel_rules={"modulation": side})
+    seq = [(0.2, 0.2)] * 10 + [(0.2, 3.0)] * 10 + [(0.2, 0.1)] * 15 + [(3.0, 3.0)] * 10 + [(0.1, 0.1)] * 15
+    events, levels = [], []
+    for i, (fused, channel) in enumerate(seq):
+        out = d.update(i * HOP, "on", 0.9, fused, [1.0], channels={"modulation": channel})
+        events += [e for e in out.events if e["event"].startswith("alert")]
+        levels.append(out.evidence)
+    assert [(e["event"], e["kind"], e.get("evidence_from")) for e in events] == [
+        ("alert_raised", "unknown_anomaly", "modulation"),
+        ("alert_cleared", "unknown_anomaly", None),
+        ("alert_raised", "unknown_anomaly", "score"),  # both reach their levels: one alert
+        ("alert_cleared", "unknown_anomaly", None),
+    ]
+    # ln(3 / 0.6) = 1.6 clipped at 1 a window: the channel's evidence reaches 4 in the fourth window
+    assert events[0]["t"] == pytest.approx((10 + 3) * HOP)
+    assert max(levels[10:20]) >= 1.0 and d.active is False
+    # a window without the channel's ratio (a model without side channels) changes nothing
+    assert (
+        decisions.Decisions(rule, HOP, labels=["on"], channel_rules={"modulation": side})
+        .update(0.0, "on", 0.9, 0.2, [1.0])
+        .events
+        == []
+    )
+
+
 def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_known_faults():
     d = decisions.Decisions(evidence.EvidenceRule(), HOP, labels=["a", "b"], n_of_m=(3, 4, 0, 1.0))
     out = [d.update(i * HOP, "a", 0.9, r, [0.9, 0.1]) for i, r in enumerate([1.2, 1.3, 0.5, 1.1])]

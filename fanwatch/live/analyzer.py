@@ -24,7 +24,7 @@ import numpy as np
 from .. import audio, bands, config
 from ..card import ModelCard
 from .blocks import Block
-from .decisions import Decisions, anomalous_labels, rules_from_card, window_counts
+from .decisions import Decisions, anomalous_labels, channel_rules_from_card, rules_from_card, window_counts
 from .settings import DecisionSettings
 from .sources import check_file_channel, open_audio_file
 
@@ -45,7 +45,8 @@ class Classifier(Protocol):
 
     def anomaly_stream(self, hop_s: float | None = None):
         """A new anomaly state for one continuous segment at windows ``hop_s`` apart: ``update(prediction)`` ->
-        (machine index, score / threshold), ``reset()``, ``settling``, ``horizon``. The deployed score
+        (machine index, score / threshold), ``reset()``, ``settling``, ``horizon``, ``channel_ratios`` (the last
+        window's side-channel ratios, ``{}`` without side channels). The deployed score
         (fanwatch.scorer) averages over a horizon of windows, so it has state;
         :class:`fanwatch.runtime.StatelessAnomaly` wraps a per-window rule."""
 
@@ -76,6 +77,7 @@ class WindowResult:
     alert_kinds: list = field(default_factory=list)  # active alerts: "unknown_anomaly", "known_fault"
     embedding: np.ndarray | None = field(default=None, repr=False)  # the model's embedding (score, enrollment)
     band_levels: np.ndarray | None = field(default=None, repr=False)
+    channels: dict = field(default_factory=dict)  # the score's side channels: {channel: score / its threshold}
 
     def record(self) -> dict:
         return {
@@ -98,6 +100,7 @@ class WindowResult:
             "alert_kinds": list(self.alert_kinds),
             "settling": self.settling,
             "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1),
+            "anomaly_channels": {ch: round(r, 4) for ch, r in self.channels.items()},
         }
 
 
@@ -198,6 +201,7 @@ class Analyzer:
             fault_labels=faults,
             known_rule=known_rule,
             n_of_m=n_of_m,
+            channel_rules=channel_rules_from_card(card, decisions),
         )
         self.states = self.decisions.states
         self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
@@ -412,11 +416,15 @@ class Analyzer:
         if self._site is not None:  # the site's own score over the same horizon, combined with the model's
             ratio = self._site.update(embedding, prediction.band_levels, ratio)
         ratio = float(ratio) / self.threshold_scale
+        side = getattr(self._anomaly, "channel_ratios", {})  # a stand-in classifier may have no side channels
+        channels = {ch: float(r) / self.threshold_scale for ch, r in side.items()}
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])
         settling = self._anomaly.settling  # the score's horizon just (re)started: no anomaly evidence yet
-        decision = self.decisions.update(t, label, confidence, ratio, probabilities, settling=settling)
+        decision = self.decisions.update(
+            t, label, confidence, ratio, probabilities, settling=settling, channels=channels
+        )
         for event in decision.events:
             if event["event"] == "state" and event["to"] in self._normal_labels:
                 self._normal_state = event["to"]
@@ -429,6 +437,7 @@ class Analyzer:
             confidence=confidence,
             anomaly=ratio,
             anomalous=ratio >= 1.0 and not settling,
+            channels=channels,
             settling=settling,
             state=decision.state,
             alert=decision.alert,

@@ -4,7 +4,10 @@ Two kinds of alert share one event stream (``alert_raised`` / ``alert_cleared`` 
 
 * ``unknown_anomaly``: the anomaly evidence (:class:`fanwatch.evidence.AlertRule`, the CUSUM of the score
   ratio) reached the alert level calibrated for the target false alerts per day; any sound unlike normal
-  running, including faults never seen in training;
+  running, including faults never seen in training. The score's side channels (:mod:`fanwatch.scorer`: the
+  modulation spectrum by default) each keep their own CUSUM with their own calibrated level; whichever
+  reaches its level first raises the one alert (``evidence_from``: ``"score"`` or the channel), and it clears
+  when all of them have cleared;
 * ``known_fault``: the head keeps saying "a fault class" (e.g. ``fault_bearing``): the same CUSUM, over the
   odds the head gives to its fault classes together (``p / (1 - p)``, reference 1: a window where the faults
   are more likely than not adds, one where they are not drains), calibrated the same way on the normal
@@ -170,10 +173,15 @@ class Decisions:
         fault_labels=(),
         known_rule: evidence.EvidenceRule | None = None,
         n_of_m=None,
+        channel_rules: dict | None = None,
     ):
         self.states = StateDebouncer(state_k)
         self.rule = rule
         self.evidence = evidence.AlertRule(rule, hop_s) if n_of_m is None else None
+        # the score's side channels (fanwatch.scorer): each its own evidence; any of them raises the anomaly alert
+        self.channel_evidence = (
+            {ch: evidence.AlertRule(r, hop_s) for ch, r in (channel_rules or {}).items()} if n_of_m is None else {}
+        )
         self.n_of_m = AlertDebouncer(*n_of_m) if n_of_m is not None else None
         self.labels = list(labels)
         self.fault_index = [i for i, label in enumerate(self.labels) if label in set(fault_labels)]
@@ -185,7 +193,13 @@ class Decisions:
 
     @property
     def anomaly_active(self) -> bool:
-        return self.evidence.active if self.evidence is not None else self.n_of_m.active
+        if self.evidence is None:
+            return self.n_of_m.active
+        return self.evidence.active or any(e.active for e in self.channel_evidence.values())
+
+    def _anomaly_level(self) -> float:
+        """The anomaly evidence relative to its alert level: the highest of the score's and its channels'."""
+        return max([self.evidence.level] + [e.level for e in self.channel_evidence.values()])
 
     @property
     def active(self) -> bool:
@@ -195,11 +209,19 @@ class Decisions:
         return ([UNKNOWN] if self.anomaly_active else []) + ([KNOWN] if self.known is not None else [])
 
     def update(
-        self, t: float, label: str, confidence: float, ratio: float, probabilities=None, settling: bool = False
+        self,
+        t: float,
+        label: str,
+        confidence: float,
+        ratio: float,
+        probabilities=None,
+        settling: bool = False,
+        channels: dict | None = None,
     ) -> Decision:
         """One window: its top label and confidence, anomaly ratio, and the head's probabilities (for the
         known-fault evidence; without them no known-fault alert is possible). ``settling``: the anomaly score
-        is not yet one to count (its horizon starting): the anomaly rule skips the window."""
+        is not yet one to count (its horizon starting): the anomaly rule skips the window. ``channels``: the
+        score's side-channel ratios (``{channel: score / its threshold}``), for the channels' evidence."""
         events = []
         t = round(float(t), 3)
         change = self.states.update(label)
@@ -214,12 +236,21 @@ class Decisions:
                 }
             )
         state = self.states.state
+        source = None
         if settling:
-            change, level = None, self.evidence.level if self.evidence is not None else None
+            change, level = None, self._anomaly_level() if self.evidence is not None else None
         elif self.evidence is not None:
             self._recent.append(ratio >= 1.0)
-            change = self.evidence.update(ratio)
-            level = self.evidence.level
+            before = self.anomaly_active
+            raised = ["score"] if self.evidence.update(ratio) == "raised" else []
+            for ch, rule in self.channel_evidence.items():
+                value = (channels or {}).get(ch)
+                if value is not None and rule.update(float(value)) == "raised":
+                    raised.append(ch)
+            after = self.anomaly_active
+            change = "raised" if after and not before else "cleared" if before and not after else None
+            source = raised[0] if raised else None
+            level = self._anomaly_level()
             exceeding, of = sum(self._recent), RECENT
         else:
             self._recent.append(ratio >= 1.0)
@@ -239,6 +270,8 @@ class Decisions:
             }
             if level is not None:
                 event["evidence"] = round(level, 4)
+            if change == "raised" and source is not None:
+                event["evidence_from"] = source  # "score" (the fused score) or a side channel ("modulation")
             events.append(event)
         if self.known_evidence is not None and probabilities is not None:
             p = np.asarray(probabilities, np.float64)
@@ -294,3 +327,19 @@ def rules_from_card(card, decisions: DecisionSettings, site_model=None):
         rule = dataclasses.replace(rule, threshold=decisions.alert_level)
     known = evidence.EvidenceRule.from_dict((alerts.get("known_fault") or {}).get("rule") or KNOWN_FAULT_DEFAULTS)
     return rule, known
+
+
+def channel_rules_from_card(card, decisions: DecisionSettings) -> dict:
+    """{side channel: its evidence rule} from the model card (none for a card without side channels);
+    ``--alert-level`` applies to them too. A site calibration leaves them as they are: the side channels are
+    shapes that a room or a microphone does not move (fanwatch.site)."""
+    alerts = getattr(card, "alerts", None)
+    if alerts is None:
+        alerts = (getattr(card, "raw", card) or {}).get("alerts") or {}
+    out = {}
+    for channel, info in (alerts.get("channels") or {}).items():
+        rule = evidence.EvidenceRule.from_dict((info or {}).get("rule"))
+        if decisions.alert_level is not None:
+            rule = dataclasses.replace(rule, threshold=decisions.alert_level)
+        out[channel] = rule
+    return out

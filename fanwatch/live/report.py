@@ -177,7 +177,9 @@ def _describe(r: dict) -> str:
         )
     if e == "alert_raised":
         explanation = r.get("explanation") or {}
-        if r.get("evidence") is not None:  # the evidence rule: windows above the reference add up
+        if r.get("evidence") is not None and r.get("evidence_from") not in (None, "score"):  # a side channel's
+            why = f"the {r['evidence_from']} channel's anomaly evidence reached its alert level ({r['evidence']:.2f} x)"
+        elif r.get("evidence") is not None:  # the evidence rule: windows above the reference add up
             why = (
                 f"anomaly evidence reached the alert level ({r['evidence']:.2f} x; {r['exceeding']} of the last "
                 f"{r['of']} windows above the per-window threshold)"

@@ -192,6 +192,9 @@ def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
     }
     if d.evidence is not None:
         out["alert"] = analyzer.rule.describe() + (" (site calibration)" if site_model is not None else "")
+        channels = {ch: e.rule for ch, e in d.channel_evidence.items()}
+        out["alert_channels"] = {ch: rule.to_dict() for ch, rule in channels.items()}
+        out["alert"] += "".join(f"; or the {ch} channel's {rule.describe()}" for ch, rule in channels.items())
     if d.known_evidence is not None:
         out["known_fault_rule"] = d.known_rule.to_dict()
     if site_model is not None:
