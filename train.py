@@ -81,6 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"{', '.join(scorer.COMPONENTS)} (default {D.score_components}; see fanwatch/scorer.py)",
     )
     p.add_argument(
+        "--score-channels",
+        default=D.score_channels,
+        metavar="C,...",
+        help="components scored on their own beside the fused score, each with its own threshold and alert "
+        f"evidence ('none': none; default {D.score_channels}; see fanwatch/scorer.py)",
+    )
+    p.add_argument(
         "--horizon",
         type=int,
         default=D.score_horizon,
@@ -158,6 +165,7 @@ def main(argv=None) -> None:
             anomaly_method=args.anomaly_method,
             false_alarm_rate=args.false_alarm_rate,
             score_components=args.score,
+            score_channels=args.score_channels,
             score_horizon=args.horizon,
             false_alerts_per_day=args.false_alerts_per_day,
             epochs=args.epochs,

@@ -18,6 +18,10 @@ A Pi hears its fan in its own room through its own microphone; the training reco
    model card's, raised if the held-apart evidence comes near it; the site's own tail bound (from far less
    audio than the card's) is reported beside the card's expected false alerts per day.
 
+The score's side channels (the modulation spectrum's shape, :mod:`fanwatch.scorer`) are left as the model
+card has them: a room's level and colouring and a microphone's gain do not move a shape over modulation
+frequencies, and on ``bench/alerts.py``'s odd site the channel raised no false alert without enrollment.
+
 It writes ``site_calibration.json`` (settings, figures, the model's sha256) and ``site_calibration.npz``
 (the site's score state in :class:`fanwatch.scorer.Scorer`'s format, no pickle) beside the model. A site
 file made for another model (sha256), or by an older fanwatch, is refused with one line.
@@ -262,7 +266,9 @@ def enroll(
     if bands is None or len(bands) != n:
         bands, cfg = np.zeros((n, spectral.BAND_FEATURES), np.float32), ScoreConfig(weights={"embedding": 1.0})
     else:
-        cfg = score_config or ScoreConfig()
+        # the side channels (the modulation spectrum's shape) do not move with a room or a microphone: the
+        # site adapts the fused score only, and its alert rule; the model's side channels apply as they are
+        cfg = replace(score_config or ScoreConfig(), channels=())
     bands = np.asarray(bands, np.float32)
     rate = float((card.get("anomaly") or {}).get("target_false_alarm_rate", 0.01))
     site_model = SiteModel(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -73,6 +74,7 @@ class TrainSettings:
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
     score_components: str = "embedding:2,shape:1"
+    score_channels: str = "modulation"  # side channels of the score, comma-separated ("none": none)
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
@@ -110,7 +112,11 @@ class TrainSettings:
         self.score_config()
 
     def score_config(self) -> scorer.ScoreConfig:
-        return scorer.ScoreConfig(weights=scorer.parse_components(self.score_components), horizon=self.score_horizon)
+        return scorer.ScoreConfig(
+            weights=scorer.parse_components(self.score_components),
+            horizon=self.score_horizon,
+            channels=scorer.parse_channels(self.score_channels),
+        )
 
     def as_dict(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "extra"}
@@ -369,12 +375,26 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day"
         )
     cal = alerts_info["calibration"]
+    share = alerts_info.get("target_share_per_day", s.false_alerts_per_day)
     log(
         f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
-        f"alert(s) per day (target {s.false_alerts_per_day:g}, 90 % bound "
+        f"alert(s) per day (target {share:g}, 90 % bound "
         f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
         f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)"
     )
+    for channel, info in alerts_info.get("channels", {}).items():
+        ccal = info["calibration"]
+        log(
+            f"alerts: {channel} channel: {info['rule_text']}; expected "
+            f"{_fmt_rate(ccal['expected_false_alerts_per_day'])} false alert(s) per day (target {share:g}; "
+            f"{ccal['observed_false_alerts']} alert(s) when replayed)"
+        )
+    if "channels" in alerts_info:
+        log(
+            f"alerts: unknown anomalies together: expected "
+            f"{_fmt_rate(alerts_info['expected_false_alerts_per_day'])} false alert(s) per day "
+            f"(target {s.false_alerts_per_day:g})"
+        )
 
     # --- normal band profile: what an alert's explanation compares with ----------------------------
     profile = bands.fit_from_recordings([r for r in splits["train"] if r.normal], s.channel, s.progress)
@@ -536,17 +556,23 @@ def augmented_embeddings(
     return np.concatenate(out), np.concatenate(index)
 
 
-def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -> list[np.ndarray]:
-    """Per machine, the deployed window ratios (fused score / threshold) of its normal validation recordings,
-    each recording scored as the live loop scores a continuous segment and the recordings concatenated in
-    order: what the live loop would have heard had they been played one after the other. Scored against the
-    machine's own reference (``--machine``) and, with several machines, against the pooled one too (the live
-    loop given no ``--machine``): one rule covers both."""
+def validation_streams(
+    score: scorer.Scorer, val_set: embeddings.EmbeddingSet, channel: str | None = None
+) -> list[np.ndarray]:
+    """Per machine, the deployed window ratios (fused score / threshold, or a side ``channel``'s score / its
+    threshold) of its normal validation recordings, each recording scored as the live loop scores a
+    continuous segment and the recordings concatenated in order: what the live loop would have heard had they
+    been played one after the other. Scored against the machine's own reference (``--machine``) and, with
+    several machines, against the pooled one too (the live loop given no ``--machine``): one rule covers both."""
     streams = []
     for name, files in _normal_files(val_set).items():
         targets = [name] + ([scorer.POOLED] if len(score.machines) > 1 else [])
         for target in targets:
-            ratios = [score.score_file(target, e, b) / score.threshold(target) for e, b in files]
+            if channel is None:
+                ratios = [score.score_file(target, e, b) / score.threshold(target) for e, b in files]
+            else:
+                threshold = score.channel_threshold(target, channel)
+                ratios = [score.score_file_channels(target, e, b)[1][channel] / threshold for e, b in files]
             if ratios:
                 streams.append(np.concatenate(ratios))
     return streams
@@ -554,14 +580,19 @@ def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -
 
 def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, false_alerts_per_day: float) -> dict:
     """The alert rule for the model card: the CUSUM's threshold set for ``false_alerts_per_day`` by replaying
-    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never)."""
+    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never).
+    With side channels (:class:`fanwatch.scorer.ScoreConfig`), each channel has its own CUSUM and the target
+    is shared out equally: the fused score's rule and each channel's are calibrated for
+    ``false_alerts_per_day / (1 + channels)``, so together they stay within the target."""
     streams = validation_streams(score, val_set)
     if not streams:
         raise FanwatchError(
             "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
         )
-    cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, false_alerts_per_day)
-    return {
+    channels = score.config.channels
+    share = false_alerts_per_day / (1 + len(channels))
+    cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, share)
+    out = {
         "rule": cal.rule.to_dict(),
         "rule_text": cal.rule.describe(),
         "hop_s": config.HOP_SECONDS,
@@ -570,6 +601,23 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, fal
         "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
         "evidence peaks, with its 90 % upper confidence bound set to the target",
     }
+    if channels:
+        out["target_share_per_day"] = share
+        out["channels"] = {}
+        expected = cal.expected_false_alerts_per_day
+        for channel in channels:
+            ccal = evidence.calibrate(
+                validation_streams(score, val_set, channel), evidence.EvidenceRule(), config.HOP_SECONDS, share
+            )
+            out["channels"][channel] = {
+                "rule": ccal.rule.to_dict(),
+                "rule_text": ccal.rule.describe(),
+                "calibration": ccal.to_dict(),
+            }
+            expected += ccal.expected_false_alerts_per_day
+        # the fused score's and the channels' together (None when one of them could not be calibrated)
+        out["expected_false_alerts_per_day"] = round(expected, 4) if math.isfinite(expected) else None
+    return out
 
 
 def calibrate_known_faults(
