@@ -39,6 +39,7 @@ import numpy as np
 from bench._common import RESULTS, write_results
 from fanwatch import audio, config, evidence, runtime, synth
 from fanwatch.live import decisions as live_decisions
+from fanwatch.live.settings import DecisionSettings
 
 HOP_S = config.HOP_SECONDS
 # A session is a room + microphone + gain: the generator draws gain and EQ per file around these.
@@ -146,9 +147,19 @@ def cached(path: Path, make) -> dict:
 def ratios(classifier: runtime.SoundClassifier, out: dict) -> np.ndarray:
     """The live loop's per-window ratio over one continuous stream of cached outputs: the deployed score
     (SoundClassifier.anomaly_stream: the fused score's horizon runs over the stream)."""
+    return ratios_and_channels(classifier, out)[0]
+
+
+def ratios_and_channels(classifier: runtime.SoundClassifier, out: dict) -> tuple[np.ndarray, dict]:
+    """(the fused score's per-window ratios, {side channel: its per-window ratios}) of one continuous stream."""
     stream = classifier.anomaly_stream()
     rows = zip(out["probabilities"], out["scores"], out["embeddings"], out["bands"])
-    return np.array([stream.update(runtime.Prediction(p, s, e, b))[1] for p, s, e, b in rows])
+    fused, side = [], []
+    for p, s, e, b in rows:
+        fused.append(stream.update(runtime.Prediction(p, s, e, b))[1])
+        side.append(dict(stream.channel_ratios))
+    channels = {ch: np.array([w[ch] for w in side]) for ch in (side[0] if side else {})}
+    return np.array(fused), channels
 
 
 def _head(out: dict, n: int) -> dict:
@@ -247,6 +258,7 @@ def train_model(work: Path, args) -> Path:
             false_alerts_per_day=args.false_alerts_per_day,
             augment=args.augment,
             score_components=args.score,
+            score_channels=args.score_channels,
             workers=1,
             progress=not args.no_progress,
         )
@@ -277,6 +289,9 @@ def main(argv=None) -> int:
 
     p.add_argument("--augment", type=int, default=defaults.augment, help="train.py --augment for the trained model")
     p.add_argument("--score", default=defaults.score_components, help="train.py --score for the trained model")
+    p.add_argument(
+        "--score-channels", default=defaults.score_channels, help="train.py --score-channels for the trained model"
+    )
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -314,7 +329,10 @@ def main(argv=None) -> int:
 
     calibrated = evidence.EvidenceRule.from_dict((card.get("alerts") or {}).get("rule"))
     val_streams = validation_streams(classifier, model.parent)
-    stream_ratios = {key: ratios(classifier, out) for key, out in streams.items()}
+    both = {key: ratios_and_channels(classifier, out) for key, out in streams.items()}
+    stream_ratios = {key: r for key, (r, _) in both.items()}
+    stream_channels = {key: c for key, (_, c) in both.items()}  # the score's side channels (the live loop's)
+    channel_rules = live_decisions.channel_rules_from_card(card, DecisionSettings())
     settle = classifier.anomaly_stream().settle_windows  # the live loop's alert rules skip a stream's first
 
     def replay(key, raises) -> dict:
@@ -334,8 +352,9 @@ def main(argv=None) -> int:
         ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or live_decisions.KNOWN_FAULT_DEFAULTS
     )
 
-    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True):
-        """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs."""
+    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True, side=True):
+        """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs; ``side``:
+        with the score's side channels (the deployed rule), else the fused score's evidence alone."""
         out = streams[key]
         d = live_decisions.Decisions(
             rule or calibrated,
@@ -343,13 +362,18 @@ def main(argv=None) -> int:
             labels=classifier.labels,
             fault_labels=fault_labels if known_faults else [],
             known_rule=known_rule,
+            channel_rules=channel_rules if side else None,
         )
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
         conf = probs.max(axis=1)
+        chans = stream_channels[key] if side else {}
         raised = []
         for i, (label, c, ratio) in enumerate(zip(labels, conf, r)):
-            for e in d.update(out["t"][i], label, c, ratio, probs[i], settling=i < settle).events:
+            window_channels = {ch: float(v[i]) for ch, v in chans.items()}
+            for e in d.update(
+                out["t"][i], label, c, ratio, probs[i], settling=i < settle, channels=window_channels
+            ).events:
                 if e["event"] == "alert_raised" and e["kind"] in kinds:
                     raised.append(i)
         return raised
@@ -358,6 +382,7 @@ def main(argv=None) -> int:
         "3 of 4, threshold x scale for the target (val)": lambda k, r: n_of_m_raises(r, 3, 4, n_of_m_scale),
         "3 of 4 (today's default)": lambda k, r: n_of_m_raises(r, 3, 4, 1.0),
         "cusum (model card)": lambda k, r: live(k, r),
+        "cusum, fused score alone": lambda k, r: live(k, r, side=False),
         "known fault (head state) only": lambda k, r: live(k, r, (live_decisions.KNOWN,)),
         "cusum + known fault": lambda k, r: live(k, r, (live_decisions.UNKNOWN, live_decisions.KNOWN)),
     }
@@ -433,7 +458,7 @@ def main(argv=None) -> int:
                 for i in range(args.streams)
             }
             for label, fn in (
-                ("cusum + enrollment", lambda k, c=combined, sm=site_model: cusum_raises(c[k], sm.rule)),
+                ("cusum + enrollment", lambda k, c=combined, sm=site_model: live(k, c[k], rule=sm.rule)),
                 (
                     "cusum + known fault + enrollment",
                     lambda k, c=combined, sm=site_model: live(

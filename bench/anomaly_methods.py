@@ -6,11 +6,14 @@ Methods (all fitted on normal training recordings only, per machine):
   ltas          long-term average spectrum: mean log power of 64 linear bands (1024-point FFT), z-scored,
                 mean Euclidean distance to the 5 nearest normal training clips (windows)
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
-  fused         the deployed score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
+  fused         the fused score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
                 of their normalised k-NN distances, over a horizon of 8 windows
+  fused|modulation  the deployed score: the fused score and the modulation spectrum's side channel, each in
+                units of its scale; a window counts by the larger (the live loop keeps one evidence for each
+                and either raises the alert)
   fused+fluct   the option with the bands' fluctuation: embedding 4/7, shape 2/7, fluctuation 1/7
   options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fluct_h8 (band fluctuation
-                alone), fused+level (with the level),
+                alone), modulation_h8 (modulation spectrum alone), fused+level (with the level),
                 fused_closest (fused, but a machine not in training by the earlier rule: the smallest score over
                 the known machines, window by window, instead of the pooled reference)
 
@@ -69,14 +72,16 @@ METHODS = (
     "ltas",
     "yamnet_knn",
     "fused",
+    "fused|modulation",
     "fused+fluct",
     "emb_h8",
     "shape_h8",
     "fluct_h8",
+    "modulation_h8",
     "fused+level",
     "fused_closest",
 )
-NEW = "fused"
+NEW = "fused|modulation"
 
 
 class Files:
@@ -134,12 +139,14 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         return np.array([w.mean() for w in win_s]), win_s
     name, _, horizon = method.partition("@h")
     closest = name == "fused_closest"  # unknown machines by the earlier rule: smallest over the known machines
+    name, _, channel = name.partition("|")  # "fused|modulation": a side channel beside the fused score
     weights = {
         "fused": scorer.DEFAULT_WEIGHTS,
         "fused_closest": scorer.DEFAULT_WEIGHTS,
         "emb_h8": {"embedding": 1.0},
         "shape_h8": {"shape": 1.0},
         "fluct_h8": {"fluctuation": 1.0},
+        "modulation_h8": {"modulation": 1.0},
         "fused+fluct": {"embedding": 4.0, "shape": 2.0, "fluctuation": 1.0},
         "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5},
     }.get(name)
@@ -147,8 +154,21 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         weights = scorer.parse_components(name)
     sc = scorer.Scorer.fit(
         {m: [(f["emb"], f["bands"]) for f in fs] for m, fs in train.items()},
-        scorer.ScoreConfig(weights=dict(weights), horizon=int(horizon or scorer.DEFAULT_HORIZON)),
+        scorer.ScoreConfig(
+            weights=dict(weights),
+            horizon=int(horizon or scorer.DEFAULT_HORIZON),
+            channels=(channel,) if channel else (),
+        ),
     )
+    if channel:
+        # the larger of the fused score and the channel's, both in units of their scale (the 95th percentile
+        # of normal training windows against the other files): the per-window picture of the live loop's
+        # "either evidence raises the alert"
+        win_s = []
+        for m, f in test:
+            fused, side = sc.score_file_channels(m, f["emb"], f["bands"])
+            win_s.append(np.maximum(fused, side[channel]))
+        return np.array([w.mean() for w in win_s]), win_s
     win_s = [
         np.min([sc.score_file(k, f["emb"], f["bands"]) for k in sc.machines], axis=0)
         if closest and m not in sc.machines
