@@ -224,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEC.alert_level,
         metavar="E",
-        help="evidence rule: the evidence that raises an anomaly alert (default: the model card's or "
-        "the site calibration's; higher: fewer false alerts, later alerts)",
+        help="evidence rule: the evidence that raises an anomaly alert, for the score and each of its side "
+        "channels (default: the model card's or the site calibration's; higher: fewer false alerts, later alerts)",
     )
     dec.add_argument(
         "--no-known-faults",

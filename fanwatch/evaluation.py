@@ -26,7 +26,9 @@ Levels and definitions (also written into ``metrics.json`` under ``definitions``
   training files (split.json), per machine (all machines pooled for an unknown one): loudness (RMS dB)
   and the long-term average spectrum, each z-scored, mean distance to the 5 nearest normal training
   clips (:mod:`fanwatch.baselines`), and the model's own embedding-only ``anomaly_score`` output; so
-  every user sees whether the model earns its keep on their data.
+  every user sees whether the model earns its keep on their data. Beside the fused score (``deployed``):
+  the score's side channels alone (``channels``) and, per window, the larger of the fused ratio and the
+  channels' (``deployed_with_channels``), the per-window picture of the live loop's alert.
 * **AUC**: area under the ROC curve, ties counted half. **pAUC**: the DCASE 2020 Task 2 definition,
   the area under the ROC curve for false-positive rates 0..p (p = 0.1) divided by p, *not*
   McClish-standardised. scikit-learn's ``roc_auc_score(max_fpr=0.1)`` (which the DCASE 2020 baseline
@@ -658,6 +660,25 @@ def deployed_scores(model: runtime.SoundClassifier, outputs: ModelOutputs) -> tu
     return out, np.asarray([model.scorer.threshold(n) for n in names]), len(model.machines)
 
 
+def channel_ratios(model: runtime.SoundClassifier, outputs: ModelOutputs, col_file: np.ndarray) -> dict:
+    """{side channel: per window, its score over its threshold}, each file scored against the reference its
+    fused score used (its machine's, else the pooled one), as the live loop does; ``{}`` without channels."""
+    if model.scorer is None or not model.scorer.config.channels or outputs.embeddings is None:
+        return {}
+    from .scorer import POOLED
+
+    names = [*model.machines, POOLED]
+    out = {ch: np.zeros(len(outputs.file_index)) for ch in model.scorer.config.channels}
+    for f in range(len(outputs.recordings)):
+        sel = np.flatnonzero(outputs.file_index == f)
+        col = int(col_file[f])
+        name = names[col] if 0 <= col < len(names) else POOLED
+        side = model.scorer.score_file_channels(name, outputs.embeddings[sel], outputs.bands[sel])[1]
+        for ch in out:
+            out[ch][sel] = side[ch] / model.scorer.channel_threshold(name, ch)
+    return out
+
+
 def embedding_ratio(model: runtime.SoundClassifier, outputs: ModelOutputs, col_file: np.ndarray) -> np.ndarray:
     """Per window, the model's embedding-only anomaly_score over its threshold (the earlier score)."""
     ratio = outputs.scores / model.embedding_thresholds
@@ -1002,6 +1023,30 @@ def evaluate(s: EvalSettings) -> dict:
         baselines_block["deployed"] = {
             k: {m: overall[k][m] for m in ("auc", "pauc_dcase")} for k in ("file_level", "window_level")
         }
+        # the score's side channels on the same files: each alone, and a window counted by the larger of the
+        # fused ratio and the channels' (the live loop keeps a running total for each; either raises the alert)
+        side = channel_ratios(model, outputs, col_file)
+        if side:
+            every = np.ones(len(win_ratio), bool)
+
+            def aucs(win_values) -> dict:
+                file_values = file_means(win_values, outputs.file_index, n_files)
+                return {
+                    "file_level": {
+                        "auc": _auc(file_values, normal_file, np.ones(n_files, bool)),
+                        "pauc_dcase": _pauc(file_values, normal_file, np.ones(n_files, bool)),
+                    },
+                    "window_level": {
+                        "auc": _auc(win_values, normal_win, every),
+                        "pauc_dcase": _pauc(win_values, normal_win, every),
+                    },
+                }
+
+            baselines_block["channels"] = {ch: aucs(r) for ch, r in side.items()}
+            baselines_block["deployed_with_channels"] = aucs(np.max([win_ratio, *side.values()], axis=0))
+            baselines_block["deployed_with_channels"]["definition"] = (
+                "per window the larger of the fused score's ratio and the side channels' (each over its threshold)"
+            )
 
     # --- alerts: the recordings as continuous streams through the live Analyzer ----------------------
     alerts = None
@@ -1208,10 +1253,13 @@ def print_summary(m: dict, out: Path) -> None:
             "same test files, file AUC / pAUC, window AUC / pAUC (baselines fitted on the model's normal "
             "training files):"
         )
-        for name in ("deployed", "embedding_knn", "loudness", "ltas"):
-            if name in b:
-                f, w = b[name]["file_level"], b[name]["window_level"]
-                log(f"  {name:14s} {_f(f['auc'])} / {_f(f['pauc_dcase'])}, {_f(w['auc'])} / {_f(w['pauc_dcase'])}")
+        rows = [(name, b.get(name)) for name in ("deployed", "deployed_with_channels")]
+        rows += [(f"{ch} channel", v) for ch, v in (b.get("channels") or {}).items()]
+        rows += [(name, b.get(name)) for name in ("embedding_knn", "loudness", "ltas")]
+        for name, v in rows:
+            if v:
+                f, w = v["file_level"], v["window_level"]
+                log(f"  {name:22s} {_f(f['auc'])} / {_f(f['pauc_dcase'])}, {_f(w['auc'])} / {_f(w['pauc_dcase'])}")
 
     a = m.get("alerts")
     if a:

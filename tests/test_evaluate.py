@@ -57,6 +57,13 @@ def test_test_split_evaluation_writes_everything(split_eval, trained_model):
     assert p["max_score_diff_over_threshold"] < 1e-3
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["anomaly_auc"] == m["anomaly_auc"]
+    # the score's side channel beside the fused score and the baselines, on the same files
+    b = on_disk["baselines"]
+    assert set(b["channels"]) == {"modulation"}
+    for block in (b["channels"]["modulation"], b["deployed_with_channels"], b["deployed"]):
+        assert in_unit(block["file_level"]["auc"]) and in_unit(block["window_level"]["auc"])
+    # the larger of two ratios flags at least every window the fused ratio flags: its AUC is not the fused one's
+    assert b["deployed_with_channels"]["window_level"]["auc"] != b["deployed"]["window_level"]["auc"]
     # alert level: the test recordings replayed as streams through the live Analyzer
     a = on_disk["alerts"]
     tests = split["splits"]["test"]
