@@ -349,6 +349,13 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             f"the anomaly score's threshold of {', '.join(bad)} is not a positive number "
             f"({score.thresholds[bad[0]]}); nothing written"
         )
+    for channel, thresholds in score.channel_thresholds.items():
+        bad = [m for m, t in thresholds.items() if not (np.isfinite(t) and t > 0)]
+        if bad:
+            raise FanwatchError(
+                f"the {channel} channel's threshold of {', '.join(bad)} is not a positive number "
+                f"({thresholds[bad[0]]}); nothing written (--score-channels none leaves the channel out)"
+            )
     anomaly_info = _fused_validation(score, val_set)
     anomaly_info["embedding_knn"] = {m: b.get("auc") for m, b in embedding_info["per_machine"].items()}
     for m in [*score.machines, scorer.POOLED]:
@@ -362,23 +369,30 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             + (f"; validation AUC {auc:.3f} (information only)" if auc is not None else "")
         )
 
-    alerts_info = calibrate_alerts(score, val_set, s.false_alerts_per_day)
     fault_labels = [label for label in train_labels if target == "label" and label not in normal_labels]
-    if fault_labels and len(val_set.embeddings):
+    known = bool(fault_labels and len(val_set.embeddings))
+    # one target for the whole alert rule: shared equally by its running totals (the score's, each side
+    # channel's and the head's known-fault one), so that together they stay within it
+    totals = 1 + len(score.config.channels) + int(known)
+    share = s.false_alerts_per_day / totals
+    alerts_info = calibrate_alerts(score, val_set, s.false_alerts_per_day, share)
+    if known:
         val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
-        alerts_info["known_fault"] = calibrate_known_faults(
-            val_probs, val_set, train_labels, fault_labels, s.false_alerts_per_day
-        )
+        alerts_info["known_fault"] = calibrate_known_faults(val_probs, val_set, train_labels, fault_labels, share)
         kcal = alerts_info["known_fault"]["calibration"]
         log(
             f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
-            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day"
+            f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day (target {share:.3g})"
+        )
+        expected = alerts_info["expected_false_alerts_per_day"]
+        known_expected = kcal["expected_false_alerts_per_day"]
+        alerts_info["expected_false_alerts_per_day"] = (
+            None if expected is None or known_expected is None else round(expected + known_expected, 4)
         )
     cal = alerts_info["calibration"]
-    share = alerts_info.get("target_share_per_day", s.false_alerts_per_day)
     log(
         f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
-        f"alert(s) per day (target {share:g}, 90 % bound "
+        f"alert(s) per day (target {share:.3g}, 90 % bound "
         f"{_fmt_rate(cal['upper_false_alerts_per_day'])}), from {cal['normal_hours'] * 60:.1f} min of normal "
         f"validation audio ({cal['method']}; {cal['observed_false_alerts']} alert(s) when replayed)"
     )
@@ -386,15 +400,14 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         ccal = info["calibration"]
         log(
             f"alerts: {channel} channel: {info['rule_text']}; expected "
-            f"{_fmt_rate(ccal['expected_false_alerts_per_day'])} false alert(s) per day (target {share:g}; "
+            f"{_fmt_rate(ccal['expected_false_alerts_per_day'])} false alert(s) per day (target {share:.3g}; "
             f"{ccal['observed_false_alerts']} alert(s) when replayed)"
         )
-    if "channels" in alerts_info:
-        log(
-            f"alerts: unknown anomalies together: expected "
-            f"{_fmt_rate(alerts_info['expected_false_alerts_per_day'])} false alert(s) per day "
-            f"(target {s.false_alerts_per_day:g})"
-        )
+    log(
+        f"alerts: all {totals} running total(s) together: expected "
+        f"{_fmt_rate(alerts_info['expected_false_alerts_per_day'])} false alert(s) per day "
+        f"(target {s.false_alerts_per_day:g}, shared equally)"
+    )
 
     # --- normal band profile: what an alert's explanation compares with ----------------------------
     profile = bands.fit_from_recordings([r for r in splits["train"] if r.normal], s.channel, s.progress)
@@ -484,7 +497,10 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
                 "(embedding, spectral shape, optionally band fluctuation; each over its normal leave-one-file-out "
                 "95th percentile; their weights under 'weights'), "
                 f"over the last {score.config.horizon} windows; computed in numpy from the "
-                "model's embedding and band_levels outputs",
+                "model's embedding and band_levels outputs; each side channel under 'channels' (the modulation "
+                "spectrum's shape by default) is scored alone with its own thresholds ('channel_thresholds') "
+                "and alert rule (alerts.channels)",
+                "channel_thresholds": score.channel_thresholds,
             },
             "embedding_score": {
                 "output": "anomaly_score",
@@ -578,19 +594,21 @@ def validation_streams(
     return streams
 
 
-def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, false_alerts_per_day: float) -> dict:
-    """The alert rule for the model card: the CUSUM's threshold set for ``false_alerts_per_day`` by replaying
-    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never).
-    With side channels (:class:`fanwatch.scorer.ScoreConfig`), each channel has its own CUSUM and the target
-    is shared out equally: the fused score's rule and each channel's are calibrated for
-    ``false_alerts_per_day / (1 + channels)``, so together they stay within the target."""
+def calibrate_alerts(
+    score: scorer.Scorer, val_set: embeddings.EmbeddingSet, false_alerts_per_day: float, share: float | None = None
+) -> dict:
+    """The alert rule for the model card: the CUSUM's threshold set for its ``share`` of
+    ``false_alerts_per_day`` (all of it by default) by replaying the normal validation recordings through
+    :class:`fanwatch.evidence.AlertRule` (anomalous clips never). With side channels
+    (:class:`fanwatch.scorer.ScoreConfig`) each channel has its own CUSUM, calibrated for the same share;
+    train.py shares the target equally among the score's total, the channels' and the head's known-fault one,
+    so that together they stay within it (``expected_false_alerts_per_day``: the sum of the expected rates)."""
     streams = validation_streams(score, val_set)
     if not streams:
         raise FanwatchError(
             "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
         )
-    channels = score.config.channels
-    share = false_alerts_per_day / (1 + len(channels))
+    share = false_alerts_per_day if share is None else share
     cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, share)
     out = {
         "rule": cal.rule.to_dict(),
@@ -600,23 +618,27 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, fal
         "note": "normal validation recordings of each machine played one after the other through the live "
         "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
         "evidence peaks, with its 90 % upper confidence bound set to the target",
+        "target_false_alerts_per_day": false_alerts_per_day,
+        "target_share_per_day": share,
     }
-    if channels:
-        out["target_share_per_day"] = share
+    expected = cal.expected_false_alerts_per_day
+    if score.config.channels:
         out["channels"] = {}
-        expected = cal.expected_false_alerts_per_day
-        for channel in channels:
-            ccal = evidence.calibrate(
-                validation_streams(score, val_set, channel), evidence.EvidenceRule(), config.HOP_SECONDS, share
-            )
+        for channel in score.config.channels:
+            try:
+                ccal = evidence.calibrate(
+                    validation_streams(score, val_set, channel), evidence.EvidenceRule(), config.HOP_SECONDS, share
+                )
+            except FanwatchError as exc:
+                raise FanwatchError(f"the {channel} channel: {exc} (--score-channels none leaves it out)") from None
             out["channels"][channel] = {
                 "rule": ccal.rule.to_dict(),
                 "rule_text": ccal.rule.describe(),
                 "calibration": ccal.to_dict(),
             }
             expected += ccal.expected_false_alerts_per_day
-        # the fused score's and the channels' together (None when one of them could not be calibrated)
-        out["expected_false_alerts_per_day"] = round(expected, 4) if math.isfinite(expected) else None
+    # every total together (train.py adds the known-fault one; None when one of them could not be calibrated)
+    out["expected_false_alerts_per_day"] = round(expected, 4) if math.isfinite(expected) else None
     return out
 
 
