@@ -332,7 +332,6 @@ def main(argv=None) -> int:
     both = {key: ratios_and_channels(classifier, out) for key, out in streams.items()}
     stream_ratios = {key: r for key, (r, _) in both.items()}
     stream_channels = {key: c for key, (_, c) in both.items()}  # the score's side channels (the live loop's)
-    channel_rules = live_decisions.channel_rules_from_card(card, DecisionSettings())
     settle = classifier.anomaly_stream().settle_windows  # the live loop's alert rules skip a stream's first
 
     def replay(key, raises) -> dict:
@@ -352,9 +351,10 @@ def main(argv=None) -> int:
         ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or live_decisions.KNOWN_FAULT_DEFAULTS
     )
 
-    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True, side=True):
+    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True, side=True, site_model=None):
         """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs; ``side``:
-        with the score's side channels (the deployed rule), else the fused score's evidence alone."""
+        with the score's side channels (the deployed rule), else the fused score's evidence alone;
+        ``site_model``: the side channels' rules of that site calibration."""
         out = streams[key]
         d = live_decisions.Decisions(
             rule or calibrated,
@@ -362,7 +362,9 @@ def main(argv=None) -> int:
             labels=classifier.labels,
             fault_labels=fault_labels if known_faults else [],
             known_rule=known_rule,
-            channel_rules=channel_rules if side else None,
+            channel_rules=(
+                live_decisions.channel_rules_from_card(card, DecisionSettings(), site_model) if side else None
+            ),
         )
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
@@ -447,6 +449,7 @@ def main(argv=None) -> int:
                     model_sha256="bench",
                     force=True,
                     score_config=classifier.scorer.config,
+                    channel_ratios=ratios_and_channels(classifier, _head(e, n))[1],
                 )
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")
@@ -458,17 +461,26 @@ def main(argv=None) -> int:
                 for i in range(args.streams)
             }
             for label, fn in (
-                ("cusum + enrollment", lambda k, c=combined, sm=site_model: live(k, c[k], rule=sm.rule)),
+                (
+                    "cusum + enrollment",
+                    lambda k, c=combined, sm=site_model: live(k, c[k], rule=sm.rule, site_model=sm),
+                ),
                 (
                     "cusum + known fault + enrollment",
                     lambda k, c=combined, sm=site_model: live(
-                        k, c[k], (live_decisions.UNKNOWN, live_decisions.KNOWN), sm.rule, not sm.known_faults_off
+                        k,
+                        c[k],
+                        (live_decisions.UNKNOWN, live_decisions.KNOWN),
+                        sm.rule,
+                        not sm.known_faults_off,
+                        site_model=sm,
                     ),
                 ),
             ):
                 per = [replay((name, i), fn((name, i))) for i in range(args.streams)]
                 m = evidence.stream_metrics(per, horizon_s=15.0)
                 m["site_threshold"] = site_model.rule.threshold
+                m["site_channel_levels"] = {ch: r.threshold for ch, r in site_model.channel_rules.items()}
                 results["figures"][f"{label} {seconds:g} s | {name}"] = m
                 rows.append((label, name, f"{seconds:g}", m))
 

@@ -18,9 +18,11 @@ A Pi hears its fan in its own room through its own microphone; the training reco
    model card's, raised if the held-apart evidence comes near it; the site's own tail bound (from far less
    audio than the card's) is reported beside the card's expected false alerts per day.
 
-The score's side channels (the modulation spectrum's shape, :mod:`fanwatch.scorer`) are left as the model
-card has them: a room's level and colouring and a microphone's gain do not move a shape over modulation
-frequencies, and on ``bench/alerts.py``'s odd site the channel raised no false alert without enrollment.
+The score's side channels (the modulation spectrum's shape, :mod:`fanwatch.scorer`) keep the model's score:
+a room's level and colouring and a microphone's gain do not move a shape over modulation frequencies (on
+``bench/alerts.py``'s odd site the channel raised no false alert without enrollment). A room may still have
+a modulation of its own (a ceiling fan, another motor's beat): each channel's alert level is raised, as the
+score's is, when its evidence on the held-apart audio comes near it (``channel_rules`` in the site file).
 
 It writes ``site_calibration.json`` (settings, figures, the model's sha256) and ``site_calibration.npz``
 (the site's score state in :class:`fanwatch.scorer.Scorer`'s format, no pickle) beside the model. A site
@@ -66,6 +68,7 @@ class SiteModel:
     model_sha256: str
     info: dict = field(default_factory=dict)
     known_faults_off: bool = False  # the head calls this site's normal running a fault: no known-fault alerts
+    channel_rules: dict = field(default_factory=dict)  # side channel -> its alert rule at this site
 
     @property
     def threshold(self) -> float:
@@ -92,6 +95,7 @@ class SiteModel:
             "site_threshold": self.threshold,
             "rule": self.rule.to_dict(),
             "known_faults_off": self.known_faults_off,
+            "channel_rules": {ch: rule.to_dict() for ch, rule in self.channel_rules.items()},
             **self.info,
         }
         try:
@@ -176,10 +180,11 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
         scorer.threshold(SITE)
     except FanwatchError as exc:
         raise FanwatchError(f"{exc}; enroll again or pass --no-site") from None
-    skip = ("format", "model", "model_sha256", "site_threshold", "rule", "known_faults_off")
+    skip = ("format", "model", "model_sha256", "site_threshold", "rule", "known_faults_off", "channel_rules")
     info = {key: v for key, v in doc.items() if key not in skip}
     off = bool(doc.get("known_faults_off", False))
-    return SiteModel(scorer, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info, off)
+    rules = {ch: evidence.EvidenceRule.from_dict(r) for ch, r in (doc.get("channel_rules") or {}).items()}
+    return SiteModel(scorer, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info, off, rules)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -214,10 +219,13 @@ def enroll(
     hop_s: float = config.HOP_SECONDS,
     source: str = "",
     score_config: ScoreConfig | None = None,
+    channel_ratios: dict | None = None,
 ) -> SiteModel:
     """A site calibration from the enrollment windows (outputs of the deployed model on normal running:
     embeddings, band levels, the model's combined ratios and probabilities). ``score_config``: the model's
     score settings (the site score uses the same); a model without band levels gets an embedding-only one.
+    ``channel_ratios``: the model's side-channel ratios of the same windows (``{channel: [n]}``), whose alert
+    levels are raised here if the held-apart audio needs it.
 
     Refuses (FanwatchError, one line) when the audio is shorter than MIN_SECONDS, silent, or already sounds
     anomalous to the model; ``force`` skips these checks (never below ABSOLUTE_MIN_SECONDS).
@@ -283,7 +291,16 @@ def enroll(
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
-    target = float(card_cal.get("target_false_alerts_per_day", evidence.DEFAULT_FALSE_ALERTS_PER_DAY))
+    # the whole rule's target and expectation (every running total together); older cards: the score's
+    target = float(
+        alerts.get("target_false_alerts_per_day")
+        or card_cal.get("target_false_alerts_per_day", evidence.DEFAULT_FALSE_ALERTS_PER_DAY)
+    )
+    card_expected = (
+        alerts["expected_false_alerts_per_day"]
+        if "expected_false_alerts_per_day" in alerts
+        else card_cal.get("expected_false_alerts_per_day")
+    )
     # the combined ratio is not the model's: its reference (what neither adds nor drains evidence) comes from
     # the held-apart audio as the card's came from validation audio, never below the card's
     site_rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held_ratios)))
@@ -293,6 +310,7 @@ def enroll(
     tail = evidence.tail_bound(held_ratios, rule, hop_s)
     before = [model_ratios[idx] for idx in held_blocks]
     known_off, known_info = _known_faults_at_site(card, probabilities, held_blocks, hop_s)
+    channel_rules, channel_info = _channels_at_site(alerts, channel_ratios or {}, held_blocks, n, hop_s)
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source,
@@ -312,13 +330,38 @@ def enroll(
             ),
             "evidence_peak_after": peak,
         },
-        "expected_false_alerts_per_day_card": card_cal.get("expected_false_alerts_per_day"),
+        "expected_false_alerts_per_day_card": card_expected,
         "expected_false_alerts_per_day_site_bound": evidence._round(evidence.rate_per_day(tail, threshold, True)),
         "site_bound_hours": evidence._round(tail["hours"]),
         "target_false_alerts_per_day": target,
         **known_info,
+        **channel_info,
     }
-    return SiteModel(site_model.scorer, rule, model_sha256, info, known_off)
+    return SiteModel(site_model.scorer, rule, model_sha256, info, known_off, channel_rules)
+
+
+def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, hop_s: float) -> tuple[dict, dict]:
+    """({side channel: its alert rule at this site}, what that rests on): the card's rule of each channel,
+    its level raised to PEAK_MARGIN x the evidence its ratios reach on the held-apart audio when that is
+    higher (a room with a modulation of its own), as the score's level is; never lowered."""
+    rules, info = {}, {}
+    for channel, card_info in (alerts.get("channels") or {}).items():
+        ratios = channel_ratios.get(channel)
+        if ratios is None or len(ratios) != n:
+            continue
+        card_rule = evidence.EvidenceRule.from_dict((card_info or {}).get("rule"))
+        ratios = np.asarray(ratios, np.float64)
+        peak = max(
+            float(evidence.evidence_series(ratios[i], replace(card_rule, threshold=1e9), hop_s).max())
+            for i in held_blocks
+        )
+        rules[channel] = replace(card_rule, threshold=max(card_rule.threshold, PEAK_MARGIN * peak))
+        info[channel] = {
+            "card_level": card_rule.threshold,
+            "held_apart_evidence_peak": peak,
+            "site_level": rules[channel].threshold,
+        }
+    return rules, ({"channels": info} if info else {})
 
 
 def _known_faults_at_site(card: dict, probabilities, held_blocks, hop_s: float) -> tuple[bool, dict]:
@@ -362,6 +405,11 @@ def describe(site_model: SiteModel) -> str:
             f"{i['known_fault']['alert_level']:.3g}); the anomaly score still alerts"
             if site_model.known_faults_off and i.get("known_fault")
             else ""
+        )
+        + "".join(
+            f"; {ch} channel's alert level {c['card_level']:.3g} -> {c['site_level']:.3g} (held-apart evidence "
+            f"peak {c['held_apart_evidence_peak']:.3g})"
+            for ch, c in (i.get("channels") or {}).items()
         )
     )
 

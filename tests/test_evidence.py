@@ -220,6 +220,42 @@ def test_enrollment_adapts_to_the_site(tmp_path):
         site.load(model)
 
 
+def test_enrollment_raises_a_side_channels_level_for_a_room_with_a_modulation_of_its_own(tmp_path):
+    """A side channel keeps the model's score at a site; its alert level is raised when its ratios on the
+    held-apart audio build evidence near it (a ceiling fan's beat), kept where they do not, never lowered;
+    the site file keeps it and the live loop uses it."""
+    from fanwatch import config
+    from fanwatch.live.settings import DecisionSettings
+
+    emb, bands, ratios, probs = _site_data(240)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"model bytes")
+    clf = _Classifier()
+    clf.card = {
+        **clf.card,
+        "alerts": {**clf.card["alerts"], "channels": {"modulation": {"rule": {"reference": 0.7, "threshold": 6.0}}}},
+    }
+    quiet = normal_stream(240, 3, median=0.5)  # the channel as on the training recordings
+    beat = normal_stream(240, 3, median=1.5)  # a room whose own modulation the channel finds unusual
+    sha = config.sha256_file(model)
+    kept = site.enroll(clf, emb, bands, ratios, probs, rms=0.05, model_sha256=sha, channel_ratios={"modulation": quiet})
+    assert kept.channel_rules["modulation"].threshold == 6.0
+    raised = site.enroll(
+        clf, emb, bands, ratios, probs, rms=0.05, model_sha256=sha, channel_ratios={"modulation": beat}
+    )
+    level = raised.channel_rules["modulation"].threshold
+    assert level > 6.0 and level == pytest.approx(
+        site.PEAK_MARGIN * raised.info["channels"]["modulation"]["held_apart_evidence_peak"]
+    )
+    assert "modulation channel's alert level 6 ->" in site.describe(raised)
+    raised.save(model)
+    loaded = site.load(model)
+    assert loaded.channel_rules == raised.channel_rules
+    rules = decisions.channel_rules_from_card(clf.card, DecisionSettings(), loaded)
+    assert rules["modulation"].threshold == level
+    assert decisions.channel_rules_from_card(clf.card, DecisionSettings())["modulation"].threshold == 6.0
+
+
 def test_enrollment_refuses_short_silent_or_anomalous_audio_unless_forced():
     emb, bands, ratios, probs = _site_data(240)
     c = _Classifier()
@@ -307,13 +343,16 @@ def test_a_side_channel_raises_the_one_unknown_anomaly_alert_and_says_which_evid
     # ln(3 / 0.6) = 1.6 clipped at 1 a window: the channel's evidence reaches 4 in the fourth window
     assert events[0]["t"] == pytest.approx((10 + 3) * HOP)
     assert max(levels[10:20]) >= 1.0 and d.active is False
-    # a window without the channel's ratio (a model without side channels) changes nothing
-    assert (
-        decisions.Decisions(rule, HOP, labels=["on"], channel_rules={"modulation": side})
-        .update(0.0, "on", 0.9, 0.2, [1.0])
-        .events
-        == []
-    )
+    # each total's level is in the window's decision
+    assert set(out.evidence_parts) == {"score", "modulation"} and out.evidence == max(out.evidence_parts.values())
+    # windows without the channel's ratio carry no information for it: an active channel neither clears nor
+    # raises again on them, and clears once its ratios are back and low
+    d = decisions.Decisions(rule, HOP, labels=["on"], channel_rules={"modulation": side})
+    raised = [d.update(i * HOP, "on", 0.9, 0.2, [1.0], channels={"modulation": 3.0}).events for i in range(6)]
+    assert [e["event"] for ev in raised for e in ev if e["event"] != "state"] == ["alert_raised"]
+    assert all(d.update(i * HOP, "on", 0.9, 0.2, [1.0]).events == [] for i in range(6, 30)) and d.active
+    cleared = [d.update(i * HOP, "on", 0.9, 0.2, [1.0], channels={"modulation": 0.1}).events for i in range(30, 50)]
+    assert [e["event"] for ev in cleared for e in ev] == ["alert_cleared"] and not d.active
 
 
 def test_n_of_m_stays_available_and_models_without_fault_classes_never_raise_known_faults():

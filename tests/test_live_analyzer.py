@@ -33,6 +33,9 @@ def test_a_score_at_the_threshold_counts_as_anomalous():
     )
     assert result.anomaly == 1.0 and result.anomalous and result.alert
     assert [e["event"] for e in result.events if e["event"].startswith("alert")] == ["alert_raised"]
+    # a model without side channels: the records' channel fields are there, and empty
+    record = result.record()
+    assert record["anomaly_channels"] == {} and record["evidence_parts"] == {}
 
 
 def test_windows_restart_at_a_gap_instead_of_splicing():

@@ -74,10 +74,12 @@ class WindowResult:
     scores: np.ndarray | None = field(default=None, repr=False)  # raw anomaly scores, [n_machines]
     machine: int = 0  # the index into ``scores`` whose threshold ``anomaly`` is relative to; -1: pooled reference
     evidence: float | None = None  # anomaly evidence relative to the alert level (1.0 raises); None: n-of-m rule
+    # (with side channels the highest of the score's and the channels' levels, each in ``evidence_parts``)
     alert_kinds: list = field(default_factory=list)  # active alerts: "unknown_anomaly", "known_fault"
     embedding: np.ndarray | None = field(default=None, repr=False)  # the model's embedding (score, enrollment)
     band_levels: np.ndarray | None = field(default=None, repr=False)
     channels: dict = field(default_factory=dict)  # the score's side channels: {channel: score / its threshold}
+    evidence_parts: dict = field(default_factory=dict)  # with side channels: {"score": level, channel: level}
 
     def record(self) -> dict:
         return {
@@ -101,6 +103,7 @@ class WindowResult:
             "settling": self.settling,
             "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 1),
             "anomaly_channels": {ch: round(r, 4) for ch, r in self.channels.items()},
+            "evidence_parts": {k: round(v, 4) for k, v in self.evidence_parts.items()},
         }
 
 
@@ -201,7 +204,7 @@ class Analyzer:
             fault_labels=faults,
             known_rule=known_rule,
             n_of_m=n_of_m,
-            channel_rules=channel_rules_from_card(card, decisions),
+            channel_rules=channel_rules_from_card(card, decisions, site_model),
         )
         self.states = self.decisions.states
         self.notices: list[dict] = []  # events not tied to a window (the live loop reports them)
@@ -449,6 +452,7 @@ class Analyzer:
             scores=scores,
             machine=int(machine),
             evidence=decision.evidence,
+            evidence_parts=decision.evidence_parts,
             alert_kinds=decision.kinds,
             embedding=embedding,
             band_levels=prediction.band_levels,

@@ -158,7 +158,9 @@ class Decision:
     alert: bool
     state: str | None
     evidence: float | None  # anomaly evidence relative to its threshold (1.0 = alert level); None for n-of-m
+    # (with side channels: the highest of the score's and the channels', each relative to its own level)
     kinds: list  # active alert kinds
+    evidence_parts: dict = dataclasses.field(default_factory=dict)  # {"score": level, channel: level, ...}
 
 
 class Decisions:
@@ -310,7 +312,12 @@ class Decisions:
                     }
                 )
                 self.known = None
-        return Decision(events=events, alert=self.active, state=state, evidence=level, kinds=self.kinds())
+        parts = {}
+        if self.evidence is not None and self.channel_evidence:
+            parts = {"score": self.evidence.level, **{ch: e.level for ch, e in self.channel_evidence.items()}}
+        return Decision(
+            events=events, alert=self.active, state=state, evidence=level, kinds=self.kinds(), evidence_parts=parts
+        )
 
 
 def rules_from_card(card, decisions: DecisionSettings, site_model=None):
@@ -329,16 +336,17 @@ def rules_from_card(card, decisions: DecisionSettings, site_model=None):
     return rule, known
 
 
-def channel_rules_from_card(card, decisions: DecisionSettings) -> dict:
-    """{side channel: its evidence rule} from the model card (none for a card without side channels);
-    ``--alert-level`` applies to them too. A site calibration leaves them as they are: the side channels are
-    shapes that a room or a microphone does not move (fanwatch.site)."""
+def channel_rules_from_card(card, decisions: DecisionSettings, site_model=None) -> dict:
+    """{side channel: its evidence rule} from the model card (none for a card without side channels), the
+    site calibration's level where it has one (fanwatch.site raises it for a room with a modulation of its
+    own); ``--alert-level`` applies to them too."""
     alerts = getattr(card, "alerts", None)
     if alerts is None:
         alerts = (getattr(card, "raw", card) or {}).get("alerts") or {}
+    site_rules = getattr(site_model, "channel_rules", None) or {}
     out = {}
     for channel, info in (alerts.get("channels") or {}).items():
-        rule = evidence.EvidenceRule.from_dict((info or {}).get("rule"))
+        rule = site_rules.get(channel) or evidence.EvidenceRule.from_dict((info or {}).get("rule"))
         if decisions.alert_level is not None:
             rule = dataclasses.replace(rule, threshold=decisions.alert_level)
         out[channel] = rule
