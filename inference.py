@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evidence (default): an alert when the anomaly evidence accumulated over the last seconds "
         "reaches the alert level the model card calibrated for its false alerts per day, and "
         "known-fault alerts from the head; n-of-m: the previous rule (--alert-after of "
-        "--alert-window at or above the threshold, no known-fault alerts)",
+        "--alert-window at or above the threshold, no known-fault alerts, no side channels)",
     )
     dec.add_argument(
         "--alert-level",

@@ -1023,30 +1023,36 @@ def evaluate(s: EvalSettings) -> dict:
         baselines_block["deployed"] = {
             k: {m: overall[k][m] for m in ("auc", "pauc_dcase")} for k in ("file_level", "window_level")
         }
-        # the score's side channels on the same files: each alone, and a window counted by the larger of the
-        # fused ratio and the channels' (the live loop keeps a running total for each; either raises the alert)
-        side = channel_ratios(model, outputs, col_file)
-        if side:
-            every = np.ones(len(win_ratio), bool)
+    # the score's side channels on the same files: each alone, and a window counted by the larger of the
+    # fused ratio and the channels' (the live loop keeps a running total for each; either raises the alert)
+    channel_block = None
+    side = channel_ratios(model, outputs, col_file)
+    if side:
+        every = np.ones(len(win_ratio), bool)
 
-            def aucs(win_values) -> dict:
-                file_values = file_means(win_values, outputs.file_index, n_files)
-                return {
-                    "file_level": {
-                        "auc": _auc(file_values, normal_file, np.ones(n_files, bool)),
-                        "pauc_dcase": _pauc(file_values, normal_file, np.ones(n_files, bool)),
-                    },
-                    "window_level": {
-                        "auc": _auc(win_values, normal_win, every),
-                        "pauc_dcase": _pauc(win_values, normal_win, every),
-                    },
-                }
+        def aucs(win_values) -> dict:
+            file_values = file_means(win_values, outputs.file_index, n_files)
+            return {
+                "file_level": {
+                    "auc": _auc(file_values, normal_file, np.ones(n_files, bool)),
+                    "pauc_dcase": _pauc(file_values, normal_file, np.ones(n_files, bool)),
+                },
+                "window_level": {
+                    "auc": _auc(win_values, normal_win, every),
+                    "pauc_dcase": _pauc(win_values, normal_win, every),
+                },
+            }
 
-            baselines_block["channels"] = {ch: aucs(r) for ch, r in side.items()}
-            baselines_block["deployed_with_channels"] = aucs(np.max([win_ratio, *side.values()], axis=0))
-            baselines_block["deployed_with_channels"]["definition"] = (
-                "per window the larger of the fused score's ratio and the side channels' (each over its threshold)"
-            )
+        channel_block = {
+            "channels": {ch: aucs(r) for ch, r in side.items()},
+            "deployed_with_channels": {
+                **aucs(np.max([win_ratio, *side.values()], axis=0)),
+                "definition": "per window the larger of the fused score's ratio and the side channels' (each over "
+                "its threshold)",
+            },
+        }
+        if baselines_block is not None:  # beside the baselines in their table
+            baselines_block.update(channel_block)
 
     # --- alerts: the recordings as continuous streams through the live Analyzer ----------------------
     alerts = None
@@ -1136,6 +1142,7 @@ def evaluate(s: EvalSettings) -> dict:
             "unknown_machine_rule", "smallest score/threshold over the known machines"
         ),
         "baselines": baselines_block,
+        "score_channels": channel_block,  # also inside "baselines" when those could be computed
         "parity": parity,
         "alerts": alerts,
         "model": {
@@ -1197,6 +1204,11 @@ def alert_level(
     figures, plots = alert_eval.evaluate_alerts(make_analyzer, recordings, out, progress=s.progress)
     rule = (model.card.alerts or {}).get("rule")
     figures["rule"] = site_model.rule.to_dict() if site_model is not None else rule
+    from .live.decisions import channel_rules_from_card
+
+    channel_rules = channel_rules_from_card(model.card, DecisionSettings(), site_model)
+    if channel_rules:
+        figures["channel_rules"] = {ch: r.to_dict() for ch, r in channel_rules.items()}
     figures["site"] = None if site_model is None else {"file": site.SITE_JSON, **site_model.info}
     if not model.card.alerts:
         figures["note"] = "the model card has no calibrated alert rule (trained by an older fanwatch): defaults used"

@@ -1,9 +1,10 @@
 """The deployed anomaly score: YAMNet embedding and spectral shape together, over a few seconds (numpy only).
 
 The model outputs, per 0.975 s window, the 1024-d YAMNet ``embedding`` and the ``band_levels`` its own
-front end computed (:mod:`fanwatch.spectral`). This module turns them into one anomaly score per window,
-per machine, fitted on normal recordings only. It runs on the Pi (numpy, no TensorFlow, scipy or
-scikit-learn) and in evaluation through the same code path, so what is evaluated is what runs.
+front end computed (:mod:`fanwatch.spectral`). This module turns them into one fused anomaly score per
+window, per machine, plus one score per side channel (below), fitted on normal recordings only. It runs
+on the Pi (numpy, no TensorFlow, scipy or scikit-learn) and in evaluation through the same code path, so
+what is evaluated is what runs.
 
 Components (each a k = 5 nearest-neighbour distance to that machine's normal training windows):
 
@@ -38,7 +39,8 @@ unknown-anomaly alert (:mod:`fanwatch.live.decisions`, calibrated per day with t
 component only (an imbalance: modulation ratio 1.0-1.4 where normal running stays at 0.55-0.63, while the
 embedding and the shape stay at their normal 0.4-0.6) is diluted by a geometric mean (its log counts by its
 weight) and, in a maximum over components, by the tail of the other components; its own CUSUM sums it at
-full strength. Measured on ``bench/alerts.py``'s streams, each calibrated for the same false alerts per day:
+full strength. Measured on ``bench/alerts.py``'s streams (each rule calibrated on the same validation audio
+for the target; two totals for half of it each):
 the score alone alerted within 15 s on 68-82 % of the faults in the four sessions with the channel, against
 45-62 % with the fused score alone, 58-72 % with the modulation at a quarter of the weight in the geometric
 mean and 55-82 % with one CUSUM over the larger of the two ratios. As a weight the modulation also cost the
@@ -155,6 +157,12 @@ class ScoreConfig:
             raise FanwatchError(
                 f"score side channels must be distinct band components ({', '.join(COMPONENTS[1:])}), "
                 f"not {', '.join(self.channels)}"
+            )
+        both = [c for c in self.channels if c in self.weights]
+        if both:
+            raise FanwatchError(
+                f"{', '.join(both)} is both weighted in the fused score and a side channel: choose one "
+                "(--score without it, or --score-channels none)"
             )
 
     @property

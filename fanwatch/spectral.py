@@ -2,7 +2,7 @@
 
 The YAMNet front end already computes, for the 96 frames of a window (400-sample periodic Hann, hop
 160, 512-point DFT), the magnitude spectrum and the log-mel patch. From them the model also outputs
-``band_levels`` ([1, BAND_FEATURES]), at the cost of means over frames and one small matrix product:
+``band_levels`` ([1, BAND_FEATURES]), at the cost of means over frames and three small matrix products:
 
 * ``[0:64]``   mean over the frames of the log-mel patch (exactly what YAMNet sees, ``log(mel + 0.001)``);
 * ``[64:128]`` mean over the frames of ``log(power + 1e-10)`` of 64 linear bands of 125 Hz (DFT bins

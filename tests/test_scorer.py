@@ -67,7 +67,7 @@ def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fi
     modulated, by_channel = side.score_file_channels("a", e, shaft)
     assert (channels["modulation"][-10:] / side.channel_threshold("a", "modulation")).max() < 1.0
     assert (by_channel["modulation"][-10:] / side.channel_threshold("a", "modulation")).min() > 2.0
-    assert (modulated[-10:] / side.threshold("a")).max() < 1.0  # diluted in the fused score
+    assert (modulated[-10:] / side.threshold("a")).max() < 1.0  # the fused score (embedding, shape) misses it
     stream = side.stream("a")
     online = [stream.update_channels(e[i], shaft[i]) for i in range(len(e))]
     np.testing.assert_allclose([f for f, _ in online], modulated, rtol=1e-9)
@@ -77,6 +77,8 @@ def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fi
     np.testing.assert_allclose(loaded.score_file_channels("a", e, shaft)[1]["modulation"], by_channel["modulation"])
     with pytest.raises(FanwatchError, match="side channels"):
         scorer.ScoreConfig(channels=("embedding",))
+    with pytest.raises(FanwatchError, match="both weighted"):
+        scorer.ScoreConfig(weights={"embedding": 2, "modulation": 1}, channels=("modulation",))
     assert scorer.parse_channels("none") == () and scorer.parse_channels("modulation") == ("modulation",)
 
 
