@@ -28,7 +28,8 @@ Levels and definitions (also written into ``metrics.json`` under ``definitions``
   clips (:mod:`fanwatch.baselines`), and the model's own embedding-only ``anomaly_score`` output; so
   every user sees whether the model earns its keep on their data. Beside the fused score (``deployed``):
   the score's side channels alone (``channels``) and, per window, the larger of the fused ratio and the
-  channels' (``deployed_with_channels``), the per-window picture of the live loop's alert.
+  channels' (``deployed_with_channels``), the per-window picture of the live loop's alert; these two are
+  also under ``score_channels``, which is there when the baselines cannot be computed.
 * **AUC**: area under the ROC curve, ties counted half. **pAUC**: the DCASE 2020 Task 2 definition,
   the area under the ROC curve for false-positive rates 0..p (p = 0.1) divided by p, *not*
   McClish-standardised. scikit-learn's ``roc_auc_score(max_fpr=0.1)`` (which the DCASE 2020 baseline
@@ -1259,11 +1260,17 @@ def print_summary(m: dict, out: Path) -> None:
                 f"false alarms {_pct(w['false_alarm_rate'])}, detections {_pct(w['detection_rate'])} "
                 f"({f['normal']}+{f['anomalous']} files)"
             )
-    b = m.get("baselines")
+    b = m.get("baselines") or (
+        {"deployed": None, **m["score_channels"]} if m.get("score_channels") else None
+    )  # without baselines: the side channels' figures alone
     if b:
         log(
-            "same test files, file AUC / pAUC, window AUC / pAUC (baselines fitted on the model's normal "
-            "training files):"
+            "same test files, file AUC / pAUC, window AUC / pAUC "
+            + (
+                "(baselines fitted on the model's normal training files):"
+                if m.get("baselines")
+                else "(no baselines: the model's training files were not found):"
+            )
         )
         rows = [(name, b.get(name)) for name in ("deployed", "deployed_with_channels")]
         rows += [(f"{ch} channel", v) for ch, v in (b.get("channels") or {}).items()]

@@ -158,12 +158,6 @@ class ScoreConfig:
                 f"score side channels must be distinct band components ({', '.join(COMPONENTS[1:])}), "
                 f"not {', '.join(self.channels)}"
             )
-        both = [c for c in self.channels if c in self.weights]
-        if both:
-            raise FanwatchError(
-                f"{', '.join(both)} is both weighted in the fused score and a side channel: choose one "
-                "(--score without it, or --score-channels none)"
-            )
 
     @property
     def components(self) -> tuple[str, ...]:
@@ -187,7 +181,7 @@ class ScoreConfig:
 def parse_channels(text: str) -> tuple[str, ...]:
     """'modulation' or 'modulation,fluctuation' -> side channels; '' or 'none' -> none."""
     names = tuple(p.strip() for p in str(text).split(",") if p.strip() and p.strip().lower() != "none")
-    ScoreConfig(channels=names)
+    ScoreConfig(weights={"embedding": 1.0}, channels=names)  # the names alone (training checks the overlap)
     return names
 
 

@@ -22,7 +22,9 @@ The score's side channels (the modulation spectrum's shape, :mod:`fanwatch.score
 a room's level and colouring and a microphone's gain do not move a shape over modulation frequencies (on
 ``bench/alerts.py``'s odd site the channel raised no false alert without enrollment). A room may still have
 a modulation of its own (a ceiling fan, another motor's beat): each channel's alert level is raised, as the
-score's is, when its evidence on the held-apart audio comes near it (``channel_rules`` in the site file).
+score's is, when its evidence on the held-apart audio comes near it (``channel_rules`` in the site file, and
+the printed summary says so in capitals); audio that a channel mostly finds anomalous (a fault only it hears,
+such as an imbalance) is refused unless forced, as for the score.
 
 It writes ``site_calibration.json`` (settings, figures, the model's sha256) and ``site_calibration.npz``
 (the site's score state in :class:`fanwatch.scorer.Scorer`'s format, no pickle) beside the model. A site
@@ -183,7 +185,10 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
     skip = ("format", "model", "model_sha256", "site_threshold", "rule", "known_faults_off", "channel_rules")
     info = {key: v for key, v in doc.items() if key not in skip}
     off = bool(doc.get("known_faults_off", False))
-    rules = {ch: evidence.EvidenceRule.from_dict(r) for ch, r in (doc.get("channel_rules") or {}).items()}
+    channel_rules = doc.get("channel_rules") or {}
+    if not isinstance(channel_rules, dict) or not all(isinstance(r, dict) for r in channel_rules.values()):
+        raise FanwatchError(f"{json_path}: its channel_rules are not rules; enroll again or pass --no-site")
+    rules = {ch: evidence.EvidenceRule.from_dict(r) for ch, r in channel_rules.items()}
     return SiteModel(scorer, evidence.EvidenceRule.from_dict(doc.get("rule")), sha, info, off, rules)
 
 
@@ -257,6 +262,14 @@ def enroll(
                 "windows above the threshold): enroll while the machine runs normally "
                 "(--force if you are sure it is healthy)"
             )
+        for channel, ratios in (channel_ratios or {}).items():  # a fault only a side channel hears (imbalance)
+            share_high = float((np.asarray(ratios, np.float64) >= 1.0).mean()) if len(ratios) else 0.0
+            if share_high > ANOMALOUS_SHARE:
+                raise FanwatchError(
+                    f"the enrollment audio already sounds anomalous to the model's {channel} channel "
+                    f"({share_high:.0%} of windows above its threshold): enroll while the machine runs normally "
+                    "(--force if you are sure it is healthy)"
+                )
         labels = list(getattr(classifier, "labels", []))
         normal_labels = set(card.get("normal_labels") or labels)
         if len(probabilities) and labels:
@@ -275,7 +288,7 @@ def enroll(
         bands, cfg = np.zeros((n, spectral.BAND_FEATURES), np.float32), ScoreConfig(weights={"embedding": 1.0})
     else:
         # the side channels (the modulation spectrum's shape) do not move with a room or a microphone: the
-        # site adapts the fused score only, and its alert rule; the model's side channels apply as they are
+        # site fits the fused score only; a channel keeps the model's score (its alert level may be raised below)
         cfg = replace(score_config or ScoreConfig(), channels=())
     bands = np.asarray(bands, np.float32)
     rate = float((card.get("anomaly") or {}).get("target_false_alarm_rate", 0.01))
@@ -291,16 +304,13 @@ def enroll(
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
-    # the whole rule's target and expectation (every running total together); older cards: the score's
-    target = float(
-        alerts.get("target_false_alerts_per_day")
-        or card_cal.get("target_false_alerts_per_day", evidence.DEFAULT_FALSE_ALERTS_PER_DAY)
-    )
-    card_expected = (
-        alerts["expected_false_alerts_per_day"]
-        if "expected_false_alerts_per_day" in alerts
-        else card_cal.get("expected_false_alerts_per_day")
-    )
+    # the user's target for the whole rule (a card that shares it out says so; older cards: the score's)
+    target = alerts.get("target_false_alerts_per_day")
+    if target is None and "target_share_per_day" in alerts:  # shared between the score and its channels
+        target = alerts["target_share_per_day"] * (1 + len(alerts.get("channels") or {}))
+    if target is None:
+        target = card_cal.get("target_false_alerts_per_day", evidence.DEFAULT_FALSE_ALERTS_PER_DAY)
+    target = float(target)
     # the combined ratio is not the model's: its reference (what neither adds nor drains evidence) comes from
     # the held-apart audio as the card's came from validation audio, never below the card's
     site_rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held_ratios)))
@@ -330,7 +340,9 @@ def enroll(
             ),
             "evidence_peak_after": peak,
         },
-        "expected_false_alerts_per_day_card": card_expected,
+        "expected_false_alerts_per_day_card": card_cal.get("expected_false_alerts_per_day"),  # the score's
+        # every running total of the card together (score, side channels, known faults); None on older cards
+        "expected_false_alerts_per_day_card_all": alerts.get("expected_false_alerts_per_day"),
         "expected_false_alerts_per_day_site_bound": evidence._round(evidence.rate_per_day(tail, threshold, True)),
         "site_bound_hours": evidence._round(tail["hours"]),
         "target_false_alerts_per_day": target,
@@ -361,7 +373,7 @@ def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, h
             "held_apart_evidence_peak": peak,
             "site_level": rules[channel].threshold,
         }
-    return rules, ({"channels": info} if info else {})
+    return rules, ({"channel_levels": info} if info else {})
 
 
 def _known_faults_at_site(card: dict, probabilities, held_blocks, hop_s: float) -> tuple[bool, dict]:
@@ -390,13 +402,14 @@ def _known_faults_at_site(card: dict, probabilities, held_blocks, hop_s: float) 
 def describe(site_model: SiteModel) -> str:
     i = site_model.info
     h = i.get("held_apart", {})
+    levels = i.get("channel_levels") if isinstance(i.get("channel_levels"), dict) else {}
     return (
         f"site calibration: {i.get('seconds', 0):.0f} s enrolled ({i.get('reference_windows')} reference, "
         f"{i.get('held_apart_windows')} held-apart windows); held-apart windows above the threshold "
         f"{h.get('windows_above_threshold_before', 0):.1%} -> {h.get('windows_above_threshold_after', 0):.1%}, "
         f"evidence peak {h.get('evidence_peak_before', 0):.2f} -> {h.get('evidence_peak_after', 0):.2f}; alert "
         f"threshold {i.get('card_threshold', 0):.3g} -> {site_model.rule.threshold:.3g}; expected false alerts "
-        f"per day {_f(i.get('expected_false_alerts_per_day_card'))} (model card), site bound "
+        f"per day from the score {_f(i.get('expected_false_alerts_per_day_card'))} (model card), site bound "
         f"{_f(i.get('expected_false_alerts_per_day_site_bound'))} from {60 * (i.get('site_bound_hours') or 0):.1f}"
         " min held apart"
         + (
@@ -407,9 +420,11 @@ def describe(site_model: SiteModel) -> str:
             else ""
         )
         + "".join(
-            f"; {ch} channel's alert level {c['card_level']:.3g} -> {c['site_level']:.3g} (held-apart evidence "
-            f"peak {c['held_apart_evidence_peak']:.3g})"
-            for ch, c in (i.get("channels") or {}).items()
+            f"; {ch.upper()} CHANNEL'S ALERT LEVEL RAISED at this site: {_f(c.get('card_level'))} -> "
+            f"{_f(c.get('site_level'))} (its evidence reached {_f(c.get('held_apart_evidence_peak'))} on the "
+            "held-apart audio: this room has a modulation of its own, or the machine already has a fault)"
+            for ch, c in levels.items()
+            if isinstance(c, dict) and (c.get("site_level") or 0) > (c.get("card_level") or 0)
         )
     )
 

@@ -112,11 +112,15 @@ class TrainSettings:
         self.score_config()
 
     def score_config(self) -> scorer.ScoreConfig:
-        return scorer.ScoreConfig(
-            weights=scorer.parse_components(self.score_components),
-            horizon=self.score_horizon,
-            channels=scorer.parse_channels(self.score_channels),
-        )
+        weights = scorer.parse_components(self.score_components)
+        channels = scorer.parse_channels(self.score_channels)
+        both = [c for c in channels if c in weights]
+        if both:
+            raise FanwatchError(
+                f"{', '.join(both)} is both weighted in the fused score (--score) and a side channel "
+                "(--score-channels): choose one"
+            )
+        return scorer.ScoreConfig(weights=weights, horizon=self.score_horizon, channels=channels)
 
     def as_dict(self) -> dict:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "extra"}

@@ -62,7 +62,7 @@ def test_test_split_evaluation_writes_everything(split_eval, trained_model):
     assert set(b["channels"]) == {"modulation"}
     for block in (b["channels"]["modulation"], b["deployed_with_channels"], b["deployed"]):
         assert in_unit(block["file_level"]["auc"]) and in_unit(block["window_level"]["auc"])
-    assert on_disk["score_channels"]["channels"] == b["channels"]  # also where the baselines cannot be computed
+    assert on_disk["score_channels"]["channels"] == b["channels"]  # also without baselines (test_dcase_layout)
     # alert level: the test recordings replayed as streams through the live Analyzer
     a = on_disk["alerts"]
     tests = split["splits"]["test"]
@@ -121,6 +121,8 @@ def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     from fanwatch import synth
 
     monkeypatch.setattr(evaluation, "MIN_FILES_FOR_POOL", 2)  # exercise the two worker processes
+    # as when the model's training files are not beside it: no baselines, the side channel's figures still
+    monkeypatch.setattr(evaluation, "baseline_metrics", lambda *a, **k: (None, "baselines not computed: test"))
 
     data = tmp_path / "dcase"
     synth.generate_dataset(
@@ -146,6 +148,10 @@ def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     for name in ("roc_fan_id_00.png", "scores_fan_id_02.png"):
         png_size(tmp_path / "eval" / name)
     assert m["parity"] is not None and m["parity"]["max_score_diff_over_threshold"] < 1e-3
+    assert m["baselines"] is None and "baselines not computed: test" in m["notes"]
+    channels = m["score_channels"]
+    assert set(channels["channels"]) == {"modulation"}
+    assert in_unit(channels["deployed_with_channels"]["file_level"]["auc"])
 
 
 @pytest.mark.skipif(not (REALDATA / "dcase2020_id00").is_dir(), reason="shared/realdata not present")

@@ -223,7 +223,8 @@ def test_enrollment_adapts_to_the_site(tmp_path):
 def test_enrollment_raises_a_side_channels_level_for_a_room_with_a_modulation_of_its_own(tmp_path):
     """A side channel keeps the model's score at a site; its alert level is raised when its ratios on the
     held-apart audio build evidence near it (a ceiling fan's beat), kept where they do not, never lowered;
-    the site file keeps it and the live loop uses it."""
+    audio that the channel mostly finds anomalous is refused unless forced (a fault only it hears); the site
+    file keeps the level and the live loop uses it."""
     from fanwatch import config
     from fanwatch.live.settings import DecisionSettings
 
@@ -236,24 +237,42 @@ def test_enrollment_raises_a_side_channels_level_for_a_room_with_a_modulation_of
         "alerts": {**clf.card["alerts"], "channels": {"modulation": {"rule": {"reference": 0.7, "threshold": 6.0}}}},
     }
     quiet = normal_stream(240, 3, median=0.5)  # the channel as on the training recordings
-    beat = normal_stream(240, 3, median=1.5)  # a room whose own modulation the channel finds unusual
+    beat = normal_stream(240, 3, median=0.9)  # a room whose own modulation the channel finds unusual
+    imbalance = normal_stream(240, 3, median=1.5)  # mostly above the channel's threshold: a fault
     sha = config.sha256_file(model)
-    kept = site.enroll(clf, emb, bands, ratios, probs, rms=0.05, model_sha256=sha, channel_ratios={"modulation": quiet})
-    assert kept.channel_rules["modulation"].threshold == 6.0
-    raised = site.enroll(
-        clf, emb, bands, ratios, probs, rms=0.05, model_sha256=sha, channel_ratios={"modulation": beat}
-    )
+
+    def enroll(channel, force=False):
+        return site.enroll(
+            clf,
+            emb,
+            bands,
+            ratios,
+            probs,
+            rms=0.05,
+            model_sha256=sha,
+            force=force,
+            channel_ratios={"modulation": channel},
+        )
+
+    assert enroll(quiet).channel_rules["modulation"].threshold == 6.0
+    with pytest.raises(FanwatchError, match="modulation channel"):
+        enroll(imbalance)
+    raised = enroll(beat)
     level = raised.channel_rules["modulation"].threshold
-    assert level > 6.0 and level == pytest.approx(
-        site.PEAK_MARGIN * raised.info["channels"]["modulation"]["held_apart_evidence_peak"]
-    )
-    assert "modulation channel's alert level 6 ->" in site.describe(raised)
+    peak = raised.info["channel_levels"]["modulation"]["held_apart_evidence_peak"]
+    assert level > 6.0 and level == pytest.approx(site.PEAK_MARGIN * peak)
+    assert "MODULATION CHANNEL'S ALERT LEVEL RAISED at this site: 6 ->" in site.describe(raised)
+    assert "RAISED" not in site.describe(enroll(quiet))
     raised.save(model)
     loaded = site.load(model)
     assert loaded.channel_rules == raised.channel_rules
     rules = decisions.channel_rules_from_card(clf.card, DecisionSettings(), loaded)
     assert rules["modulation"].threshold == level
     assert decisions.channel_rules_from_card(clf.card, DecisionSettings())["modulation"].threshold == 6.0
+    doc = json.loads((tmp_path / site.SITE_JSON).read_text())
+    (tmp_path / site.SITE_JSON).write_text(json.dumps({**doc, "channel_rules": ["not", "rules"]}))
+    with pytest.raises(FanwatchError, match="channel_rules"):
+        site.load(model)
 
 
 def test_enrollment_refuses_short_silent_or_anomalous_audio_unless_forced():
@@ -334,6 +353,8 @@ def test_a_side_channel_raises_the_one_unknown_anomaly_alert_and_says_which_evid
         out = d.update(i * HOP, "on", 0.9, fused, [1.0], channels={"modulation": channel})
         events += [e for e in out.events if e["event"].startswith("alert")]
         levels.append(out.evidence)
+        if i == 12:  # the channel's total rising, the score's at zero: the window's evidence is the channel's
+            assert out.evidence_parts["score"] == 0.0 < out.evidence_parts["modulation"] == out.evidence
     assert [(e["event"], e["kind"], e.get("evidence_from")) for e in events] == [
         ("alert_raised", "unknown_anomaly", "modulation"),
         ("alert_cleared", "unknown_anomaly", None),
@@ -343,8 +364,6 @@ def test_a_side_channel_raises_the_one_unknown_anomaly_alert_and_says_which_evid
     # ln(3 / 0.6) = 1.6 clipped at 1 a window: the channel's evidence reaches 4 in the fourth window
     assert events[0]["t"] == pytest.approx((10 + 3) * HOP)
     assert max(levels[10:20]) >= 1.0 and d.active is False
-    # each total's level is in the window's decision
-    assert set(out.evidence_parts) == {"score", "modulation"} and out.evidence == max(out.evidence_parts.values())
     # windows without the channel's ratio carry no information for it: an active channel neither clears nor
     # raises again on them, and clears once its ratios are back and low
     d = decisions.Decisions(rule, HOP, labels=["on"], channel_rules={"modulation": side})

@@ -101,6 +101,11 @@ def test_enrollment_writes_a_site_calibration_that_later_runs_apply(trained_mode
     np.load(model.parent / site.SITE_NPZ, allow_pickle=False)  # no pickle
     card = json.loads((model.parent / "model_card.json").read_text())
     assert doc["rule"]["threshold"] >= card["alerts"]["rule"]["threshold"]
+    # the modulation channel's rule at the site: the card's level, or higher, never lower
+    assert set(doc["channel_rules"]) == {"modulation"}
+    card_level = card["alerts"]["channels"]["modulation"]["rule"]["threshold"]
+    assert doc["channel_rules"]["modulation"]["threshold"] >= card_level
+    assert doc["channel_levels"]["modulation"]["card_level"] == card_level
     # and the site's normal band levels: an alert's "what changed" compares with this room, not training's
     from fanwatch import audio, bands
 
@@ -118,6 +123,7 @@ def test_enrollment_writes_a_site_calibration_that_later_runs_apply(trained_mode
     assert run.returncode == 0, run.stderr
     start = events(parse(run.stdout), "start")[0]
     assert start["site"]["seconds"] == doc["seconds"] and start["alert_rule"] == doc["rule"]
+    assert start["alert_channels"] == doc["channel_rules"]
     plain = run_cli(["--model", model, "--wav", scene["wav"], "--fast", "--json", "--no-site"])
     assert events(parse(plain.stdout), "start")[0]["site"] is None
 

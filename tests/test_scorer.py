@@ -77,8 +77,12 @@ def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fi
     np.testing.assert_allclose(loaded.score_file_channels("a", e, shaft)[1]["modulation"], by_channel["modulation"])
     with pytest.raises(FanwatchError, match="side channels"):
         scorer.ScoreConfig(channels=("embedding",))
+    from fanwatch.training import TrainSettings
+
+    both = TrainSettings(data="d", out="o", score_components="embedding:2,modulation:1", score_channels="modulation")
     with pytest.raises(FanwatchError, match="both weighted"):
-        scorer.ScoreConfig(weights={"embedding": 2, "modulation": 1}, channels=("modulation",))
+        both.score_config()
+    assert TrainSettings(data="d", out="o", score_components="embedding:1", score_channels="shape").score_config()
     assert scorer.parse_channels("none") == () and scorer.parse_channels("modulation") == ("modulation",)
 
 
