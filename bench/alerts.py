@@ -438,18 +438,19 @@ def main(argv=None) -> int:
             n = int(round((seconds - config.WINDOW_SECONDS) / HOP_S)) + 1
             from fanwatch import site
 
+            enroll_ratios, enroll_channels = ratios_and_channels(classifier, _head(e, n))  # one scoring pass
             try:
                 site_model = site.enroll(
                     classifier,
                     e["embeddings"][:n].astype(np.float32),
                     e["bands"][:n],
-                    ratios(classifier, _head(e, n)),
+                    enroll_ratios,
                     e["probabilities"][:n],
                     rms=float(e["rms"]),
                     model_sha256="bench",
                     force=True,
                     score_config=classifier.scorer.config,
-                    channel_ratios=ratios_and_channels(classifier, _head(e, n))[1],
+                    channel_ratios=enroll_channels,
                 )
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")

@@ -75,8 +75,8 @@ def replay(make_analyzer, files: list[str], machine: str, kind: str) -> StreamRe
         raised=[e for r in results for e in r.events if e["event"] == "alert_raised"],
         skipped=skipped,
         channels={
-            ch: np.array([getattr(r, "channels", {}).get(ch, np.nan) for r in results], dtype=np.float64)
-            for ch in sorted({ch for r in results for ch in getattr(r, "channels", {})})
+            ch: np.array([r.channels.get(ch, np.nan) for r in results], dtype=np.float64)
+            for ch in sorted({ch for r in results for ch in r.channels})
         },
     )
     if kind == "fault" and used:

@@ -641,43 +641,37 @@ def parity_check(
 
 
 def deployed_scores(model: runtime.SoundClassifier, outputs: ModelOutputs) -> tuple:
-    """([n_windows, C] deployed window scores, [C] thresholds, column of the pooled reference or None).
+    """([n_windows, C] deployed window scores, [C] thresholds, column of the pooled reference or None,
+    {side channel: [n_windows, C] its score / its threshold}).
 
     With a fused score: one column per known machine plus the pooled one, each file through
-    ``Scorer.score_file`` (what a stream reset at the file's start gives, as the Pi computes it). Else
-    the model's own anomaly_score output and the card's thresholds."""
+    ``Scorer.score_file_channels`` (what a stream reset at the file's start gives, as the Pi computes it; the
+    side channels from the same pass). Else the model's own anomaly_score output and the card's thresholds,
+    and no channels."""
     if model.scorer is None:
-        return outputs.scores.astype(np.float64), np.asarray(model.thresholds, np.float64), None
+        return outputs.scores.astype(np.float64), np.asarray(model.thresholds, np.float64), None, {}
     if outputs.embeddings is None or outputs.bands is None:
         raise FanwatchError(f"{model.model.path}: no embedding/band_levels outputs, which its anomaly score needs")
     from .scorer import POOLED
 
+    sc = model.scorer
     names = [*model.machines, POOLED]
     out = np.zeros((len(outputs.file_index), len(names)))
+    side = {ch: np.zeros_like(out) for ch in sc.config.channels}
     for f in range(len(outputs.recordings)):
         sel = np.flatnonzero(outputs.file_index == f)
         for j, name in enumerate(names):
-            out[sel, j] = model.scorer.score_file(name, outputs.embeddings[sel], outputs.bands[sel])
-    return out, np.asarray([model.scorer.threshold(n) for n in names]), len(model.machines)
+            out[sel, j], channels = sc.score_file_channels(name, outputs.embeddings[sel], outputs.bands[sel])
+            for ch, v in channels.items():
+                side[ch][sel, j] = v / sc.channel_threshold(name, ch)
+    return out, np.asarray([sc.threshold(n) for n in names]), len(model.machines), side
 
 
-def channel_ratios(model: runtime.SoundClassifier, outputs: ModelOutputs, col_file: np.ndarray) -> dict:
-    """{side channel: per window, its score over its threshold}, each file scored against the reference its
-    fused score used (its machine's, else the pooled one), as the live loop does; ``{}`` without channels."""
-    if model.scorer is None or not model.scorer.config.channels or outputs.embeddings is None:
-        return {}
-    from .scorer import POOLED
-
-    names = [*model.machines, POOLED]
-    out = {ch: np.zeros(len(outputs.file_index)) for ch in model.scorer.config.channels}
-    for f in range(len(outputs.recordings)):
-        sel = np.flatnonzero(outputs.file_index == f)
-        col = int(col_file[f])
-        name = names[col] if 0 <= col < len(names) else POOLED
-        side = model.scorer.score_file_channels(name, outputs.embeddings[sel], outputs.bands[sel])[1]
-        for ch in out:
-            out[ch][sel] = side[ch] / model.scorer.channel_threshold(name, ch)
-    return out
+def channel_ratios(side: dict, outputs: ModelOutputs, col_file: np.ndarray) -> dict:
+    """{side channel: per window, its score over its threshold}, each file against the reference its fused
+    score used (its machine's column, else the pooled one), as the live loop does; ``{}`` without channels."""
+    rows = np.arange(len(outputs.file_index))
+    return {ch: r[rows, col_file[outputs.file_index]] for ch, r in side.items()}
 
 
 def embedding_ratio(model: runtime.SoundClassifier, outputs: ModelOutputs, col_file: np.ndarray) -> np.ndarray:
@@ -904,7 +898,7 @@ def evaluate(s: EvalSettings) -> dict:
             written.append(name)
 
     # --- anomaly score -----------------------------------------------------------------------------
-    deployed, deployed_thresholds, pooled_col = deployed_scores(model, outputs)
+    deployed, deployed_thresholds, pooled_col, deployed_channels = deployed_scores(model, outputs)
     ratio = deployed / deployed_thresholds
     unknown_col = -1 if pooled_col is None else pooled_col
     as_machine = [s.machine if s.machine is not None else r.machine for r in outputs.recordings]
@@ -1027,7 +1021,7 @@ def evaluate(s: EvalSettings) -> dict:
     # the score's side channels on the same files: each alone, and a window counted by the larger of the
     # fused ratio and the channels' (the live loop keeps a running total for each; either raises the alert)
     channel_block = None
-    side = channel_ratios(model, outputs, col_file)
+    side = channel_ratios(deployed_channels, outputs, col_file)
     if side:
         every = np.ones(len(win_ratio), bool)
 

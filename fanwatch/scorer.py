@@ -476,14 +476,15 @@ class Scorer:
     def with_threshold(
         self, machine: str, files: list[FileFeatures], false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
     ) -> Scorer:
-        """A scorer whose ``machine`` threshold is re-set on normal recordings held apart from its references."""
-        scores = np.concatenate([self.score_file(machine, e, b) for e, b in files if len(e)]) if files else []
+        """A scorer whose ``machine`` threshold (and its side channels') is re-set on normal recordings held
+        apart from its references."""
+        scores, side = self._scores_of(machine, files)
         if len(scores) == 0:
             raise FanwatchError(f"threshold of {machine}: no window of normal audio to set it on")
         value, rule = _gamma_quantile(scores, 1.0 - false_alarm_rate)
         channels = {ch: dict(t) for ch, t in self.channel_thresholds.items()}
-        for ch, side in self._channel_scores_of(machine, files).items():
-            channels.setdefault(ch, {})[machine] = _gamma_quantile(side, 1.0 - false_alarm_rate)[0]
+        for ch, v in side.items():
+            channels.setdefault(ch, {})[machine] = _gamma_quantile(v, 1.0 - false_alarm_rate)[0]
         return Scorer(
             self.config,
             self.references,
@@ -495,14 +496,19 @@ class Scorer:
             channels,
         )
 
-    def _channel_scores_of(self, machine: str, files: list[FileFeatures]) -> dict:
-        """side channel -> the concatenated window scores of these recordings (each its own stream)."""
-        out = {ch: [] for ch in self.config.channels}
+    def _scores_of(self, machine: str, files: list[FileFeatures]) -> tuple[np.ndarray, dict]:
+        """(fused scores, {side channel: scores}) of these recordings' windows, each recording its own stream,
+        concatenated; one scoring pass for both."""
+        fused, side = [], {ch: [] for ch in self.config.channels}
         for e, b in files:
             if len(e):
-                for ch, v in self.score_file_channels(machine, e, b)[1].items():
-                    out[ch].append(v)
-        return {ch: np.concatenate(v) for ch, v in out.items() if v}
+                f, c = self.score_file_channels(machine, e, b)
+                fused.append(f)
+                for ch, v in c.items():
+                    side[ch].append(v)
+        if not fused:
+            return np.zeros(0), {}
+        return np.concatenate(fused), {ch: np.concatenate(v) for ch, v in side.items()}
 
     def set_thresholds(
         self,
@@ -510,19 +516,17 @@ class Scorer:
         false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
         source: str = "validation normal windows",
     ) -> Scorer:
-        """Thresholds of every machine and of the pooled reference from normal validation recordings."""
+        """Thresholds of every machine and of the pooled reference (and of their side channels) from normal
+        validation recordings."""
         thresholds, info, channels = {}, {}, {ch: {} for ch in self.config.channels}
         for name in [*self.machines, POOLED]:
             files = [f for m, fs in files_by_machine.items() for f in fs if name == POOLED or m == name]
-            scores = [self.score_file(name, e, b) for e, b in files if len(e)]
-            for ch, side in self._channel_scores_of(name, files).items():
-                channels[ch][name] = _gamma_quantile(side, 1.0 - false_alarm_rate)[0]
-            if not scores:
+            s, side = self._scores_of(name, files)
+            if len(s) == 0:
                 raise FanwatchError(
                     f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
                     "training recordings would be too low); add normal recordings of it or raise --val-fraction"
                 )
-            s = np.concatenate(scores)
             value, rule = _gamma_quantile(s, 1.0 - false_alarm_rate)
             thresholds[name] = value
             info[name] = {
@@ -532,8 +536,8 @@ class Scorer:
                 "source": source,
                 "empirical_quantile": float(np.quantile(s, 1.0 - false_alarm_rate, method="higher")),
             }
-            for ch in self.config.channels:
-                info[name].setdefault("channels", {})[ch] = channels[ch][name]
+            for ch, v in side.items():
+                channels[ch][name] = _gamma_quantile(v, 1.0 - false_alarm_rate)[0]
         return Scorer(self.config, self.references, thresholds, info, channels)
 
     # ---- scoring ------------------------------------------------------------------------------------

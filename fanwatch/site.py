@@ -314,7 +314,7 @@ def enroll(
     # the combined ratio is not the model's: its reference (what neither adds nor drains evidence) comes from
     # the held-apart audio as the card's came from validation audio, never below the card's
     site_rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held_ratios)))
-    peak = max(float(evidence.evidence_series(r, replace(site_rule, threshold=1e9), hop_s).max()) for r in held_ratios)
+    peak = _evidence_peak(held_ratios, site_rule, hop_s)
     threshold = max(card_rule.threshold, PEAK_MARGIN * peak)
     rule = replace(site_rule, threshold=threshold)
     tail = evidence.tail_bound(held_ratios, rule, hop_s)
@@ -335,9 +335,7 @@ def enroll(
             "combined_ratio_median": float(np.median(np.concatenate(held_ratios))),
             "windows_above_threshold_before": float((np.concatenate(before) >= 1).mean()),
             "windows_above_threshold_after": float((np.concatenate(held_ratios) >= 1).mean()),
-            "evidence_peak_before": max(
-                float(evidence.evidence_series(r, replace(card_rule, threshold=1e9), hop_s).max()) for r in before
-            ),
+            "evidence_peak_before": _evidence_peak(before, card_rule, hop_s),
             "evidence_peak_after": peak,
         },
         "expected_false_alerts_per_day_card": card_cal.get("expected_false_alerts_per_day"),  # the score's
@@ -352,6 +350,11 @@ def enroll(
     return SiteModel(site_model.scorer, rule, model_sha256, info, known_off, channel_rules)
 
 
+def _evidence_peak(streams, rule: evidence.EvidenceRule, hop_s: float) -> float:
+    """The highest evidence ``rule`` reaches over these streams (each from zero), whatever its alert level."""
+    return max(float(evidence.evidence_series(x, replace(rule, threshold=1e9), hop_s).max()) for x in streams)
+
+
 def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, hop_s: float) -> tuple[dict, dict]:
     """({side channel: its alert rule at this site}, what that rests on): the card's rule of each channel,
     its level raised to PEAK_MARGIN x the evidence its ratios reach on the held-apart audio when that is
@@ -363,10 +366,7 @@ def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, h
             continue
         card_rule = evidence.EvidenceRule.from_dict((card_info or {}).get("rule"))
         ratios = np.asarray(ratios, np.float64)
-        peak = max(
-            float(evidence.evidence_series(ratios[i], replace(card_rule, threshold=1e9), hop_s).max())
-            for i in held_blocks
-        )
+        peak = _evidence_peak([ratios[i] for i in held_blocks], card_rule, hop_s)
         rules[channel] = replace(card_rule, threshold=max(card_rule.threshold, PEAK_MARGIN * peak))
         info[channel] = {
             "card_level": card_rule.threshold,
@@ -394,7 +394,7 @@ def _known_faults_at_site(card: dict, probabilities, held_blocks, hop_s: float) 
         ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or KNOWN_FAULT_DEFAULTS
     )
     odds = [np.array([fault_odds(p, fault_index) for p in probabilities[i]]) for i in held_blocks]
-    peak = max(float(evidence.evidence_series(o, replace(rule, threshold=1e9), hop_s).max()) for o in odds)
+    peak = _evidence_peak(odds, rule, hop_s)
     off = peak >= rule.threshold
     return off, {"known_fault": {"alert_level": rule.threshold, "held_apart_evidence_peak": peak, "off": off}}
 

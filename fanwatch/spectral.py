@@ -50,7 +50,8 @@ FLUCTUATION_FEATURES = FLUCTUATION_SLICE.stop  # models exported before the modu
 MODULATION_GROUPS = 8  # groups of 8 linear bands (1 kHz each)
 MODULATION_FRAMES = config.PATCH_FRAMES  # the envelope's length: the window's 96 frames
 MODULATION_BINS = slice(3, 48)  # modulation frequencies 3.1-49 Hz at 100/96 Hz per bin
-MODULATION_SLICE = slice(FLUCTUATION_FEATURES, FLUCTUATION_FEATURES + MODULATION_BINS.stop - MODULATION_BINS.start)
+MODULATION_FEATURES = MODULATION_BINS.stop - MODULATION_BINS.start  # 45 modulation frequencies
+MODULATION_SLICE = slice(FLUCTUATION_FEATURES, FLUCTUATION_FEATURES + MODULATION_FEATURES)
 BAND_FEATURES = MODULATION_SLICE.stop
 POWER_FLOOR = 1e-10
 OUTPUT_NAME = "band_levels"
@@ -101,7 +102,7 @@ def reference(windows: np.ndarray, mel_matrix: np.ndarray) -> np.ndarray:
     level = 10.0 * np.log10((w * w).mean(axis=1) + POWER_FLOOR)
     envelope = np.log(band_power @ group_matrix().astype(np.float64) + POWER_FLOOR)  # [n, frames, 8]
     envelope = envelope - envelope.mean(axis=1, keepdims=True)
-    k = MODULATION_BINS.stop - MODULATION_BINS.start
+    k = MODULATION_FEATURES
     spectrum = np.einsum("ntg,tk->ngk", envelope, modulation_dft().astype(np.float64))
     modulation = np.log((spectrum[..., :k] ** 2 + spectrum[..., k:] ** 2).mean(axis=1) + POWER_FLOOR)
     return np.concatenate([mel, lin_frames.mean(axis=1), level[:, None], lin_frames.std(axis=1), modulation], axis=1)

@@ -278,7 +278,8 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             "the head always answers it and the anomaly score does the work"
         )
     head_x, head_y = train_set.embeddings, y_train
-    if s.augment and len(train_labels) >= 2:
+    augmented = s.augment and len(train_labels) >= 2  # copies teach a head with classes to tell apart
+    if augmented:
         extra_x, extra_file = augmented_embeddings(extractor, train_set, s.augment, s.seed, s.progress)
         y_file = targets(train_set)[1]
         head_x, head_y = np.concatenate([head_x, extra_x]), np.concatenate([head_y, y_file[extra_file]])
@@ -298,7 +299,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
         hidden=s.hidden,
     )
     validation: dict = {"head_target": target, "epochs": head.epochs}
-    if s.augment and len(train_labels) >= 2:
+    if augmented:
         validation["augmentation"] = {"copies_per_recording": s.augment, **augment.describe()}
     if len(val_set.embeddings):
         probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
@@ -379,7 +380,8 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     # channel's and the head's known-fault one), so that together they stay within it
     totals = 1 + len(score.config.channels) + int(known)
     share = s.false_alerts_per_day / totals
-    alerts_info = calibrate_alerts(score, val_set, s.false_alerts_per_day, share)
+    alerts_info = calibrate_alerts(score, val_set, share)
+    alerts_info["target_false_alerts_per_day"] = s.false_alerts_per_day
     if known:
         val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
         alerts_info["known_fault"] = calibrate_known_faults(val_probs, val_set, train_labels, fault_labels, share)
@@ -388,11 +390,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
             f"alerts: known faults ({', '.join(fault_labels)}): {alerts_info['known_fault']['rule_text']}; expected "
             f"{_fmt_rate(kcal['expected_false_alerts_per_day'])} false alert(s) per day (target {share:.3g})"
         )
-        expected = alerts_info["expected_false_alerts_per_day"]
-        known_expected = kcal["expected_false_alerts_per_day"]
-        alerts_info["expected_false_alerts_per_day"] = (
-            None if expected is None or known_expected is None else round(expected + known_expected, 4)
-        )
+    alerts_info["expected_false_alerts_per_day"] = expected_false_alerts_per_day(alerts_info)
     cal = alerts_info["calibration"]
     log(
         f"alerts: {alerts_info['rule_text']}; expected {_fmt_rate(cal['expected_false_alerts_per_day'])} false "
@@ -576,44 +574,38 @@ def augmented_embeddings(
     return np.concatenate(out), np.concatenate(index)
 
 
-def validation_streams(
-    score: scorer.Scorer, val_set: embeddings.EmbeddingSet, channel: str | None = None
-) -> list[np.ndarray]:
-    """Per machine, the deployed window ratios (fused score / threshold, or a side ``channel``'s score / its
-    threshold) of its normal validation recordings, each recording scored as the live loop scores a
-    continuous segment and the recordings concatenated in order: what the live loop would have heard had they
-    been played one after the other. Scored against the machine's own reference (``--machine``) and, with
-    several machines, against the pooled one too (the live loop given no ``--machine``): one rule covers both."""
-    streams = []
+def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -> dict[str, list[np.ndarray]]:
+    """Per machine, the deployed window ratios of its normal validation recordings: ``"score"`` (fused score /
+    threshold) and each side channel (its score / its threshold), from one scoring pass. Each recording is
+    scored as the live loop scores a continuous segment and the recordings are concatenated in order: what the
+    live loop would have heard had they been played one after the other. Scored against the machine's own
+    reference (``--machine``) and, with several machines, against the pooled one too (the live loop given no
+    ``--machine``): one rule covers both."""
+    streams: dict[str, list[np.ndarray]] = {"score": [], **{ch: [] for ch in score.config.channels}}
     for name, files in _normal_files(val_set).items():
         targets = [name] + ([scorer.POOLED] if len(score.machines) > 1 else [])
         for target in targets:
-            if channel is None:
-                ratios = [score.score_file(target, e, b) / score.threshold(target) for e, b in files]
-            else:
-                threshold = score.channel_threshold(target, channel)
-                ratios = [score.score_file_channels(target, e, b)[1][channel] / threshold for e, b in files]
-            if ratios:
-                streams.append(np.concatenate(ratios))
+            per_file = [score.score_file_channels(target, e, b) for e, b in files]
+            if not per_file:
+                continue
+            streams["score"].append(np.concatenate([f for f, _ in per_file]) / score.threshold(target))
+            for ch in score.config.channels:
+                threshold = score.channel_threshold(target, ch)
+                streams[ch].append(np.concatenate([c[ch] for _, c in per_file]) / threshold)
     return streams
 
 
-def calibrate_alerts(
-    score: scorer.Scorer, val_set: embeddings.EmbeddingSet, false_alerts_per_day: float, share: float | None = None
-) -> dict:
-    """The alert rule for the model card: the CUSUM's threshold set for its ``share`` of
-    ``false_alerts_per_day`` (all of it by default) by replaying the normal validation recordings through
-    :class:`fanwatch.evidence.AlertRule` (anomalous clips never). With side channels
-    (:class:`fanwatch.scorer.ScoreConfig`) each channel has its own CUSUM, calibrated for the same share;
-    train.py shares the target equally among the score's total, the channels' and the head's known-fault one,
-    so that together they stay within it (``expected_false_alerts_per_day``: the sum of the expected rates)."""
+def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, share: float) -> dict:
+    """The alert rules for the model card: the score's CUSUM and each side channel's
+    (:class:`fanwatch.scorer.ScoreConfig`), each threshold set for ``share`` false alerts per day by replaying
+    the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never).
+    train.py shares its target equally among these totals and the head's known-fault one."""
     streams = validation_streams(score, val_set)
-    if not streams:
+    if not streams["score"]:
         raise FanwatchError(
             "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
         )
-    share = false_alerts_per_day if share is None else share
-    cal = evidence.calibrate(streams, evidence.EvidenceRule(), config.HOP_SECONDS, share)
+    cal = evidence.calibrate(streams["score"], evidence.EvidenceRule(), config.HOP_SECONDS, share)
     out = {
         "rule": cal.rule.to_dict(),
         "rule_text": cal.rule.describe(),
@@ -622,17 +614,13 @@ def calibrate_alerts(
         "note": "normal validation recordings of each machine played one after the other through the live "
         "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
         "evidence peaks, with its 90 % upper confidence bound set to the target",
-        "target_false_alerts_per_day": false_alerts_per_day,
         "target_share_per_day": share,
     }
-    expected = cal.expected_false_alerts_per_day
     if score.config.channels:
         out["channels"] = {}
         for channel in score.config.channels:
             try:
-                ccal = evidence.calibrate(
-                    validation_streams(score, val_set, channel), evidence.EvidenceRule(), config.HOP_SECONDS, share
-                )
+                ccal = evidence.calibrate(streams[channel], evidence.EvidenceRule(), config.HOP_SECONDS, share)
             except FanwatchError as exc:
                 raise FanwatchError(f"the {channel} channel: {exc} (--score-channels none leaves it out)") from None
             out["channels"][channel] = {
@@ -640,10 +628,20 @@ def calibrate_alerts(
                 "rule_text": ccal.rule.describe(),
                 "calibration": ccal.to_dict(),
             }
-            expected += ccal.expected_false_alerts_per_day
-    # every total together (train.py adds the known-fault one; None when one of them could not be calibrated)
-    out["expected_false_alerts_per_day"] = round(expected, 4) if math.isfinite(expected) else None
     return out
+
+
+def expected_false_alerts_per_day(alerts_info: dict) -> float | None:
+    """Every running total of the alert rule together (score, side channels, known faults): the sum of their
+    expected false alerts per day; None when one of them could not be calibrated."""
+    parts = [alerts_info["calibration"]]
+    parts += [c["calibration"] for c in (alerts_info.get("channels") or {}).values()]
+    if alerts_info.get("known_fault"):
+        parts.append(alerts_info["known_fault"]["calibration"])
+    rates = [p.get("expected_false_alerts_per_day") for p in parts]
+    if any(r is None or not math.isfinite(r) for r in rates):
+        return None
+    return round(sum(rates), 4)
 
 
 def calibrate_known_faults(

@@ -286,7 +286,7 @@ def _log_mel_layer():
             envelope = tf.math.log(tf.tensordot(band_power, self._groups, axes=1) + spectral.POWER_FLOOR)
             envelope = envelope - tf.reduce_mean(envelope, axis=-2, keepdims=True)  # [b, frames, groups]
             spectrum = tf.tensordot(tf.transpose(envelope, [0, 2, 1]), self._modulation, axes=1)  # [b, g, 2k]
-            k = spectral.MODULATION_SLICE.stop - spectral.MODULATION_SLICE.start
+            k = spectral.MODULATION_FEATURES
             re, im = spectrum[..., :k], spectrum[..., k:]
             modulation = tf.math.log(tf.reduce_mean(re * re + im * im, axis=-2) + spectral.POWER_FLOOR)
             parts = [tf.reduce_mean(log_mel, axis=-2), linear_mean, level_db, fluctuation, modulation]

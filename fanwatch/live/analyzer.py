@@ -419,8 +419,7 @@ class Analyzer:
         if self._site is not None:  # the site's own score over the same horizon, combined with the model's
             ratio = self._site.update(embedding, prediction.band_levels, ratio)
         ratio = float(ratio) / self.threshold_scale
-        side = getattr(self._anomaly, "channel_ratios", {})  # a stand-in classifier may have no side channels
-        channels = {ch: float(r) / self.threshold_scale for ch, r in side.items()}
+        channels = {ch: float(r) / self.threshold_scale for ch, r in self._anomaly.channel_ratios.items()}
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])

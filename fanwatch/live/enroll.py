@@ -83,11 +83,6 @@ def listen(settings: LoopSettings, seconds: float, classifier=None, out=None, st
         source.close()
 
 
-def _channels(results) -> list[str]:
-    """The score's side channels the enrollment windows carry (none for a model without them)."""
-    return sorted({ch for r in results for ch in getattr(r, "channels", {})})
-
-
 def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None, classifier=None) -> site.SiteModel:
     out = out or sys.stdout
     if not (seconds > 0 and math.isfinite(seconds)):
@@ -102,6 +97,7 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
         raise FanwatchError("this model has no embedding output: it cannot be enrolled on site (retrain it)")
     band_levels = [r.band_levels for r in results]
     sha = classifier.sha256
+    channels = classifier.scorer.config.channels if classifier.scorer is not None else ()
     model = site.enroll(
         classifier,
         np.asarray(emb, np.float32) if results else np.zeros((0, 0), np.float32),
@@ -114,7 +110,7 @@ def enroll(settings: LoopSettings, seconds: float, force: bool = False, out=None
         hop_s=hop,
         source=str(what),
         score_config=classifier.scorer.config if classifier.scorer is not None else None,
-        channel_ratios={ch: np.array([r.channels.get(ch, np.nan) for r in results]) for ch in _channels(results)},
+        channel_ratios={ch: np.array([r.channels.get(ch, np.nan) for r in results]) for ch in channels},
     )
     json_path, _ = model.save(settings.model.path)
     written = [site.SITE_NPZ]
