@@ -8,14 +8,15 @@ Methods (all fitted on normal training recordings only, per machine):
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
   fused         the fused score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
                 of their normalised k-NN distances, over a horizon of 8 windows
-  fused|modulation  the deployed score: the fused score and the modulation spectrum's side channel, each in
-                units of its scale; a window counts by the larger (the live loop keeps one evidence for each
-                and either raises the alert)
+  fused|modulation_peak  the deployed score: the fused score and its side channel, how far the modulation
+                spectrum's shape rises above the nearest normal windows', each in units of its scale; a window
+                counts by the larger (the live loop keeps one evidence for each and either raises the alert)
+  fused|modulation  the previous deployed score: the same with the modulation spectrum's Euclidean k-NN distance
   fused+fluct   the option with the bands' fluctuation: embedding 4/7, shape 2/7, fluctuation 1/7
   options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fluct_h8 (band fluctuation
-                alone), modulation_h8 (modulation spectrum alone), fused+level (with the level),
-                fused_closest (fused, but a machine not in training by the earlier rule: the smallest score over
-                the known machines, window by window, instead of the pooled reference)
+                alone), modulation_h8 (modulation spectrum alone), peak_h8 (modulation_peak alone), fused+level
+                (with the level), fused_closest (fused, but a machine not in training by the earlier rule: the
+                smallest score over the known machines, window by window, instead of the pooled reference)
 
 File level = the clip feature for the baselines (as they are defined), the mean window score for the
 others (DCASE). Window level = every 0.975 s window. AUC and DCASE pAUC (FPR <= 0.1).
@@ -72,12 +73,14 @@ METHODS = (
     "ltas",
     "yamnet_knn",
     "fused",
+    "fused|modulation_peak",
     "fused|modulation",
     "fused+fluct",
     "emb_h8",
     "shape_h8",
     "fluct_h8",
     "modulation_h8",
+    "peak_h8",
     "fused+level",
     "fused_closest",
 )
@@ -147,6 +150,7 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         "shape_h8": {"shape": 1.0},
         "fluct_h8": {"fluctuation": 1.0},
         "modulation_h8": {"modulation": 1.0},
+        "peak_h8": {"modulation_peak": 1.0},
         "fused+fluct": {"embedding": 4.0, "shape": 2.0, "fluctuation": 1.0},
         "fused+level": {"embedding": 2.0, "shape": 1.0, "level": 0.5},
     }.get(name)

@@ -48,33 +48,37 @@ def test_stream_gives_what_score_file_gives_and_reset_restarts_the_horizon(fitte
     assert not np.allclose(short.score_file("a", e, b), offline)
 
 
-def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fitted, tmp_path):
-    """The modulation side channel: scored on its own beside the fused score (which it does not change),
+@pytest.mark.parametrize("channel", ["modulation", "modulation_peak"])
+def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fitted, tmp_path, channel):
+    """A modulation side channel (either distance): scored on its own beside the fused score (which it does not change),
     with a threshold per machine from the validation recordings; a modulation that the fused score barely
     sees is far above the channel's threshold; the stream gives what the file gives; save/load keeps it."""
     sc, rng, centres, profiles = fitted
     train = {m: _machine(np.random.default_rng(5), centres[m], profiles[m]) for m in centres}
     val = {m: _machine(np.random.default_rng(6), centres[m], profiles[m], n_files=3) for m in centres}
-    cfg = scorer.ScoreConfig(channels=("modulation",))
+    cfg = scorer.ScoreConfig(channels=(channel,))
     side = scorer.Scorer.fit(train, cfg).set_thresholds(val)
     plain = scorer.Scorer.fit(train).set_thresholds(val)
-    assert side.channel_thresholds["modulation"].keys() == {"a", "b", scorer.POOLED}
+    assert side.channel_thresholds[channel].keys() == {"a", "b", scorer.POOLED}
     e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=20)[0]
     fused, channels = side.score_file_channels("a", e, b)
     np.testing.assert_allclose(fused, plain.score_file("a", e, b), rtol=1e-12)  # the fused score is untouched
     shaft = b.copy()
     shaft[:, spectral.MODULATION_SLICE.start + 16] += 3.0  # a peak at one modulation frequency (nats)
     modulated, by_channel = side.score_file_channels("a", e, shaft)
-    assert (channels["modulation"][-10:] / side.channel_threshold("a", "modulation")).max() < 1.0
-    assert (by_channel["modulation"][-10:] / side.channel_threshold("a", "modulation")).min() > 2.0
+    assert (channels[channel][-10:] / side.channel_threshold("a", channel)).max() < 1.0
+    assert (by_channel[channel][-10:] / side.channel_threshold("a", channel)).min() > 2.0
     assert (modulated[-10:] / side.threshold("a")).max() < 1.0  # the fused score (embedding, shape) misses it
     stream = side.stream("a")
     online = [stream.update_channels(e[i], shaft[i]) for i in range(len(e))]
     np.testing.assert_allclose([f for f, _ in online], modulated, rtol=1e-9)
-    np.testing.assert_allclose([c["modulation"] for _, c in online], by_channel["modulation"], rtol=1e-9)
+    np.testing.assert_allclose([c[channel] for _, c in online], by_channel[channel], rtol=1e-9)
     loaded = scorer.Scorer.load(side.save(tmp_path / "side.npz"))
-    assert loaded.config.channels == ("modulation",) and loaded.channel_thresholds == side.channel_thresholds
-    np.testing.assert_allclose(loaded.score_file_channels("a", e, shaft)[1]["modulation"], by_channel["modulation"])
+    assert loaded.config.channels == (channel,) and loaded.channel_thresholds == side.channel_thresholds
+    np.testing.assert_allclose(loaded.score_file_channels("a", e, shaft)[1][channel], by_channel[channel])
+
+
+def test_side_channel_names_are_checked():
     with pytest.raises(FanwatchError, match="side channels"):
         scorer.ScoreConfig(channels=("embedding",))
     from fanwatch.training import TrainSettings
@@ -84,6 +88,33 @@ def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fi
         both.score_config()
     assert TrainSettings(data="d", out="o", score_components="embedding:1", score_channels="shape").score_config()
     assert scorer.parse_channels("none") == () and scorer.parse_channels("modulation") == ("modulation",)
+
+
+def test_modulation_peak_counts_a_new_peak_in_full_and_less_modulation_not_at_all(fitted):
+    """modulation_peak is one-sided and per frequency: a rise at one modulation frequency scores as high as
+    the Euclidean modulation distance or higher; a dip of the same size (less modulation than normal, e.g. more
+    masking noise) leaves it at its normal level while the Euclidean distance rises."""
+    sc, rng, centres, profiles = fitted
+    train = {m: _machine(np.random.default_rng(5), centres[m], profiles[m]) for m in centres}
+    val = {m: _machine(np.random.default_rng(6), centres[m], profiles[m], n_files=3) for m in centres}
+    both = scorer.Scorer.fit(train, scorer.ScoreConfig(channels=("modulation", "modulation_peak"))).set_thresholds(val)
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=20)[0]
+
+    def ratios(bands):
+        ch = both.score_file_channels("a", e, bands)[1]
+        return {c: float(np.median(v[-10:])) / both.channel_threshold("a", c) for c, v in ch.items()}
+
+    normal = ratios(b)
+    dip = b.copy()
+    # the least modulated frequency, so that the shape's median (subtracted from every frequency) stays put
+    low = spectral.MODULATION_SLICE.start + int(np.argmin(profiles["a"][spectral.MODULATION_SLICE]))
+    dip[:, low] -= 3.0
+    dipped = ratios(dip)
+    assert dipped["modulation"] > 2.0 and dipped["modulation_peak"] < 1.5 * normal["modulation_peak"] < 1.0
+    peak = b.copy()
+    peak[:, spectral.MODULATION_SLICE.start + 16] += 1.0
+    peaked = ratios(peak)
+    assert peaked["modulation_peak"] > 1.0 and peaked["modulation_peak"] > peaked["modulation"]
 
 
 def test_normal_scores_below_threshold_and_a_band_rise_above(fitted):
