@@ -84,7 +84,7 @@ METHODS = (
     "fused+level",
     "fused_closest",
 )
-NEW = "fused|modulation"
+NEW = "fused|modulation_peak"
 
 
 class Files:

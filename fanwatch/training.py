@@ -74,7 +74,7 @@ class TrainSettings:
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
     score_components: str = "embedding:2,shape:1"
-    score_channels: str = "modulation"  # side channels of the score, comma-separated ("none": none)
+    score_channels: str = "modulation_peak"  # side channels of the score, comma-separated ("none": none)
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
@@ -499,8 +499,9 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
                 "(embedding, spectral shape, optionally band fluctuation; each over its normal leave-one-file-out "
                 "95th percentile; their weights under 'weights'), "
                 f"over the last {score.config.horizon} windows; computed in numpy from the "
-                "model's embedding and band_levels outputs; each side channel under 'channels' (the modulation "
-                "spectrum's shape by default) is scored alone with its own thresholds ('channel_thresholds') "
+                "model's embedding and band_levels outputs; each side channel under 'channels' (by default "
+                "modulation_peak: how far the modulation spectrum's shape rises above the nearest normal "
+                "windows') is scored alone with its own thresholds ('channel_thresholds') "
                 "and alert rule (alerts.channels)",
                 "channel_thresholds": score.channel_thresholds,
             },

@@ -66,9 +66,9 @@ def test_artifacts_and_model_card(trained_model):
     assert 0 < alerts["rule"]["reference"] <= 1.0
     # the target of 1 per day is shared by the three running totals: the fused score's, the modulation
     # channel's and the head's known-fault one
-    assert card["settings"]["score_channels"] == "modulation" and list(alerts["channels"]) == ["modulation"]
+    assert card["settings"]["score_channels"] == "modulation_peak" and list(alerts["channels"]) == ["modulation_peak"]
     assert alerts["target_false_alerts_per_day"] == 1.0 and alerts["target_share_per_day"] == pytest.approx(1 / 3)
-    channel = alerts["channels"]["modulation"]["calibration"]
+    channel = alerts["channels"]["modulation_peak"]["calibration"]
     known = alerts["known_fault"]["calibration"]
     for c in (cal, channel, known):
         assert c["target_false_alerts_per_day"] == pytest.approx(1 / 3) and c["observed_false_alerts"] == 0

@@ -273,7 +273,7 @@ class Decisions:
             if level is not None:
                 event["evidence"] = round(level, 4)
             if change == "raised" and source is not None:
-                event["evidence_from"] = source  # "score" (the fused score) or a side channel ("modulation")
+                event["evidence_from"] = source  # "score" (the fused score) or a side channel ("modulation_peak")
             events.append(event)
         if self.known_evidence is not None and probabilities is not None:
             p = np.asarray(probabilities, np.float64)
