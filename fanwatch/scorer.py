@@ -255,14 +255,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _mean_allowed(top: np.ndarray) -> np.ndarray:
+    """Row means of the k nearest values over the finite ones only: with fewer than k rows allowed (a small
+    other file in the leave-one-file-out scores), an excluded row is not a neighbour (inf if none is allowed)."""
+    ok = np.isfinite(top)
+    n = ok.sum(axis=1)
+    return np.where(n > 0, np.where(ok, top, 0.0).sum(axis=1) / np.maximum(n, 1), np.inf)
+
+
 def _knn_cosine(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Mean cosine distance to the k nearest bank rows (rows unit-norm); exclude: [n_q, n_bank] mask."""
-    sims = _unit(queries) @ bank.T
+    d = 1.0 - _unit(queries) @ bank.T
     if exclude is not None:
-        sims = np.where(exclude, -np.inf, sims)
-    k = min(k, bank.shape[0])
-    top = -np.sort(-sims, axis=1)[:, :k]
-    return 1.0 - top.mean(axis=1)
+        d = np.where(exclude, np.inf, d)
+    return _mean_allowed(np.sort(d, axis=1)[:, : min(k, bank.shape[0])])
 
 
 def _knn_euclid(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -271,8 +277,7 @@ def _knn_euclid(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarr
     d = np.sqrt(np.maximum(d2, 0.0))
     if exclude is not None:
         d = np.where(exclude, np.inf, d)
-    k = min(k, bank.shape[0])
-    return np.sort(d, axis=1)[:, :k].mean(axis=1)
+    return _mean_allowed(np.sort(d, axis=1)[:, : min(k, bank.shape[0])])
 
 
 def _knn_peak(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -286,8 +291,9 @@ def _knn_peak(bank: np.ndarray, queries: np.ndarray, k: int, exclude: np.ndarray
         d2 = np.where(exclude, np.inf, d2)
     k = min(k, bank.shape[0])
     nearest = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else np.argsort(d2, axis=1)  # [n, k]
-    rise = (q[:, None, :] - np.asarray(bank, np.float64)[nearest]).max(axis=2)
-    return np.maximum(rise, 0.0).mean(axis=1)
+    rise = np.maximum((q[:, None, :] - np.asarray(bank, np.float64)[nearest]).max(axis=2), 0.0)
+    allowed = np.isfinite(np.take_along_axis(d2, nearest, axis=1))  # fewer than k allowed rows: those only
+    return _mean_allowed(np.where(allowed, rise, np.inf))
 
 
 def _band_distance(component: str, bank: np.ndarray, queries: np.ndarray, k: int, exclude=None) -> np.ndarray:

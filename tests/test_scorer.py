@@ -117,6 +117,49 @@ def test_modulation_peak_counts_a_new_peak_in_full_and_less_modulation_not_at_al
     assert peaked["modulation_peak"] > 1.0 and peaked["modulation_peak"] > peaked["modulation"]
 
 
+def _brute_peak(bank, queries, k, exclude=None):
+    """_knn_peak the slow way: per query, the allowed rows by distance, the k nearest (fewer if fewer allowed)."""
+    out = []
+    for i, q in enumerate(queries):
+        allowed = [j for j in range(len(bank)) if exclude is None or not exclude[i, j]]
+        nearest = sorted(allowed, key=lambda j: float(np.sum((q - bank[j]) ** 2)))[:k]
+        out.append(np.mean([max(0.0, float(np.max(q - bank[j]))) for j in nearest]))
+    return np.array(out)
+
+
+def test_modulation_peak_distance_and_its_scale_match_a_brute_force_computation():
+    """The neighbours are the Euclidean nearest allowed rows (a wrong choice or an ignored exclusion changes
+    the result: the rows differ in where they rise), fewer than k allowed rows average over those only, and the
+    component's scale is the 95th percentile of the leave-one-file-out distances."""
+    rng = np.random.default_rng(11)
+    bank = rng.standard_normal((30, 6)) * rng.uniform(0.2, 2.0, 6)
+    queries = rng.standard_normal((9, 6))
+    np.testing.assert_allclose(scorer._knn_peak(bank, queries, 5), _brute_peak(bank, queries, 5), rtol=1e-12)
+    exclude = rng.random((9, 30)) < 0.5
+    exclude[0, :3], exclude[0, 3:] = False, True  # the first query may use 3 rows only: their mean, no other row
+    got = scorer._knn_peak(bank, queries, 5, exclude)
+    np.testing.assert_allclose(got, _brute_peak(bank, queries, 5, exclude), rtol=1e-12)
+    assert not np.allclose(got, scorer._knn_peak(bank, queries, 5))
+    # the Euclidean and cosine distances average over the allowed neighbours too (no inf from an excluded row)
+    eu = scorer._knn_euclid(bank, queries, 5, exclude)
+    assert np.isfinite(eu).all()
+    np.testing.assert_allclose(eu[0], np.linalg.norm(queries[0] - bank[:3], axis=1).mean(), rtol=1e-12)
+    cos = scorer._knn_cosine(scorer._unit(bank), queries, 5, exclude)
+    assert np.isfinite(cos).all()
+    np.testing.assert_allclose(cos[0], 1.0 - (scorer._unit(bank[:3]) @ scorer._unit(queries[0])).mean(), rtol=1e-12)
+
+    # the scale: each file's rows against the other files' rows, z-scored with the floored std
+    files = [(np.abs(rng.standard_normal((10, D))), rng.standard_normal((10, spectral.BAND_FEATURES))) for _ in "abcd"]
+    cfg = scorer.ScoreConfig(weights={"embedding": 1.0}, channels=("modulation_peak",), horizon=1)
+    ref = scorer.Scorer.fit({"a": files}, cfg).references["a"]
+    rows = np.concatenate([scorer.features("modulation_peak", b) for _, b in files])
+    ids = np.repeat(np.arange(4), 10)
+    z = (rows - rows.mean(0)) / np.maximum(rows.std(0), scorer.STD_FLOOR["modulation_peak"])
+    lofo = _brute_peak(z, z, cfg.k, ids[:, None] == ids[None, :])
+    expected = np.quantile(lofo, scorer.SCALE_QUANTILE)
+    assert ref.scales["modulation_peak"] == pytest.approx(expected, rel=1e-6)  # the rows are kept in float32
+
+
 def test_normal_scores_below_threshold_and_a_band_rise_above(fitted):
     sc, rng, centres, profiles = fitted
     e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=16)[0]
