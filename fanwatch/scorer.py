@@ -140,6 +140,9 @@ UNKNOWN_MACHINE_RULE = (
     "reference of all known machines, with its own threshold (never the closest known machine)"
 )
 MIN_WINDOWS_FOR_GAMMA = 20
+# the smallest threshold (in scale units, 1 = as far as another normal recording): a one-sided channel such as
+# modulation_peak can score exactly 0 on every validation window, and a ratio to a 0 threshold means nothing
+MIN_THRESHOLD = 1e-3
 DEFAULT_FALSE_ALARM_RATE = 0.01
 
 FileFeatures = tuple[np.ndarray, np.ndarray]  # ([n, 1024] embeddings, [n, BAND_FEATURES] band levels)
@@ -159,6 +162,11 @@ class ScoreConfig:
         if bad or not self.weights or any(w <= 0 for w in self.weights.values()):
             raise FanwatchError(
                 f"score components must be some of {', '.join(COMPONENTS)} with positive weights, not {self.weights}"
+            )
+        if "modulation_peak" in self.weights and len(self.weights) > 1:
+            raise FanwatchError(
+                "modulation_peak is 0 on most normal windows, which would take a geometric mean with other "
+                "components to 0: use it as a side channel (train.py --score-channels modulation_peak) or alone"
             )
         if not isinstance(self.horizon, int) or self.horizon < 1 or self.k < 1:
             raise FanwatchError(f"score horizon and k must be at least 1 (horizon {self.horizon}, k {self.k})")
@@ -402,9 +410,23 @@ def _gamma_quantile(scores: np.ndarray, q: float) -> tuple[float, str]:
     return float(value), "gamma fit (moments)"
 
 
+def _threshold(scores: np.ndarray, q: float) -> tuple[float, str]:
+    """(threshold, rule) of normal windows' scores: the gamma quantile, at least MIN_THRESHOLD."""
+    value, rule = _gamma_quantile(scores, q)
+    if value < MIN_THRESHOLD:
+        return MIN_THRESHOLD, f"{rule}, raised to the minimum {MIN_THRESHOLD:g}"
+    return value, rule
+
+
 def _normal_quantile(p: float) -> float:
     """Inverse standard normal CDF (the standard library's)."""
     return NormalDist().inv_cdf(p)
+
+
+def _positive(value: float, what: str) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise FanwatchError(f"the anomaly score's {what} is {value:g}, not a positive number: retrain or re-enroll")
+    return value
 
 
 @dataclass(frozen=True)
@@ -520,10 +542,10 @@ class Scorer:
         scores, side = self._scores_of(machine, files)
         if len(scores) == 0:
             raise FanwatchError(f"threshold of {machine}: no window of normal audio to set it on")
-        value, rule = _gamma_quantile(scores, 1.0 - false_alarm_rate)
+        value, rule = _threshold(scores, 1.0 - false_alarm_rate)
         channels = {ch: dict(t) for ch, t in self.channel_thresholds.items()}
         for ch, v in side.items():
-            channels.setdefault(ch, {})[machine] = _gamma_quantile(v, 1.0 - false_alarm_rate)[0]
+            channels.setdefault(ch, {})[machine] = _threshold(v, 1.0 - false_alarm_rate)[0]
         return Scorer(
             self.config,
             self.references,
@@ -566,7 +588,7 @@ class Scorer:
                     f"machine {name}: no normal validation recording to set its threshold on (a threshold on "
                     "training recordings would be too low); add normal recordings of it or raise --val-fraction"
                 )
-            value, rule = _gamma_quantile(s, 1.0 - false_alarm_rate)
+            value, rule = _threshold(s, 1.0 - false_alarm_rate)
             thresholds[name] = value
             info[name] = {
                 "threshold": value,
@@ -576,7 +598,7 @@ class Scorer:
                 "empirical_quantile": float(np.quantile(s, 1.0 - false_alarm_rate, method="higher")),
             }
             for ch, v in side.items():
-                channels[ch][name] = _gamma_quantile(v, 1.0 - false_alarm_rate)[0]
+                channels[ch][name] = _threshold(v, 1.0 - false_alarm_rate)[0]
         return Scorer(self.config, self.references, thresholds, info, channels)
 
     # ---- scoring ------------------------------------------------------------------------------------
@@ -629,14 +651,14 @@ class Scorer:
         name = self.resolve(machine)
         if name not in self.thresholds:
             raise FanwatchError(f"the anomaly score has no threshold for {name}")
-        return float(self.thresholds[name])
+        return _positive(float(self.thresholds[name]), f"threshold for {name}")
 
     def channel_threshold(self, machine: str | None, channel: str) -> float:
         name = self.resolve(machine)
         value = self.channel_thresholds.get(channel, {}).get(name)
         if value is None:
             raise FanwatchError(f"the anomaly score has no {channel} threshold for {name}")
-        return float(value)
+        return _positive(float(value), f"{channel} threshold for {name}")
 
     def stream(self, machine: str | None, horizon: int | None = None) -> ScoreStream:
         """A running score; ``horizon`` (windows) overrides the config's, e.g. for the same span of audio at

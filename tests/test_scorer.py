@@ -253,6 +253,9 @@ def test_score_config_rejects_bad_components():
             scorer.parse_components(bad)
     with pytest.raises(FanwatchError):
         scorer.ScoreConfig(horizon=0)
+    with pytest.raises(FanwatchError, match="side channel"):  # 0 on most normal windows: a geometric mean -> 0
+        scorer.parse_components("embedding:2,modulation_peak:1")
+    assert scorer.parse_components("modulation_peak") == {"modulation_peak": 1.0}  # alone it is a score
 
 
 def test_gamma_threshold_is_numpy_only_and_close_to_the_quantile():
@@ -383,3 +386,19 @@ def test_front_end_fft_factors_give_the_power_spectrum():
     assert np.abs(got[:, used] - want[:, order[used]]).max() < 1e-6 * want.max()  # float32 constants
     mel = rng.random((config.FFT_LENGTH // 2 + 1, 4))
     assert np.allclose(want @ mel, got @ yamnet.in_bin_order(mel), rtol=1e-5)
+
+
+def test_a_threshold_is_never_zero_and_a_saved_zero_is_refused(fitted):
+    """A one-sided channel can score 0 on every validation window: its threshold is raised to the minimum
+    (a ratio to 0 would be inf or a crash in the live loop); a model file with a 0 threshold is refused."""
+    sc, *_ = fitted
+    value, rule = scorer._threshold(np.zeros(50), 0.99)
+    assert value == scorer.MIN_THRESHOLD and "minimum" in rule
+    assert scorer._threshold(np.full(50, 0.5), 0.99)[0] == 0.5
+    broken = scorer.Scorer(
+        sc.config, sc.references, {**sc.thresholds, "a": 0.0}, channel_thresholds={"shape": {"a": 0.0}}
+    )
+    with pytest.raises(FanwatchError, match="threshold for a is 0"):
+        broken.threshold("a")
+    with pytest.raises(FanwatchError, match="shape threshold for a is 0"):
+        broken.channel_threshold("a", "shape")
