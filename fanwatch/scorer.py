@@ -33,12 +33,14 @@ Components (each a k = 5 nearest-neighbour distance to that machine's normal tra
     above** its 5 nearest normal rows where it rises most: the mean over those rows of
     ``max(0, max_j(x_j - r_j))``. A fault's modulation is a peak at one or two frequencies (the shaft rate,
     its harmonics); a Euclidean distance spreads it over the normal scatter of all 45 frequencies, this counts
-    it in full, and less modulation than normal (more masking noise, a quieter machine) counts nothing. On
-    ``bench/alerts.py``'s streams it alerted on the weak imbalances in a loud room and beside a new hum that
-    the Euclidean channel missed (its ratio stayed at 0.55-0.8 of its threshold). The floor: with 0.1 a
-    reference of one clip of another unit (``bench/anomaly_methods.py``'s MIMII pump) made normal windows
-    rise at single frequencies (window AUC 0.945, against 0.960 with 0.2 and 0.983 for the Euclidean
-    channel); 0.3 cost the MIMII valve (0.543, against 0.602 with 0.2 and 0.647).
+    it in full, and less modulation than normal (more masking noise, a quieter machine) counts nothing (so a
+    fault that *removes* a modulation is left to the fused score). On ``bench/alerts.py``'s streams it alerted
+    on weak imbalances in a loud room and beside a new hum where the Euclidean ``modulation`` channel (the
+    default before it) stayed at 0.55-0.8 of its threshold. The floor, chosen on the same benches it is
+    reported on: with 0.1 a reference of one clip of another unit (``bench/anomaly_methods.py``'s MIMII pump)
+    made normal windows rise at single frequencies (window AUC 0.945, against 0.960 with 0.2 and 0.983 with
+    the Euclidean channel); 0.3 cost the MIMII valve (window AUC 0.543, against 0.602 with 0.2 and 0.647
+    with the Euclidean channel). It cannot be a weight of the fused score (it is 0 on most normal windows).
 ``level`` and ``bands`` (options, off by default)
     the window level in dB (std floored at 1 dB), and the absolute band log powers plus level.
 
@@ -47,22 +49,23 @@ divided by its scale and with its own per-machine threshold from the same valida
 loop keeps one alert evidence for the fused score and one for each channel, and either raises the
 unknown-anomaly alert (:mod:`fanwatch.live.decisions`, calibrated per day with the target shared out,
 :func:`fanwatch.training.calibrate_alerts`). Why a channel and not a weight: a fault that shows in one
-component only (an imbalance: modulation ratio 1.0-1.4 where normal running stays at 0.55-0.63, while the
-embedding and the shape stay at their normal 0.4-0.6) is diluted by a geometric mean (its log counts by its
-weight) and, in a maximum over components, by the tail of the other components; its own CUSUM sums it at
-full strength. Measured on ``bench/alerts.py``'s streams (each rule calibrated on the same validation audio
-for its share of the target): the score alone alerted within 15 s on 68-82 % of the faults in the four
-sessions with the channel, against 43-62 % with the fused score alone, and (each for the whole target)
-58-72 % with the modulation at a quarter of the weight in the geometric mean and 55-82 % with one CUSUM over
-the larger of the two ratios. As a weight the modulation also cost the
-MIMII pump's window AUC (0.983 -> 0.78 at a quarter), as a channel nothing.
+component only (an imbalance: the Euclidean modulation distance at 1.0-1.4 of its scale where normal running
+stays at 0.55-0.63, while the embedding and the shape stay at their normal 0.4-0.6) is diluted by a geometric
+mean (its log counts by its weight) and, in a maximum over components, by the tail of the other components;
+its own CUSUM sums it at full strength. Measured when the channel was introduced (the Euclidean
+``modulation`` channel, ``bench/alerts.py``, each rule calibrated on the same validation audio for its share
+of the target): alerted within 15 s on 68-82 % of the faults of the four sessions, against 43-62 % with the
+fused score alone, 58-72 % with the modulation at a quarter of the weight in the geometric mean and 55-82 %
+with one CUSUM over the larger of the two ratios. As a weight the modulation also cost the MIMII pump's
+window AUC (0.983 -> 0.78 at a quarter), as a channel nothing. Today's figures (the ``modulation_peak``
+channel, 95-100 % within 15 s) are in the README.
 
 Each component is divided by its scale, the 95th percentile of its scores on the machine's normal
 training windows computed leave-one-file-out (each file against the others), so 1 means "as far as
 another normal recording"; the components are combined as a weighted geometric mean (default weights
 embedding 2/3, shape 1/3; the fluctuation is an option, below). Thresholds: per machine, from the
 combined scores of normal validation recordings only (a gamma distribution's 1 - rate quantile,
-method of moments, numpy), never from anomalous audio.
+method of moments, numpy; at least ``MIN_THRESHOLD``), never from anomalous audio.
 The window record's ``anomaly`` is score / threshold, 1.0 = the per-window threshold.
 
 Why this one (``bench/anomaly_methods.py``, synthetic recording sessions with a test day never heard in
@@ -132,6 +135,15 @@ KNN_K = 5
 EMBEDDING_BANK = 1024
 FEATURE_BANK = 4096
 STD_FLOOR = {"shape": 0.1, "fluctuation": 0.05, "modulation": 0.1, "modulation_peak": 0.2, "level": 1.0, "bands": 0.1}
+# what a side channel is called where a person reads it (the console, the site summary); JSON keeps the id
+CHANNEL_LABELS = {
+    "modulation_peak": "modulation-peak (a new beat in the sound)",
+    "modulation": "modulation (the beat pattern of the sound)",
+    "shape": "spectral-shape",
+    "fluctuation": "band-fluctuation",
+    "level": "loudness",
+    "bands": "band-level",
+}
 SCALE_QUANTILE = 0.95
 POOLED = "*pooled*"
 FORMAT = "fanwatch-scorer/1"
@@ -197,6 +209,11 @@ class ScoreConfig:
         }
 
 
+def channel_label(channel: str) -> str:
+    """'modulation_peak' -> 'modulation-peak (a new beat in the sound)': a side channel's name for people."""
+    return CHANNEL_LABELS.get(channel, channel)
+
+
 def parse_channels(text: str) -> tuple[str, ...]:
     """'modulation_peak' or 'modulation_peak,fluctuation' -> side channels; '' or 'none' -> none."""
     names = tuple(p.strip() for p in str(text).split(",") if p.strip() and p.strip().lower() != "none")
@@ -236,7 +253,7 @@ def features(component: str, bands: np.ndarray) -> np.ndarray:
         if b.shape[1] < spectral.MODULATION_SLICE.stop:
             raise FanwatchError(
                 "this model gives no modulation spectrum (exported by an older fanwatch): retrain it, "
-                f"or choose score components without '{component}'"
+                f"or leave '{component}' out of train.py's --score and --score-channels (--score-channels none)"
             )
         m = b[:, spectral.MODULATION_SLICE]
         return m - np.median(m, axis=1, keepdims=True)  # its shape: the level of the floor moves with the SNR

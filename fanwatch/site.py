@@ -45,7 +45,7 @@ import numpy as np
 
 from . import config, evidence, spectral
 from .errors import FanwatchError
-from .scorer import ScoreConfig, Scorer
+from .scorer import ScoreConfig, Scorer, channel_label
 
 SITE_FORMAT = "fanwatch-site/3"  # /1: a single-window embedding k-NN; /2: geometric mean (enroll again)
 SITE_JSON = "site_calibration.json"
@@ -266,7 +266,7 @@ def enroll(
             share_high = float((np.asarray(ratios, np.float64) >= 1.0).mean()) if len(ratios) else 0.0
             if share_high > ANOMALOUS_SHARE:
                 raise FanwatchError(
-                    f"the enrollment audio already sounds anomalous to the model's {channel} channel "
+                    f"the enrollment audio already sounds anomalous to the model's {channel_label(channel)} channel "
                     f"({share_high:.0%} of windows above its threshold): enroll while the machine runs normally "
                     "(--force if you are sure it is healthy)"
                 )
@@ -420,7 +420,7 @@ def describe(site_model: SiteModel) -> str:
             else ""
         )
         + "".join(
-            f"; {ch.upper()} CHANNEL'S ALERT LEVEL RAISED at this site: {_f(c.get('card_level'))} -> "
+            f"; {channel_label(ch).upper()} CHANNEL'S ALERT LEVEL RAISED at this site: {_f(c.get('card_level'))} -> "
             f"{_f(c.get('site_level'))} (its evidence reached {_f(c.get('held_apart_evidence_peak'))} on the "
             "held-apart audio: this room has a modulation of its own, or the machine already has a fault)"
             for ch, c in levels.items()

@@ -255,13 +255,16 @@ def test_enrollment_raises_a_side_channels_level_for_a_room_with_a_modulation_of
         )
 
     assert enroll(quiet).channel_rules["modulation"].threshold == 6.0
-    with pytest.raises(FanwatchError, match="modulation channel"):
+    with pytest.raises(FanwatchError, match=r"modulation \(the beat pattern of the sound\) channel"):
         enroll(imbalance)
     raised = enroll(beat)
     level = raised.channel_rules["modulation"].threshold
     peak = raised.info["channel_levels"]["modulation"]["held_apart_evidence_peak"]
     assert level > 6.0 and level == pytest.approx(site.PEAK_MARGIN * peak)
-    assert "MODULATION CHANNEL'S ALERT LEVEL RAISED at this site: 6 ->" in site.describe(raised)
+    assert (
+        "MODULATION (THE BEAT PATTERN OF THE SOUND) CHANNEL'S ALERT LEVEL RAISED at this site: 6 ->"
+        in site.describe(raised)
+    )
     assert "RAISED" not in site.describe(enroll(quiet))
     raised.save(model)
     loaded = site.load(model)

@@ -52,7 +52,7 @@ def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained
         assert w["evidence"] >= 0 and w["alert"] == bool(w["alert_kinds"])
         assert set(w["anomaly_channels"]) == {"modulation_peak"}  # the score's side channel, beside the fused ratio
     assert start["alert_channels"] == {ch: c["rule"] for ch, c in card["alerts"]["channels"].items()}
-    assert "or the modulation_peak channel's cusum" in start["alert"]
+    assert "or the modulation-peak (a new beat in the sound) channel's cusum" in start["alert"]
     raised = events(records, "alert_raised")
     assert raised, [(w["t"], w["anomaly"], w["evidence"], w["label"]) for w in windows]
     assert all(e["t"] > SPLICE for e in raised)

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import FanwatchError
+from ..scorer import channel_label
 from .analyzer import WindowResult
 from .settings import OutputSettings
 
@@ -178,7 +179,10 @@ def _describe(r: dict) -> str:
     if e == "alert_raised":
         explanation = r.get("explanation") or {}
         if r.get("evidence") is not None and r.get("evidence_from") not in (None, "score"):  # a side channel's
-            why = f"the {r['evidence_from']} channel's anomaly evidence reached its alert level ({r['evidence']:.2f} x)"
+            why = (
+                f"the {channel_label(r['evidence_from'])} channel's anomaly evidence reached its alert level "
+                f"({r['evidence']:.2f} x)"
+            )
         elif r.get("evidence") is not None:  # the evidence rule: windows above the reference add up
             why = (
                 f"anomaly evidence reached the alert level ({r['evidence']:.2f} x; {r['exceeding']} of the last "

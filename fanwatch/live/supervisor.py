@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import audio, bands, config, runtime, site
 from ..card import ModelCard, card_path, read_card, resolve_channel
 from ..errors import FanwatchError
+from ..scorer import channel_label
 from .analyzer import Analyzer, Classifier, WindowResult
 from .blocks import END_OF_STREAM, BlockQueue
 from .decisions import window_counts
@@ -194,7 +195,9 @@ def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
         out["alert"] = analyzer.rule.describe() + (" (site calibration)" if site_model is not None else "")
         channels = {ch: e.rule for ch, e in d.channel_evidence.items()}
         out["alert_channels"] = {ch: rule.to_dict() for ch, rule in channels.items()}
-        out["alert"] += "".join(f"; or the {ch} channel's {rule.describe()}" for ch, rule in channels.items())
+        out["alert"] += "".join(
+            f"; or the {channel_label(ch)} channel's {rule.describe()}" for ch, rule in channels.items()
+        )
     if d.known_evidence is not None:
         out["known_fault_rule"] = d.known_rule.to_dict()
     if site_model is not None:
