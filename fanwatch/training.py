@@ -606,7 +606,8 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, sha
         raise FanwatchError(
             "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
         )
-    cal = evidence.calibrate(streams["score"], evidence.EvidenceRule(), config.HOP_SECONDS, share)
+    floor = evidence.MIN_ALERT_LEVEL
+    cal = evidence.calibrate(streams["score"], evidence.EvidenceRule(), config.HOP_SECONDS, share, floor=floor)
     out = {
         "rule": cal.rule.to_dict(),
         "rule_text": cal.rule.describe(),
@@ -614,14 +615,18 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, sha
         "calibration": cal.to_dict(),
         "note": "normal validation recordings of each machine played one after the other through the live "
         "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
-        "evidence peaks, with its 90 % upper confidence bound set to the target",
+        "evidence peaks, with its 90 % upper confidence bound set to the target; the alert level is never "
+        f"below {evidence.MIN_ALERT_LEVEL:g} (whole normal recordings of a real fan sit higher than minutes "
+        "of validation audio show)",
         "target_share_per_day": share,
     }
     if score.config.channels:
         out["channels"] = {}
         for channel in score.config.channels:
             try:
-                ccal = evidence.calibrate(streams[channel], evidence.EvidenceRule(), config.HOP_SECONDS, share)
+                ccal = evidence.calibrate(
+                    streams[channel], evidence.EvidenceRule(), config.HOP_SECONDS, share, floor=floor
+                )
             except FanwatchError as exc:
                 raise FanwatchError(f"the {channel} channel: {exc} (--score-channels none leaves it out)") from None
             out["channels"][channel] = {

@@ -120,6 +120,25 @@ def test_too_little_audio_is_not_calibrated_and_says_so():
     assert cal.to_dict()["expected_false_alerts_per_day"] is None
 
 
+def test_the_alert_level_is_never_below_the_floor_which_whole_normal_recordings_need():
+    """Normal audio made of recordings that each sit at their own level (a real fan's 10 s clips): minutes of
+    it calibrate a level that a day of such recordings exceeds many times; the floor holds it back, and the
+    calibration says when the floor, not the bound, set the level."""
+
+    def recordings(n_files: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed + 100)
+        offsets = np.repeat(np.exp(rng.normal(0.0, 0.4, n_files)), 20)  # one level per 10 s recording
+        return normal_stream(20 * n_files, seed) * offsets
+
+    plain = evidence.calibrate([recordings(9, seed=1)], hop_s=HOP)  # 1.5 min of validation audio
+    floored = evidence.calibrate([recordings(9, seed=1)], hop_s=HOP, floor=evidence.MIN_ALERT_LEVEL)
+    assert plain.rule.threshold < evidence.MIN_ALERT_LEVEL == floored.rule.threshold
+    assert "minimum alert level" in floored.method and "minimum" not in plain.method
+    day = recordings(8640, seed=2)  # a day of such recordings
+    assert evidence.count_alerts([day], plain.rule, HOP) > 3 * evidence.count_alerts([day], floored.rule, HOP)
+    assert evidence.DEFAULT_THRESHOLD >= evidence.MIN_ALERT_LEVEL  # an uncalibrated rule is no looser
+
+
 def test_calibration_refuses_evidence_that_grows_on_normal_audio():
     with pytest.raises(FanwatchError, match="grows on normal audio"):
         evidence.calibrate([np.full(200, 2.0)], hop_s=HOP, reference=1.0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from fanwatch import anomaly, audio, datasets, runtime, synth, training
+from fanwatch import anomaly, audio, datasets, evidence, runtime, synth, training
 
 
 def _train(data, out, yamnet_path, cache_dir, **kw):
@@ -62,7 +62,10 @@ def test_artifacts_and_model_card(trained_model):
     # the alert rules, calibrated per day on the normal validation recordings (never on anomalous ones)
     alerts = card["alerts"]
     cal = alerts["calibration"]
-    assert alerts["rule"]["method"] == "cusum" and alerts["rule"]["threshold"] > 0
+    assert alerts["rule"]["method"] == "cusum"
+    # the score's and the channel's alert levels never below the minimum (recording-long normal deviations)
+    assert alerts["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
+    assert alerts["channels"]["modulation_peak"]["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
     assert 0 < alerts["rule"]["reference"] <= 1.0
     # the target of 1 per day is shared by the three running totals: the fused score's, the modulation
     # channel's and the head's known-fault one
