@@ -442,7 +442,7 @@ def calibrate(
         raise FanwatchError(f"cannot calibrate the alert rule: {how}; the reference {rule.reference:.3g} is too low")
     peak = max(float(evidence_series(s, replace(rule, threshold=1e9), hop_s).max()) for s in streams)
     if floor is not None and floor > max(h, peak * 1.1):
-        how = f"the minimum alert level {floor:g} (the {how} gave {max(h, peak * 1.1):.3g})"
+        how = f"the minimum alert level {floor:g}; the {how} gave {max(h, peak * 1.1):.3g}"
     h = max(h, peak * 1.1, floor or 0.0, 1e-3)
     chosen = replace(rule, threshold=float(h))
     observed = count_alerts(streams, chosen, hop_s)
