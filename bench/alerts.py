@@ -351,10 +351,13 @@ def main(argv=None) -> int:
         ((card.get("alerts") or {}).get("known_fault") or {}).get("rule") or live_decisions.KNOWN_FAULT_DEFAULTS
     )
 
-    def live(key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True, side=True, site_model=None):
+    def live(
+        key, r, kinds=(live_decisions.UNKNOWN,), rule=None, known_faults=True, side=True, site_model=None, channels=None
+    ):
         """Raises of the live decision code (fanwatch.live_decisions.Decisions) on cached outputs; ``side``:
         with the score's side channels (the deployed rule), else the fused score's evidence alone;
-        ``site_model``: the side channels' rules of that site calibration."""
+        ``site_model``: the side channels' rules of that site calibration; ``channels``: the side channels'
+        ratios (default the model's; with a site calibration, combined where the site fitted them)."""
         out = streams[key]
         d = live_decisions.Decisions(
             rule or calibrated,
@@ -369,7 +372,7 @@ def main(argv=None) -> int:
         probs = out["probabilities"]
         labels = [classifier.labels[i] for i in np.argmax(probs, axis=1)]
         conf = probs.max(axis=1)
-        chans = stream_channels[key] if side else {}
+        chans = (stream_channels[key] if channels is None else channels) if side else {}
         raised = []
         for i, (label, c, ratio) in enumerate(zip(labels, conf, r)):
             window_channels = {ch: float(v[i]) for ch, v in chans.items()}
@@ -455,26 +458,33 @@ def main(argv=None) -> int:
             except Exception as exc:
                 print(f"enrollment {seconds:g} s on {name}: {exc}")
                 continue
+            # (combined ratios, side channels: combined where the site fitted them) of every stream of the session
             combined = {
-                (name, i): site_model.combine_file(
-                    streams[(name, i)]["embeddings"], streams[(name, i)]["bands"], stream_ratios[(name, i)]
+                (name, i): site_model.combine_file_channels(
+                    streams[(name, i)]["embeddings"],
+                    streams[(name, i)]["bands"],
+                    stream_ratios[(name, i)],
+                    stream_channels[(name, i)],
                 )
                 for i in range(args.streams)
             }
             for label, fn in (
                 (
                     "cusum + enrollment",
-                    lambda k, c=combined, sm=site_model: live(k, c[k], rule=sm.rule, site_model=sm),
+                    lambda k, c=combined, sm=site_model: live(
+                        k, c[k][0], rule=sm.rule, site_model=sm, channels=c[k][1]
+                    ),
                 ),
                 (
                     "cusum + known fault + enrollment",
                     lambda k, c=combined, sm=site_model: live(
                         k,
-                        c[k],
+                        c[k][0],
                         (live_decisions.UNKNOWN, live_decisions.KNOWN),
                         sm.rule,
                         not sm.known_faults_off,
                         site_model=sm,
+                        channels=c[k][1],
                     ),
                 ),
             ):

@@ -120,6 +120,7 @@ def main(argv=None) -> int:
     p.add_argument("--fault-repeats", type=int, default=3, help="times the 10 s anomalous clip is played (3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yamnet", default=None, help="YAMNet weights for train.py (default: its own lookup)")
+    p.add_argument("--score-channels", default=None, help="train.py --score-channels (default: train.py's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     clips = args.real / CLIPS
@@ -137,7 +138,9 @@ def main(argv=None) -> int:
         model = work / "model" / "sound_classifier.tflite"
         cmd = [sys.executable, "train.py", "--data", str(data), "--out", str(model.parent), "--no-progress"]
         cmd += ["--cache", str(args.work / "cache"), "--seed", str(args.seed)]
-        run(cmd + (["--yamnet", args.yamnet] if args.yamnet else []), work / "train.log")
+        cmd += ["--yamnet", args.yamnet] if args.yamnet else []
+        cmd += ["--score-channels", args.score_channels] if args.score_channels else []
+        run(cmd, work / "train.log")
         card = json.loads((model.parent / "model_card.json").read_text())
         stream = work / "stream.wav"
         onset = write_stream(stream, [clips / "train" / n for n in test], anomalies[0], args.fault_repeats)

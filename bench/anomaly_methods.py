@@ -8,10 +8,12 @@ Methods (all fitted on normal training recordings only, per machine):
   yamnet_knn    the previous score: mean cosine distance to the 5 nearest normal embeddings, per window
   fused         the fused score (fanwatch.scorer defaults): embedding and spectral shape, geometric mean
                 of their normalised k-NN distances, over a horizon of 8 windows
-  fused|modulation_peak  the deployed score: the fused score and its side channel, how far the modulation
-                spectrum's shape rises above the nearest normal windows', each in units of its scale; a window
-                counts by the larger (the live loop keeps one evidence for each and either raises the alert)
-  fused|modulation  the previous deployed score: the same with the modulation spectrum's Euclidean k-NN distance
+  fused|embedding|modulation_peak  the deployed score: the fused score and its two side channels, the
+                embedding's k-NN distance alone and how far the modulation spectrum's shape rises above the
+                nearest normal windows', each in units of its scale; a window counts by the largest (the live
+                loop keeps one evidence for each and any raises the alert)
+  fused|modulation_peak  the previous deployed score: the fused score and the modulation-peak channel
+  fused|modulation  the one before: the same with the modulation spectrum's Euclidean k-NN distance
   fused+fluct   the option with the bands' fluctuation: embedding 4/7, shape 2/7, fluctuation 1/7
   options       emb_h8 (embedding alone, horizon 8), shape_h8 (shape alone), fluct_h8 (band fluctuation
                 alone), modulation_h8 (modulation spectrum alone), peak_h8 (modulation_peak alone), fused+level
@@ -73,6 +75,7 @@ METHODS = (
     "ltas",
     "yamnet_knn",
     "fused",
+    "fused|embedding|modulation_peak",
     "fused|modulation_peak",
     "fused|modulation",
     "fused+fluct",
@@ -84,7 +87,7 @@ METHODS = (
     "fused+level",
     "fused_closest",
 )
-NEW = "fused|modulation_peak"
+NEW = "fused|embedding|modulation_peak"
 
 
 class Files:
@@ -142,7 +145,7 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         return np.array([w.mean() for w in win_s]), win_s
     name, _, horizon = method.partition("@h")
     closest = name == "fused_closest"  # unknown machines by the earlier rule: smallest over the known machines
-    name, _, channel = name.partition("|")  # "fused|modulation": a side channel beside the fused score
+    name, *channels = name.split("|")  # "fused|embedding|modulation_peak": side channels beside the fused score
     weights = {
         "fused": scorer.DEFAULT_WEIGHTS,
         "fused_closest": scorer.DEFAULT_WEIGHTS,
@@ -161,17 +164,17 @@ def scores_for(method: str, train: dict, test: list) -> tuple[np.ndarray, list]:
         scorer.ScoreConfig(
             weights=dict(weights),
             horizon=int(horizon or scorer.DEFAULT_HORIZON),
-            channels=(channel,) if channel else (),
+            channels=tuple(channels),
         ),
     )
-    if channel:
-        # the larger of the fused score and the channel's, both in units of their scale (the 95th percentile
+    if channels:
+        # the largest of the fused score and the channels', all in units of their scale (the 95th percentile
         # of normal training windows against the other files): the per-window picture of the live loop's
         # "either evidence raises the alert"
         win_s = []
         for m, f in test:
             fused, side = sc.score_file_channels(m, f["emb"], f["bands"])
-            win_s.append(np.maximum(fused, side[channel]))
+            win_s.append(np.max([fused, *[side[c] for c in channels]], axis=0))
         return np.array([w.mean() for w in win_s]), win_s
     win_s = [
         np.min([sc.score_file(k, f["emb"], f["bands"]) for k in sc.machines], axis=0)

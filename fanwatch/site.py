@@ -18,13 +18,15 @@ A Pi hears its fan in its own room through its own microphone; the training reco
    model card's, raised if the held-apart evidence comes near it; the site's own tail bound (from far less
    audio than the card's) is reported beside the card's expected false alerts per day.
 
-The score's side channels (the modulation spectrum's shape, :mod:`fanwatch.scorer`) keep the model's score:
-a room's level and colouring and a microphone's gain do not move a shape over modulation frequencies (on
-``bench/alerts.py``'s odd site the channel raised no false alert without enrollment). A room may still have
-a modulation of its own (a ceiling fan, another motor's beat): each channel's alert level is raised, as the
+The score's side channels (:mod:`fanwatch.scorer`): the modulation channels keep the model's score: a
+room's level and colouring and a microphone's gain do not move a shape over modulation frequencies (on
+``bench/alerts.py``'s odd site the channel raised no false alert without enrollment); audio that one of them
+mostly finds anomalous (a fault only it hears, such as an imbalance) is refused unless forced, as for the
+score. Any other channel (the embedding's, which a room does move) is adapted like the fused score: the site
+scorer fits it too and its ratio is the smaller of the model's and the site's. A room may still have a
+modulation of its own (a ceiling fan, another motor's beat): each channel's alert level is raised, as the
 score's is, when its evidence on the held-apart audio comes near it (``channel_rules`` in the site file, and
-the printed summary says so in capitals); audio that a channel mostly finds anomalous (a fault only it hears,
-such as an imbalance) is refused unless forced, as for the score.
+the printed summary says so in capitals).
 
 It writes ``site_calibration.json`` (settings, figures, the model's sha256) and ``site_calibration.npz``
 (the site's score state in :class:`fanwatch.scorer.Scorer`'s format, no pickle) beside the model. A site
@@ -58,6 +60,14 @@ BLOCK_WINDOWS = 20  # 10 s blocks at the 0.5 s hop
 SILENT_RMS = 10 ** (-70 / 20)  # below -70 dBFS the input is silent (a muted or unplugged microphone)
 ANOMALOUS_SHARE = 0.5  # refuse when more than half of the windows are anomalous or a known fault
 PEAK_MARGIN = 1.5  # the site threshold stays this far above the held-apart evidence peak
+# side channels a room or a microphone does not move (shapes over modulation frequencies): they keep the model's
+# score at a site; every other channel is fitted on the site's audio and combined, as the fused score is
+ROOM_INVARIANT_CHANNELS = ("modulation", "modulation_peak")
+
+
+def adapted_channels(channels) -> tuple:
+    """The side channels a site calibration fits on the site's audio (all but the room-invariant ones)."""
+    return tuple(c for c in channels if c not in ROOM_INVARIANT_CHANNELS)
 
 
 @dataclass
@@ -83,8 +93,21 @@ class SiteModel:
 
     def combine_file(self, embeddings: np.ndarray, bands: np.ndarray, model_ratios: np.ndarray) -> np.ndarray:
         """The combined ratios of one continuous recording (what a stream reset at its start gives)."""
-        site = self.scorer.score_file(SITE, np.asarray(embeddings, np.float32), np.asarray(bands, np.float32))
-        return combine(np.asarray(model_ratios, np.float64), site / self.threshold)
+        return self.combine_file_channels(embeddings, bands, model_ratios)[0]
+
+    def combine_file_channels(
+        self, embeddings: np.ndarray, bands: np.ndarray, model_ratios: np.ndarray, model_channels: dict | None = None
+    ) -> tuple[np.ndarray, dict]:
+        """(combined ratios, {side channel: ratios}) of one continuous recording: the channels the site fitted
+        combined with the model's (``model_channels``: {channel: [n] ratios}), the others as the model gives."""
+        fused, side = self.scorer.score_file_channels(
+            SITE, np.asarray(embeddings, np.float32), np.asarray(bands, np.float32)
+        )
+        channels = {ch: np.asarray(r, np.float64) for ch, r in (model_channels or {}).items()}
+        for ch, r in channels.items():
+            if ch in side:
+                channels[ch] = combine(r, side[ch] / self.scorer.channel_threshold(SITE, ch))
+        return combine(np.asarray(model_ratios, np.float64), fused / self.threshold), channels
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, model_path: str | Path) -> tuple[Path, Path]:
@@ -120,15 +143,29 @@ class SiteStream:
         self.site_model = site_model
         self._stream = site_model.scorer.stream(SITE, horizon)
         self._threshold = site_model.threshold
+        self._channel_thresholds = {
+            ch: site_model.scorer.channel_threshold(SITE, ch) for ch in site_model.scorer.config.channels
+        }
 
     def reset(self) -> None:
         self._stream.reset()
 
     def update(self, embedding, band_levels, model_ratio: float) -> float:
+        return self.update_channels(embedding, band_levels, model_ratio)[0]
+
+    def update_channels(self, embedding, band_levels, model_ratio: float, model_channels: dict | None = None):
+        """(combined ratio, {side channel: ratio}) of the next window: the channels the site fitted combined
+        with the model's, the others as the model gives them."""
         if band_levels is None:  # a model without band levels: its site score is embedding-only
             band_levels = np.zeros(spectral.BAND_FEATURES, np.float32)
-        site = self._stream.update(np.asarray(embedding, np.float32), np.asarray(band_levels, np.float32))
-        return float(combine(np.float64(model_ratio), site / self._threshold))
+        site, side = self._stream.update_channels(
+            np.asarray(embedding, np.float32), np.asarray(band_levels, np.float32)
+        )
+        channels = dict(model_channels or {})
+        for ch, t in self._channel_thresholds.items():
+            if ch in channels:
+                channels[ch] = float(combine(np.float64(channels[ch]), side[ch] / t))
+        return float(combine(np.float64(model_ratio), site / self._threshold)), channels
 
 
 def combine(model_ratio, site_ratio):
@@ -263,6 +300,8 @@ def enroll(
                 "(--force if you are sure it is healthy)"
             )
         for channel, ratios in (channel_ratios or {}).items():  # a fault only a side channel hears (imbalance)
+            if channel not in ROOM_INVARIANT_CHANNELS:
+                continue  # a channel the room moves is fitted on the site's audio, as the fused score is
             share_high = float((np.asarray(ratios, np.float64) >= 1.0).mean()) if len(ratios) else 0.0
             if share_high > ANOMALOUS_SHARE:
                 raise FanwatchError(
@@ -287,9 +326,10 @@ def enroll(
     if bands is None or len(bands) != n:
         bands, cfg = np.zeros((n, spectral.BAND_FEATURES), np.float32), ScoreConfig(weights={"embedding": 1.0})
     else:
-        # the side channels (the modulation spectrum's shape) do not move with a room or a microphone: the
-        # site fits the fused score only; a channel keeps the model's score (its alert level may be raised below)
-        cfg = replace(score_config or ScoreConfig(), channels=())
+        # the modulation channels do not move with a room or a microphone: they keep the model's score (their
+        # alert level may be raised below); the site fits the fused score and any other channel (the embedding's)
+        cfg = score_config or ScoreConfig()
+        cfg = replace(cfg, channels=adapted_channels(cfg.channels))
     bands = np.asarray(bands, np.float32)
     rate = float((card.get("anomaly") or {}).get("target_false_alarm_rate", 0.01))
     site_model = SiteModel(
@@ -300,7 +340,19 @@ def enroll(
         model_sha256,
     )
     # each held-apart block as a recording of its own (its horizon restarts), as the threshold was set
-    held_ratios = [site_model.combine_file(embeddings[i], bands[i], model_ratios[i]) for i in held_blocks]
+    model_channels = {ch: np.asarray(r, np.float64) for ch, r in (channel_ratios or {}).items() if len(r) == n}
+    held = [
+        site_model.combine_file_channels(
+            embeddings[i], bands[i], model_ratios[i], {ch: r[i] for ch, r in model_channels.items()}
+        )
+        for i in held_blocks
+    ]
+    held_ratios = [f for f, _ in held]
+    for ch, r in model_channels.items():  # the channels' ratios at this site: combined where the site fitted them
+        r = r.copy()
+        for i, (_, side) in zip(held_blocks, held):
+            r[i] = side[ch]
+        model_channels[ch] = r
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
@@ -320,7 +372,7 @@ def enroll(
     tail = evidence.tail_bound(held_ratios, rule, hop_s)
     before = [model_ratios[idx] for idx in held_blocks]
     known_off, known_info = _known_faults_at_site(card, probabilities, held_blocks, hop_s)
-    channel_rules, channel_info = _channels_at_site(alerts, channel_ratios or {}, held_blocks, n, hop_s)
+    channel_rules, channel_info = _channels_at_site(alerts, model_channels, held_blocks, n, hop_s)
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source,

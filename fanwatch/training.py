@@ -74,7 +74,7 @@ class TrainSettings:
     anomaly_method: str = anomaly.DEFAULT_METHOD
     false_alarm_rate: float = anomaly.DEFAULT_FALSE_ALARM_RATE
     score_components: str = "embedding:2,shape:1"
-    score_channels: str = "modulation_peak"  # side channels of the score, comma-separated ("none": none)
+    score_channels: str = "modulation_peak,embedding"  # side channels of the score, comma-separated ("none": none)
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
     epochs: int = 200
@@ -114,7 +114,9 @@ class TrainSettings:
     def score_config(self) -> scorer.ScoreConfig:
         weights = scorer.parse_components(self.score_components)
         channels = scorer.parse_channels(self.score_channels)
-        both = [c for c in channels if c in weights]
+        # the embedding may be both: the fused score weighs it with the spectral shape, its channel watches it
+        # at full strength (on the real fan it separated the fault best); a band component is one or the other
+        both = [c for c in channels if c in weights and c != "embedding"]
         if both:
             raise FanwatchError(
                 f"{', '.join(both)} is both weighted in the fused score (--score) and a side channel "

@@ -59,8 +59,8 @@ def test_test_split_evaluation_writes_everything(split_eval, trained_model):
     assert on_disk["anomaly_auc"] == m["anomaly_auc"]
     # the score's side channel beside the fused score and the baselines, on the same files
     b = on_disk["baselines"]
-    assert set(b["channels"]) == {"modulation_peak"}
-    for block in (b["channels"]["modulation_peak"], b["deployed_with_channels"], b["deployed"]):
+    assert set(b["channels"]) == {"modulation_peak", "embedding"}
+    for block in (*b["channels"].values(), b["deployed_with_channels"], b["deployed"]):
         assert in_unit(block["file_level"]["auc"]) and in_unit(block["window_level"]["auc"])
     assert on_disk["score_channels"]["channels"] == b["channels"]  # also without baselines (test_dcase_layout)
     # alert level: the test recordings replayed as streams through the live Analyzer
@@ -150,7 +150,7 @@ def test_dcase_layout_folder(trained_model, tmp_path, monkeypatch):
     assert m["parity"] is not None and m["parity"]["max_score_diff_over_threshold"] < 1e-3
     assert m["baselines"] is None and "baselines not computed: test" in m["notes"]
     channels = m["score_channels"]
-    assert set(channels["channels"]) == {"modulation_peak"}
+    assert set(channels["channels"]) == {"modulation_peak", "embedding"}
     assert in_unit(channels["deployed_with_channels"]["file_level"]["auc"])
 
 

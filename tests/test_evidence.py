@@ -451,3 +451,65 @@ def test_enrollment_turns_known_fault_alerts_off_where_the_head_calls_normal_run
     assert site.load(model).known_faults_off
     usual.save(model)
     assert not site.load(model).known_faults_off
+
+
+def test_enrollment_fits_a_channel_the_room_moves_and_leaves_the_modulation_channel_to_the_model(tmp_path):
+    """An embedding side channel moves with the room as the fused score does: the site fits it too and its
+    ratio becomes the smaller of the model's and the site's (enrollment is not refused because the model finds
+    the site's embedding odd), while the modulation-peak channel keeps the model's ratios; the live loop's
+    stream gives what the file path gives, and the site file keeps the channel's threshold."""
+    from fanwatch import config
+    from fanwatch.scorer import ScoreConfig
+
+    emb, bands, ratios, probs = _site_data(240)
+    model = tmp_path / "m.tflite"
+    model.write_bytes(b"model bytes")
+    clf = _Classifier()
+    rule = {"rule": {"reference": 0.5, "threshold": 6.0}}
+    clf.card = {**clf.card, "alerts": {**clf.card["alerts"], "channels": {"modulation_peak": rule, "embedding": rule}}}
+    cfg = ScoreConfig(channels=("modulation_peak", "embedding"))
+    odd = np.full(240, 3.0)  # the model finds this room's embedding far from its training recordings
+    quiet = normal_stream(240, 3, median=0.4)
+    s = site.enroll(
+        clf,
+        emb,
+        bands,
+        ratios,
+        probs,
+        rms=0.05,
+        model_sha256=config.sha256_file(model),
+        score_config=cfg,
+        channel_ratios={"modulation_peak": quiet, "embedding": odd},
+    )
+    assert s.scorer.config.channels == ("embedding",)
+    fresh_emb, fresh_bands, _, _ = _site_data(50, seed=1)
+    model_channels = {"embedding": np.full(50, 3.0), "modulation_peak": np.full(50, 0.4)}
+    fused, channels = s.combine_file_channels(fresh_emb, fresh_bands, np.full(50, 3.0), model_channels)
+    assert np.median(channels["embedding"]) < 0.55 * 3.0 and (channels["embedding"] <= 3.0).all()
+    np.testing.assert_array_equal(channels["modulation_peak"], 0.4)  # the model's, untouched
+    other_emb, other_bands, _, _ = _site_data(20, seed=2, centre_seed=9)
+    other = s.combine_file_channels(other_emb, other_bands, np.full(20, 3.0), {"embedding": np.full(20, 3.0)})[1]
+    np.testing.assert_allclose(other["embedding"], 3.0)  # a sound unlike this site's stays where the model put it
+    stream = s.stream()
+    live = [
+        stream.update_channels(e, b, 3.0, {"embedding": 3.0, "modulation_peak": 0.4})
+        for e, b in zip(fresh_emb, fresh_bands)
+    ]
+    np.testing.assert_allclose([f for f, _ in live], fused, rtol=1e-6)
+    np.testing.assert_allclose([c["embedding"] for _, c in live], channels["embedding"], rtol=1e-6)
+    s.save(model)
+    loaded = site.load(model)
+    assert loaded.scorer.channel_thresholds == s.scorer.channel_thresholds
+    # the modulation-peak channel still refuses audio it mostly finds anomalous
+    with pytest.raises(FanwatchError, match="modulation-peak"):
+        site.enroll(
+            clf,
+            emb,
+            bands,
+            ratios,
+            probs,
+            rms=0.05,
+            model_sha256="x",
+            score_config=cfg,
+            channel_ratios={"modulation_peak": odd, "embedding": quiet},
+        )

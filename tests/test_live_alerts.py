@@ -50,7 +50,10 @@ def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained
     for w in windows:
         assert {"type", "t", "alert", "anomaly", "evidence", "alert_kinds"} <= set(w)
         assert w["evidence"] >= 0 and w["alert"] == bool(w["alert_kinds"])
-        assert set(w["anomaly_channels"]) == {"modulation_peak"}  # the score's side channel, beside the fused ratio
+        assert set(w["anomaly_channels"]) == {
+            "modulation_peak",
+            "embedding",
+        }  # the side channels, beside the fused ratio
     assert start["alert_channels"] == {ch: c["rule"] for ch, c in card["alerts"]["channels"].items()}
     assert "or the modulation-peak (a new beat in the sound) channel's cusum" in start["alert"]
     raised = events(records, "alert_raised")
@@ -101,11 +104,14 @@ def test_enrollment_writes_a_site_calibration_that_later_runs_apply(trained_mode
     np.load(model.parent / site.SITE_NPZ, allow_pickle=False)  # no pickle
     card = json.loads((model.parent / "model_card.json").read_text())
     assert doc["rule"]["threshold"] >= card["alerts"]["rule"]["threshold"]
-    # the modulation channel's rule at the site: the card's level, or higher, never lower
-    assert set(doc["channel_rules"]) == {"modulation_peak"}
-    card_level = card["alerts"]["channels"]["modulation_peak"]["rule"]["threshold"]
-    assert doc["channel_rules"]["modulation_peak"]["threshold"] >= card_level
-    assert doc["channel_levels"]["modulation_peak"]["card_level"] == card_level
+    # the channels' rules at the site: the card's level, or higher, never lower
+    assert set(doc["channel_rules"]) == {"modulation_peak", "embedding"}
+    for ch in doc["channel_rules"]:
+        card_level = card["alerts"]["channels"][ch]["rule"]["threshold"]
+        assert doc["channel_rules"][ch]["threshold"] >= card_level
+        assert doc["channel_levels"][ch]["card_level"] == card_level
+    # the embedding channel, which a room moves, is fitted on the site's audio; the modulation peak is not
+    assert site.load(model).scorer.config.channels == ("embedding",)
     # and the site's normal band levels: an alert's "what changed" compares with this room, not training's
     from fanwatch import audio, bands
 

@@ -80,7 +80,9 @@ def test_a_side_channel_has_its_own_threshold_streams_like_files_and_is_saved(fi
 
 def test_side_channel_names_are_checked():
     with pytest.raises(FanwatchError, match="side channels"):
-        scorer.ScoreConfig(channels=("embedding",))
+        scorer.ScoreConfig(channels=("loudness",))
+    with pytest.raises(FanwatchError, match="side channels"):
+        scorer.ScoreConfig(channels=("shape", "shape"))
     from fanwatch.training import TrainSettings
 
     both = TrainSettings(data="d", out="o", score_components="embedding:2,modulation:1", score_channels="modulation")
@@ -88,6 +90,30 @@ def test_side_channel_names_are_checked():
         both.score_config()
     assert TrainSettings(data="d", out="o", score_components="embedding:1", score_channels="shape").score_config()
     assert scorer.parse_channels("none") == () and scorer.parse_channels("modulation") == ("modulation",)
+    # the embedding may be weighted and a channel (the default): the channel watches it at full strength
+    default = TrainSettings(data="d", out="o").score_config()
+    assert default.channels == ("modulation_peak", "embedding") and "embedding" in default.weights
+
+
+def test_an_embedding_channel_sees_at_full_strength_what_the_fused_score_dilutes(fitted):
+    """An embedding that moves while the spectrum does not (the real fan's fault): the fused score weighs it by
+    2/3 beside a normal shape, the embedding channel by itself, against its own threshold; the stream gives what
+    the file gives."""
+    sc, rng, centres, profiles = fitted
+    train = {m: _machine(np.random.default_rng(5), centres[m], profiles[m]) for m in centres}
+    val = {m: _machine(np.random.default_rng(6), centres[m], profiles[m], n_files=3) for m in centres}
+    side = scorer.Scorer.fit(train, scorer.ScoreConfig(channels=("embedding",))).set_thresholds(val)
+    e, b = _machine(rng, centres["a"], profiles["a"], n_files=1, n_windows=20)[0]
+    fused, channels = side.score_file_channels("a", e, b)
+    assert (channels["embedding"][-10:] / side.channel_threshold("a", "embedding")).max() < 1.0
+    moved = (0.85 * e + 0.15 * np.abs(rng.standard_normal(e.shape))).astype(np.float32)
+    fused_moved, by_channel = side.score_file_channels("a", moved, b)
+    channel_ratio = by_channel["embedding"][-10:] / side.channel_threshold("a", "embedding")
+    fused_ratio = fused_moved[-10:] / side.threshold("a")
+    assert channel_ratio.min() > 1.0 and np.median(channel_ratio) > 1.2 * np.median(fused_ratio)
+    stream = side.stream("a")
+    online = [stream.update_channels(moved[i], b[i])[1]["embedding"] for i in range(len(e))]
+    np.testing.assert_allclose(online, by_channel["embedding"], rtol=1e-9)
 
 
 def test_modulation_peak_counts_a_new_peak_in_full_and_less_modulation_not_at_all(fitted):

@@ -65,21 +65,23 @@ def test_artifacts_and_model_card(trained_model):
     assert alerts["rule"]["method"] == "cusum"
     # the score's and the channel's alert levels never below the minimum (recording-long normal deviations)
     assert alerts["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
-    assert alerts["channels"]["modulation_peak"]["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
+    for c in alerts["channels"].values():
+        assert c["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
     assert 0 < alerts["rule"]["reference"] <= 1.0
-    # the target of 1 per day is shared by the three running totals: the fused score's, the modulation
-    # channel's and the head's known-fault one
-    assert card["settings"]["score_channels"] == "modulation_peak" and list(alerts["channels"]) == ["modulation_peak"]
-    assert alerts["target_false_alerts_per_day"] == 1.0 and alerts["target_share_per_day"] == pytest.approx(1 / 3)
-    channel = alerts["channels"]["modulation_peak"]["calibration"]
+    # the target of 1 per day is shared by the four running totals: the fused score's, the modulation-peak
+    # channel's, the embedding channel's and the head's known-fault one
+    assert card["settings"]["score_channels"] == "modulation_peak,embedding"
+    assert list(alerts["channels"]) == ["modulation_peak", "embedding"]
+    assert alerts["target_false_alerts_per_day"] == 1.0 and alerts["target_share_per_day"] == pytest.approx(1 / 4)
+    channels = [c["calibration"] for c in alerts["channels"].values()]
     known = alerts["known_fault"]["calibration"]
-    for c in (cal, channel, known):
-        assert c["target_false_alerts_per_day"] == pytest.approx(1 / 3) and c["observed_false_alerts"] == 0
-        assert c["expected_false_alerts_per_day"] is None or c["expected_false_alerts_per_day"] <= 1 / 3
+    for c in (cal, *channels, known):
+        assert c["target_false_alerts_per_day"] == pytest.approx(1 / 4) and c["observed_false_alerts"] == 0
+        assert c["expected_false_alerts_per_day"] is None or c["expected_false_alerts_per_day"] <= 1 / 4
     val_windows = card["anomaly"]["threshold_details"]["default"]["windows"]
     assert cal["normal_hours"] * 3600 == pytest.approx(val_windows * 0.5, rel=1e-3)
-    assert channel["normal_hours"] == cal["normal_hours"]
-    parts = [c["expected_false_alerts_per_day"] for c in (cal, channel, known)]
+    assert all(c["normal_hours"] == cal["normal_hours"] for c in channels)
+    parts = [c["expected_false_alerts_per_day"] for c in (cal, *channels, known)]
     if None not in parts:
         assert alerts["expected_false_alerts_per_day"] == pytest.approx(sum(parts), abs=1e-3)
     assert alerts["known_fault"]["classes"] == [c for c in card["labels"] if c.startswith("fault_")]

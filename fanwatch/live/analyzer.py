@@ -416,10 +416,11 @@ class Analyzer:
         label = clf.labels[best]
         machine, ratio = self._anomaly.update(prediction)
         embedding = prediction.embedding
+        channels = self._anomaly.channel_ratios
         if self._site is not None:  # the site's own score over the same horizon, combined with the model's
-            ratio = self._site.update(embedding, prediction.band_levels, ratio)
+            ratio, channels = self._site.update_channels(embedding, prediction.band_levels, ratio, channels)
         ratio = float(ratio) / self.threshold_scale
-        channels = {ch: float(r) / self.threshold_scale for ch, r in self._anomaly.channel_ratios.items()}
+        channels = {ch: float(r) / self.threshold_scale for ch, r in channels.items()}
         latency_ms = (time.monotonic() - arrival) * 1000.0
         t = end / config.SAMPLE_RATE
         confidence = float(probabilities[best])
