@@ -52,12 +52,15 @@ def folds_of(names: list[str], folds: int, seed: int) -> list[list[str]]:
     return [sorted(order[i::folds]) for i in range(folds)]
 
 
-def build_fold(work: Path, clips: Path, test: list[str], anomalies: list[Path]) -> Path:
-    """A DCASE-layout data folder of symbolic links: train/ the other normal clips, test/ the fold and the fault."""
+def build_fold(work: Path, clips: Path, test: list[str], anomalies: list[Path], used: set[str]) -> Path:
+    """A DCASE-layout data folder of symbolic links: train/ the other normal clips of ``used``, test/ the fold
+    and the fault."""
     data = work / "data" / "fan"
     for sub in ("train", "test"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     for wav in sorted((clips / "train").glob("normal_*.wav")):
+        if wav.name not in used:
+            continue
         link = data / ("test" if wav.name in test else "train") / wav.name
         if not link.exists():
             link.symlink_to(wav.resolve())
@@ -118,13 +121,14 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=RESULTS / "alerts_real_work", help="data links, models, streams")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fault-repeats", type=int, default=3, help="times the 10 s anomalous clip is played (3)")
+    p.add_argument("--clips", type=int, default=None, help="use only the first N normal clips (a quick run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yamnet", default=None, help="YAMNet weights for train.py (default: its own lookup)")
     p.add_argument("--score-channels", default=None, help="train.py --score-channels (default: train.py's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     clips = args.real / CLIPS
-    normals = sorted(w.name for w in (clips / "train").glob("normal_*.wav"))
+    normals = sorted(w.name for w in (clips / "train").glob("normal_*.wav"))[: args.clips]
     anomalies = sorted((clips / "test").glob("anomaly_*.wav"))
     if len(normals) < 2 * args.folds or not anomalies:
         print(f"{clips}: needs train/normal_*.wav (at least {2 * args.folds}) and test/anomaly_*.wav", file=sys.stderr)
@@ -134,7 +138,7 @@ def main(argv=None) -> int:
     for k, test in enumerate(folds_of(normals, args.folds, args.seed)):
         work = args.work / f"fold{k}"
         work.mkdir(parents=True, exist_ok=True)
-        data = build_fold(work, clips, test, anomalies)
+        data = build_fold(work, clips, test, anomalies, set(normals))
         model = work / "model" / "sound_classifier.tflite"
         cmd = [sys.executable, "train.py", "--data", str(data), "--out", str(model.parent), "--no-progress"]
         cmd += ["--cache", str(args.work / "cache"), "--seed", str(args.seed)]

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import needs_realdata
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,6 +72,15 @@ def test_alerts(model, tmp_path):
     assert any(k.startswith("cusum + known fault |") for k in data["figures"])
     assert any(k.startswith("cusum + known fault + enrollment") for k in data["figures"])
     assert "cusum + known fault" in proc.stdout
+
+
+@needs_realdata
+def test_alerts_real(tmp_path):
+    proc = _bench("alerts_real", "--folds", 2, "--clips", 12, "--work", tmp_path / "work", "--out", tmp_path / "r.json")
+    data = _results(tmp_path / "r.json", "summary", "folds", "normal_minutes")
+    assert len(data["folds"]) == 2 and set(data["summary"]) == {"default", "n-of-m (baseline)"}
+    assert data["normal_minutes"] == pytest.approx(2 * 6 * 10 / 60, rel=0.02)  # 6 held-out clips of 10 s a fold
+    assert "false alerts" in proc.stdout
 
 
 def test_embeddings_and_anomaly_methods(tmp_path):
