@@ -101,6 +101,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         f"thresholds (default {D.false_alarm_rate:g})",
     )
     p.add_argument(
+        "--min-alert-level",
+        type=float,
+        default=D.min_alert_level,
+        help="the anomaly score's and its channels' alert levels are never below this much evidence "
+        f"(default {D.min_alert_level:g}: 5.5 s of windows well above normal; 0: the per-day bound alone)",
+    )
+    p.add_argument(
         "--false-alerts-per-day",
         type=float,
         default=D.false_alerts_per_day,
@@ -168,6 +175,7 @@ def main(argv=None) -> None:
             score_channels=args.score_channels,
             score_horizon=args.horizon,
             false_alerts_per_day=args.false_alerts_per_day,
+            min_alert_level=args.min_alert_level,
             epochs=args.epochs,
             patience=args.patience,
             hidden=args.hidden,

@@ -20,7 +20,8 @@ per-window false-alarm rate. This benchmark
    of the log ratio and the CUSUM, without and with on-site enrollment (:mod:`fanwatch.site`).
 
 Prints a table and writes ``bench/results/alerts.json``. Usage:
-``python -m bench.alerts [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120] [--augment N] [--score C:W,...]``
+``python -m bench.alerts [--work DIR] [--cycles 15] [--streams 4] [--enroll-s 120] [--augment N] [--score C:W,...]
+[--score-channels C,...] [--min-alert-level L]``
 (``--augment`` and ``--score`` are train.py's, for the model it trains; use a fresh ``--work`` or ``--retrain``).
 """
 
@@ -256,6 +257,7 @@ def train_model(work: Path, args) -> Path:
             seed=args.seed,
             cache=str(work / "cache"),
             false_alerts_per_day=args.false_alerts_per_day,
+            min_alert_level=args.min_alert_level,
             augment=args.augment,
             score_components=args.score,
             score_channels=args.score_channels,
@@ -288,6 +290,7 @@ def main(argv=None) -> int:
     from fanwatch.training import TrainSettings as defaults  # its fields' defaults are class attributes
 
     p.add_argument("--augment", type=int, default=defaults.augment, help="train.py --augment for the trained model")
+    p.add_argument("--min-alert-level", type=float, default=defaults.min_alert_level, help="train.py --min-alert-level")
     p.add_argument("--score", default=defaults.score_components, help="train.py --score for the trained model")
     p.add_argument(
         "--score-channels", default=defaults.score_channels, help="train.py --score-channels for the trained model"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,6 +56,9 @@ def folds_of(names: list[str], folds: int, seed: int) -> list[list[str]]:
 def build_fold(work: Path, clips: Path, test: list[str], anomalies: list[Path], used: set[str]) -> Path:
     """A DCASE-layout data folder of symbolic links: train/ the other normal clips of ``used``, test/ the fold
     and the fault."""
+    for old in (work / "data", work / "model"):  # an earlier run's links and split (another seed or fold count)
+        if old.exists():
+            shutil.rmtree(old)
     data = work / "data" / "fan"
     for sub in ("train", "test"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -62,12 +66,9 @@ def build_fold(work: Path, clips: Path, test: list[str], anomalies: list[Path], 
         if wav.name not in used:
             continue
         link = data / ("test" if wav.name in test else "train") / wav.name
-        if not link.exists():
-            link.symlink_to(wav.resolve())
+        link.symlink_to(wav.resolve())
     for wav in anomalies:
-        link = data / "test" / wav.name
-        if not link.exists():
-            link.symlink_to(wav.resolve())
+        (data / "test" / wav.name).symlink_to(wav.resolve())
     return data.parent
 
 
@@ -125,6 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yamnet", default=None, help="YAMNet weights for train.py (default: its own lookup)")
     p.add_argument("--score-channels", default=None, help="train.py --score-channels (default: train.py's)")
+    p.add_argument("--min-alert-level", default=None, help="train.py --min-alert-level (default: train.py's)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     clips = args.real / CLIPS
@@ -144,6 +146,7 @@ def main(argv=None) -> int:
         cmd += ["--cache", str(args.work / "cache"), "--seed", str(args.seed)]
         cmd += ["--yamnet", args.yamnet] if args.yamnet else []
         cmd += ["--score-channels", args.score_channels] if args.score_channels else []
+        cmd += ["--min-alert-level", args.min_alert_level] if args.min_alert_level is not None else []
         run(cmd, work / "train.log")
         card = json.loads((model.parent / "model_card.json").read_text())
         stream = work / "stream.wav"

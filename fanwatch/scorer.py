@@ -147,6 +147,7 @@ STD_FLOOR = {"shape": 0.1, "fluctuation": 0.05, "modulation": 0.1, "modulation_p
 CHANNEL_LABELS = {
     "modulation_peak": "modulation-peak (a new beat in the sound)",
     "modulation": "modulation (the beat pattern of the sound)",
+    "embedding": "embedding (what the sound is like)",
     "shape": "spectral-shape",
     "fluctuation": "band-fluctuation",
     "level": "loudness",
@@ -760,6 +761,8 @@ class Scorer:
                     )
         except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise FanwatchError(f"{path}: not a readable anomaly-score state ({exc})") from None
+        except FanwatchError as exc:  # settings this fanwatch refuses (e.g. modulation_peak as a fused weight)
+            raise FanwatchError(f"{path}: {exc}; retrain the model") from None
         if POOLED not in refs:
             raise FanwatchError(f"{path}: anomaly-score state without the pooled reference")
         return cls(

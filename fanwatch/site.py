@@ -217,6 +217,8 @@ def load(model_path: str | Path, model_sha256: str | None = None) -> SiteModel |
     try:
         scorer = Scorer.load(npz_path)
         scorer.threshold(SITE)
+        for ch in scorer.config.channels:
+            scorer.channel_threshold(SITE, ch)
     except FanwatchError as exc:
         raise FanwatchError(f"{exc}; enroll again or pass --no-site") from None
     skip = ("format", "model", "model_sha256", "site_threshold", "rule", "known_faults_off", "channel_rules")
@@ -372,7 +374,13 @@ def enroll(
     tail = evidence.tail_bound(held_ratios, rule, hop_s)
     before = [model_ratios[idx] for idx in held_blocks]
     known_off, known_info = _known_faults_at_site(card, probabilities, held_blocks, hop_s)
-    channel_rules, channel_info = _channels_at_site(alerts, model_channels, held_blocks, n, hop_s)
+    channel_rules, channel_info = _channels_at_site(
+        alerts, model_channels, held_blocks, n, hop_s, site_model.scorer.config.channels
+    )
+    for ch in site_model.scorer.config.channels:  # not refused for these: the site refits them; said instead
+        if ch in channel_info.get("channel_levels", {}):
+            share = float((np.asarray(channel_ratios[ch], np.float64) >= 1.0).mean())
+            channel_info["channel_levels"][ch]["model_windows_above_threshold"] = share
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source,
@@ -407,10 +415,14 @@ def _evidence_peak(streams, rule: evidence.EvidenceRule, hop_s: float) -> float:
     return max(float(evidence.evidence_series(x, replace(rule, threshold=1e9), hop_s).max()) for x in streams)
 
 
-def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, hop_s: float) -> tuple[dict, dict]:
+def _channels_at_site(
+    alerts: dict, channel_ratios: dict, held_blocks, n: int, hop_s: float, adapted=()
+) -> tuple[dict, dict]:
     """({side channel: its alert rule at this site}, what that rests on): the card's rule of each channel,
     its level raised to PEAK_MARGIN x the evidence its ratios reach on the held-apart audio when that is
-    higher (a room with a modulation of its own), as the score's level is; never lowered."""
+    higher (a room with a beat of its own), as the score's level is; never lowered. A channel the site
+    refitted (``adapted``) has a combined ratio that is not the model's: its reference comes from the
+    held-apart audio, as the fused score's does, never below the card's."""
     rules, info = {}, {}
     for channel, card_info in (alerts.get("channels") or {}).items():
         ratios = channel_ratios.get(channel)
@@ -418,12 +430,18 @@ def _channels_at_site(alerts: dict, channel_ratios: dict, held_blocks, n: int, h
             continue
         card_rule = evidence.EvidenceRule.from_dict((card_info or {}).get("rule"))
         ratios = np.asarray(ratios, np.float64)
-        peak = _evidence_peak([ratios[i] for i in held_blocks], card_rule, hop_s)
-        rules[channel] = replace(card_rule, threshold=max(card_rule.threshold, PEAK_MARGIN * peak))
+        held = [ratios[i] for i in held_blocks]
+        rule = card_rule
+        if channel in adapted:
+            rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held)))
+        peak = _evidence_peak(held, rule, hop_s)
+        rules[channel] = replace(rule, threshold=max(card_rule.threshold, PEAK_MARGIN * peak))
         info[channel] = {
             "card_level": card_rule.threshold,
             "held_apart_evidence_peak": peak,
             "site_level": rules[channel].threshold,
+            "card_reference": card_rule.reference,
+            "site_reference": rule.reference,
         }
     return rules, ({"channel_levels": info} if info else {})
 
@@ -472,9 +490,22 @@ def describe(site_model: SiteModel) -> str:
             else ""
         )
         + "".join(
+            f"; the model's {channel_label(ch)} channel found {c['model_windows_above_threshold']:.0%} of the "
+            "enrollment windows anomalous: a room unlike the training recordings (refitted here), or a fault "
+            "already present"
+            for ch, c in levels.items()
+            if isinstance(c, dict) and (c.get("model_windows_above_threshold") or 0) > ANOMALOUS_SHARE
+        )
+        + "".join(
             f"; {channel_label(ch).upper()} CHANNEL'S ALERT LEVEL RAISED at this site: {_f(c.get('card_level'))} -> "
             f"{_f(c.get('site_level'))} (its evidence reached {_f(c.get('held_apart_evidence_peak'))} on the "
-            "held-apart audio: this room has a modulation of its own, or the machine already has a fault)"
+            "held-apart audio: "
+            + (
+                "this room has a beat of its own, or the machine already has a fault)"
+                if ch in ROOM_INVARIANT_CHANNELS
+                else "this room's normal sound varies more than the enrolled part showed, or the machine "
+                "already has a fault)"
+            )
             for ch, c in levels.items()
             if isinstance(c, dict) and (c.get("site_level") or 0) > (c.get("card_level") or 0)
         )

@@ -77,6 +77,7 @@ class TrainSettings:
     score_channels: str = "modulation_peak,embedding"  # side channels of the score, comma-separated ("none": none)
     score_horizon: int = scorer.DEFAULT_HORIZON
     false_alerts_per_day: float = evidence.DEFAULT_FALSE_ALERTS_PER_DAY
+    min_alert_level: float = evidence.MIN_ALERT_LEVEL  # the score's and channels' alert levels never below this
     epochs: int = 200
     patience: int = 15
     hidden: int = 0
@@ -99,6 +100,8 @@ class TrainSettings:
             raise FanwatchError(f"--false-alarm-rate must be between 0 and 0.5, not {self.false_alarm_rate}")
         if not 0 < self.false_alerts_per_day <= 1000:
             raise FanwatchError(f"--false-alerts-per-day must be between 0 and 1000, not {self.false_alerts_per_day}")
+        if not 0 <= self.min_alert_level <= 100:
+            raise FanwatchError(f"--min-alert-level must be between 0 and 100, not {self.min_alert_level}")
         if self.epochs < 1 or self.patience < 1 or self.hidden < 0:
             raise FanwatchError("--epochs and --patience must be at least 1, --hidden 0 or more")
         if not 0 <= self.augment <= 10:
@@ -116,6 +119,12 @@ class TrainSettings:
         channels = scorer.parse_channels(self.score_channels)
         # the embedding may be both: the fused score weighs it with the spectral shape, its channel watches it
         # at full strength (on the real fan it separated the fault best); a band component is one or the other
+        if "embedding" in channels and set(weights) == {"embedding"}:  # two identical totals
+            rest = ",".join(c for c in channels if c != "embedding") or "none"
+            raise FanwatchError(
+                "with --score embedding alone the embedding side channel would be a copy of the fused score: "
+                f"pass --score-channels {rest}"
+            )
         both = [c for c in channels if c in weights and c != "embedding"]
         if both:
             raise FanwatchError(
@@ -382,7 +391,7 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
     # channel's and the head's known-fault one), so that together they stay within it
     totals = 1 + len(score.config.channels) + int(known)
     share = s.false_alerts_per_day / totals
-    alerts_info = calibrate_alerts(score, val_set, share)
+    alerts_info = calibrate_alerts(score, val_set, share, s.min_alert_level)
     alerts_info["target_false_alerts_per_day"] = s.false_alerts_per_day
     if known:
         val_probs = head.model.predict(val_set.embeddings, verbose=0, batch_size=256)
@@ -503,8 +512,8 @@ def _train(s: TrainSettings, out: Path, final: Path) -> dict:
                 f"over the last {score.config.horizon} windows; computed in numpy from the "
                 "model's embedding and band_levels outputs; each side channel under 'channels' (by default "
                 "modulation_peak: how far the modulation spectrum's shape rises above the nearest normal "
-                "windows') is scored alone with its own thresholds ('channel_thresholds') "
-                "and alert rule (alerts.channels)",
+                "windows', and embedding: the embedding's k-NN distance alone) is scored alone with its own "
+                "thresholds ('channel_thresholds') and alert rule (alerts.channels)",
                 "channel_thresholds": score.channel_thresholds,
             },
             "embedding_score": {
@@ -598,7 +607,12 @@ def validation_streams(score: scorer.Scorer, val_set: embeddings.EmbeddingSet) -
     return streams
 
 
-def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, share: float) -> dict:
+def calibrate_alerts(
+    score: scorer.Scorer,
+    val_set: embeddings.EmbeddingSet,
+    share: float,
+    min_alert_level: float = evidence.MIN_ALERT_LEVEL,
+) -> dict:
     """The alert rules for the model card: the score's CUSUM and each side channel's
     (:class:`fanwatch.scorer.ScoreConfig`), each threshold set for ``share`` false alerts per day by replaying
     the normal validation recordings through :class:`fanwatch.evidence.AlertRule` (anomalous clips never).
@@ -608,7 +622,7 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, sha
         raise FanwatchError(
             "no normal validation windows to calibrate the alert rule on; add normal recordings or raise --val-fraction"
         )
-    floor = evidence.MIN_ALERT_LEVEL
+    floor = min_alert_level or None  # 0: the bound alone (as before the minimum)
     cal = evidence.calibrate(streams["score"], evidence.EvidenceRule(), config.HOP_SECONDS, share, floor=floor)
     out = {
         "rule": cal.rule.to_dict(),
@@ -618,8 +632,9 @@ def calibrate_alerts(score: scorer.Scorer, val_set: embeddings.EmbeddingSet, sha
         "note": "normal validation recordings of each machine played one after the other through the live "
         "alert rule; the false-alert rate per day extrapolates the exponential tail of the "
         "evidence peaks, with its 90 % upper confidence bound set to the target; the alert level is never "
-        f"below {evidence.MIN_ALERT_LEVEL:g} (whole normal recordings of a real fan sit higher than minutes "
+        f"below {min_alert_level:g} (whole normal recordings of a real fan sit higher than minutes "
         "of validation audio show)",
+        "min_alert_level": min_alert_level,
         "target_share_per_day": share,
     }
     if score.config.channels:

@@ -136,7 +136,8 @@ def test_the_alert_level_is_never_below_the_floor_which_whole_normal_recordings_
     assert "minimum alert level" in floored.method and "minimum" not in plain.method
     day = recordings(8640, seed=2)  # a day of such recordings
     assert evidence.count_alerts([day], plain.rule, HOP) > 3 * evidence.count_alerts([day], floored.rule, HOP)
-    assert evidence.DEFAULT_THRESHOLD >= evidence.MIN_ALERT_LEVEL  # an uncalibrated rule is no looser
+    short = evidence.calibrate([recordings(1, seed=1)], hop_s=HOP, floor=evidence.MIN_ALERT_LEVEL)
+    assert short.method.startswith("not calibrated") and short.rule.threshold >= evidence.MIN_ALERT_LEVEL
 
 
 def test_calibration_refuses_evidence_that_grows_on_normal_audio():
@@ -482,6 +483,19 @@ def test_enrollment_fits_a_channel_the_room_moves_and_leaves_the_modulation_chan
         channel_ratios={"modulation_peak": quiet, "embedding": odd},
     )
     assert s.scorer.config.channels == ("embedding",)
+    # the refitted channel's rule: its reference from the held-apart audio's combined ratios (as the fused
+    # score's), so this site's normal running does not build evidence towards a raised level
+    emb_rule = s.channel_rules["embedding"]
+    assert emb_rule.reference >= 0.5 and emb_rule.threshold == 6.0, s.info["channel_levels"]
+    assert "EMBEDDING" not in site.describe(s)
+    # not refused for a channel the site refits, but said: the model found every enrollment window anomalous
+    assert s.info["channel_levels"]["embedding"]["model_windows_above_threshold"] == 1.0
+    assert "embedding (what the sound is like) channel found 100% of the enrollment windows" in site.describe(s)
+    long_emb, long_bands, _, _ = _site_data(600, seed=4)
+    _, long_channels = s.combine_file_channels(
+        long_emb, long_bands, np.full(600, 3.0), {"embedding": np.full(600, 3.0)}
+    )
+    assert evidence.count_alerts([long_channels["embedding"]], emb_rule, HOP) == 0
     fresh_emb, fresh_bands, _, _ = _site_data(50, seed=1)
     model_channels = {"embedding": np.full(50, 3.0), "modulation_peak": np.full(50, 0.4)}
     fused, channels = s.combine_file_channels(fresh_emb, fresh_bands, np.full(50, 3.0), model_channels)

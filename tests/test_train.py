@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO
 
 from fanwatch import anomaly, audio, datasets, evidence, runtime, synth, training
+from fanwatch.errors import FanwatchError
 
 
 def _train(data, out, yamnet_path, cache_dir, **kw):
@@ -67,6 +68,9 @@ def test_artifacts_and_model_card(trained_model):
     assert alerts["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
     for c in alerts["channels"].values():
         assert c["rule"]["threshold"] >= evidence.MIN_ALERT_LEVEL
+    assert alerts["min_alert_level"] == evidence.MIN_ALERT_LEVEL == training.TrainSettings.min_alert_level
+    with pytest.raises(FanwatchError, match="min-alert-level"):
+        training.TrainSettings(data="d", out="o", min_alert_level=-1).validate()
     assert 0 < alerts["rule"]["reference"] <= 1.0
     # the target of 1 per day is shared by the four running totals: the fused score's, the modulation-peak
     # channel's, the embedding channel's and the head's known-fault one
