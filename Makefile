@@ -48,6 +48,8 @@ bench: setup
 	$(PY) -m bench.anomaly_methods
 	$(PY) -m bench.stream
 	$(PY) -m bench.web
+	$(PY) -m bench.alerts
+	$(PY) -m bench.alerts_real
 
 # ruff (configured in pyproject.toml: lint rules and format) and hadolint; LINT_FORMAT=0 skips the format
 # check (`make format` rewrites the tree).

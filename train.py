@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--horizon",
         type=int,
         default=D.score_horizon,
-        help=f"windows the anomaly score averages over (default {D.score_horizon}, 4.5 s)",
+        help=f"windows the anomaly score takes its median over (default {D.score_horizon}, 4.5 s)",
     )
     p.add_argument(
         "--false-alarm-rate",

@@ -85,19 +85,19 @@ def write_stream(path: Path, normal: list[Path], fault: Path, repeats: int) -> f
     return onset
 
 
-def run(cmd: list[str], log: Path) -> str:
+def run(cmd: list[str], log: Path, keep_stdout: bool = True) -> str:
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    log.write_text(f"$ {' '.join(cmd)}\n{proc.stderr}\n")
+    log.write_text(f"$ {' '.join(cmd)}\n" + (proc.stdout if keep_stdout else "") + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}); see {log}")
+        last = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
+        raise SystemExit(f"{' '.join(cmd[1:3])} failed (exit {proc.returncode}): {last} (see {log})")
     return proc.stdout
 
 
 def replay(model: Path, stream: Path, onset: float, extra: list[str], log: Path) -> dict:
     """inference.py on the stream: alerts before the fault, time from its start to the first alert after it."""
-    out = run(
-        [sys.executable, "inference.py", "--model", str(model), "--wav", str(stream), "--json", "--fast", *extra], log
-    )
+    cmd = [sys.executable, "inference.py", "--model", str(model), "--wav", str(stream), "--json", "--fast", *extra]
+    out = run(cmd, log, keep_stdout=False)
     records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     raised = [r for r in records if r.get("event") == "alert_raised"]
     windows = [r for r in records if r.get("type") == "window"]
@@ -122,7 +122,13 @@ def main(argv=None) -> int:
     p.add_argument("--work", type=Path, default=RESULTS / "alerts_real_work", help="data links, models, streams")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--fault-repeats", type=int, default=3, help="times the 10 s anomalous clip is played (3)")
-    p.add_argument("--clips", type=int, default=None, help="use only the first N normal clips (a quick run)")
+    p.add_argument(
+        "--clips",
+        type=int,
+        default=None,
+        help="use only the first N normal clips (a smoke run: too little validation audio to calibrate, so its "
+        "figures mean little)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--yamnet", default=None, help="YAMNet weights for train.py (default: its own lookup)")
     p.add_argument("--score-channels", default=None, help="train.py --score-channels (default: train.py's)")
@@ -149,6 +155,9 @@ def main(argv=None) -> int:
         cmd += ["--min-alert-level", args.min_alert_level] if args.min_alert_level is not None else []
         run(cmd, work / "train.log")
         card = json.loads((model.parent / "model_card.json").read_text())
+        method = ((card.get("alerts") or {}).get("calibration") or {}).get("method", "")
+        if method.startswith("not calibrated"):
+            print(f"fold {k}: the alert rule is {method}", flush=True)
         stream = work / "stream.wav"
         onset = write_stream(stream, [clips / "train" / n for n in test], anomalies[0], args.fault_repeats)
         row = {
@@ -164,7 +173,7 @@ def main(argv=None) -> int:
         d, b = row["default"], row["n-of-m (baseline)"]
         print(
             f"fold {k}: {onset / 60:.1f} min normal: false alerts {d['false_alerts']} (baseline {b['false_alerts']}); "
-            f"fault alerted after {_s(d['time_to_alert_s'])} (baseline {_s(b['time_to_alert_s'])}; window ratio "
+            f"fault alerted {_after(d['time_to_alert_s'])} (baseline {_after(b['time_to_alert_s'])}; window ratio "
             f"{d['window_ratio_median_normal']:.2f} normal, {d['window_ratio_median_fault']:.2f} fault)",
             flush=True,
         )
@@ -180,7 +189,11 @@ def main(argv=None) -> int:
     write_results(
         "alerts_real",
         {
-            "settings": {**{k: str(v) for k, v in vars(args).items()}, "clips": CLIPS},
+            "settings": {
+                **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                "clip_set": CLIPS,
+                "yamnet": args.yamnet or os.environ.get("FANWATCH_YAMNET") or "train.py's lookup",
+            },
             "normal_minutes": minutes,
             "summary": summary,
             "folds": rows,
@@ -204,6 +217,10 @@ def _summary(rows: list[dict], name: str) -> dict:
         "alerted_within_15s": sum(t <= 15 for t in hits),
         "median_time_to_alert_s": float(np.median(hits)) if hits else None,
     }
+
+
+def _after(value) -> str:
+    return "never" if value is None else f"after {value:.1f} s"
 
 
 def _s(value) -> str:

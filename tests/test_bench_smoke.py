@@ -75,7 +75,7 @@ def test_alerts(model, tmp_path):
 
 
 @needs_realdata
-def test_alerts_real(tmp_path):
+def test_alerts_real(tmp_path, yamnet_path):  # the fixture sets FANWATCH_YAMNET for train.py
     proc = _bench("alerts_real", "--folds", 2, "--clips", 12, "--work", tmp_path / "work", "--out", tmp_path / "r.json")
     data = _results(tmp_path / "r.json", "summary", "folds", "normal_minutes")
     assert len(data["folds"]) == 2 and set(data["summary"]) == {"default", "n-of-m (baseline)"}
