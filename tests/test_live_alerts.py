@@ -56,6 +56,7 @@ def test_default_rule_alerts_on_the_fault_with_its_kind_and_never_before(trained
         }  # the side channels, beside the fused ratio
     assert start["alert_channels"] == {ch: c["rule"] for ch, c in card["alerts"]["channels"].items()}
     assert "or the modulation-peak (a new beat in the sound) channel's cusum" in start["alert"]
+    assert "; or known faults: cusum of ln(fault odds/" in start["alert"]  # every rule that can raise an alert
     raised = events(records, "alert_raised")
     assert raised, [(w["t"], w["anomaly"], w["evidence"], w["label"]) for w in windows]
     assert all(e["t"] > SPLICE for e in raised)
