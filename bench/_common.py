@@ -15,6 +15,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 RESULTS = REPO / "bench" / "results"
+# ../shared/realdata beside the repository (a worktree sits one level deeper)
+REAL = next(
+    (p for p in (REPO.parent / "shared" / "realdata", REPO.parent.parent / "shared" / "realdata") if p.is_dir()),
+    REPO.parent / "shared" / "realdata",
+)
 
 
 def machine() -> dict:

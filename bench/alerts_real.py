@@ -37,12 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import REPO, RESULTS, write_results
+from bench._common import REAL, REPO, RESULTS, write_results
 
-REAL = next(
-    (p for p in (REPO.parent / "shared" / "realdata", REPO.parent.parent / "shared" / "realdata") if p.is_dir()),
-    REPO.parent / "shared" / "realdata",
-)
 CLIPS = "dcase2020_id00"
 RULES = {"default": [], "n-of-m (baseline)": ["--alert-rule", "n-of-m"]}
 

@@ -44,16 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import write_results
+from bench._common import REAL, write_results
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-_REPO = Path(__file__).resolve().parents[1]
-# ../shared/realdata beside the repository (a worktree sits one level deeper)
-REAL = next(
-    (p for p in (_REPO.parent / "shared" / "realdata", _REPO.parent.parent / "shared" / "realdata") if p.is_dir()),
-    _REPO.parent / "shared" / "realdata",
-)
 MIMII_GROUPS = {
     "fan": (["fan.00.normal.00000000.wav", "fn444.wav"], ["fab969.wav"]),
     "pump": (["pump.00.normal.00000000.wav", "pn113.wav"], ["pab403.wav"]),

@@ -50,7 +50,7 @@ DEFAULT_FALSE_ALERTS_PER_DAY = 1.0
 # can sit above the others: on the real fan (bench/alerts_real.py, 12.5 min of held-out normal clips) single
 # 10 s normal clips took the evidence to 7.8 (fused score) and 9.6 (modulation-peak channel) where the
 # calibration on 1.4 min of validation audio had set 6.8 and 8.5: two false alerts. 11 is 1.1 times the
-# highest, the margin calibrate() keeps above the highest evidence of its own streams.
+# highest (10.6), rounded up: the margin calibrate() keeps above the highest evidence of its own streams.
 MIN_ALERT_LEVEL = 11.0
 DEFAULT_THRESHOLD = MIN_ALERT_LEVEL  # evidence level without a calibration (a card without one, too little audio)
 MIN_CALIBRATION_BLOCKS = 8  # 16 s of normal audio: less is not calibrated (the default level, and a note)
@@ -108,14 +108,15 @@ class EvidenceRule:
             raise FanwatchError(f"bad alert rule {data!r}: {exc}") from None
         return rule
 
-    def describe(self) -> str:
+    def describe(self, quantity: str = "ratio") -> str:
+        """The rule in words; ``quantity``: what it integrates (the score ratio, the head's fault odds)."""
         if self.method == "cusum":
             return (
-                f"cusum of ln(ratio/{self.reference:g}) >= {self.threshold:.3g}, "
+                f"cusum of ln({quantity}/{self.reference:g}) >= {self.threshold:.3g}, "
                 f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s"
             )
         return (
-            f"mean ln(ratio/{self.reference:g}) over {self.horizon_s:g} s >= {self.threshold:.3g}, "
+            f"mean ln({quantity}/{self.reference:g}) over {self.horizon_s:g} s >= {self.threshold:.3g}, "
             f"clear below {self.clear_fraction * self.threshold:.3g} for {self.clear_s:g} s"
         )
 

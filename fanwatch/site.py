@@ -350,11 +350,7 @@ def enroll(
         for i in held_blocks
     ]
     held_ratios = [f for f, _ in held]
-    for ch, r in model_channels.items():  # the channels' ratios at this site: combined where the site fitted them
-        r = r.copy()
-        for i, (_, side) in zip(held_blocks, held):
-            r[i] = side[ch]
-        model_channels[ch] = r
+    held_channels = {ch: [side[ch] for _, side in held] for ch in model_channels}  # combined where refitted
     alerts = card.get("alerts") or {}
     card_rule = evidence.EvidenceRule.from_dict(alerts.get("rule"))
     card_cal = alerts.get("calibration") or {}
@@ -375,12 +371,8 @@ def enroll(
     before = [model_ratios[idx] for idx in held_blocks]
     known_off, known_info = _known_faults_at_site(card, probabilities, held_blocks, hop_s)
     channel_rules, channel_info = _channels_at_site(
-        alerts, model_channels, held_blocks, n, hop_s, site_model.scorer.config.channels
+        alerts, held_channels, hop_s, site_model.scorer.config.channels, model_channels
     )
-    for ch in site_model.scorer.config.channels:  # not refused for these: the site refits them; said instead
-        if ch in channel_info.get("channel_levels", {}):
-            share = float((np.asarray(channel_ratios[ch], np.float64) >= 1.0).mean())
-            channel_info["channel_levels"][ch]["model_windows_above_threshold"] = share
     info = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": source,
@@ -416,21 +408,21 @@ def _evidence_peak(streams, rule: evidence.EvidenceRule, hop_s: float) -> float:
 
 
 def _channels_at_site(
-    alerts: dict, channel_ratios: dict, held_blocks, n: int, hop_s: float, adapted=()
+    alerts: dict, held_channels: dict, hop_s: float, adapted=(), model_channels: dict | None = None
 ) -> tuple[dict, dict]:
-    """({side channel: its alert rule at this site}, what that rests on): the card's rule of each channel,
-    its level raised to PEAK_MARGIN x the evidence its ratios reach on the held-apart audio when that is
-    higher (a room with a beat of its own), as the score's level is; never lowered. A channel the site
-    refitted (``adapted``) has a combined ratio that is not the model's: its reference comes from the
-    held-apart audio, as the fused score's does, never below the card's."""
+    """({side channel: its alert rule at this site}, what that rests on), from each channel's ratios on the
+    held-apart blocks (``held_channels``: {channel: [block ratios]}): the card's rule of each channel, its level
+    raised to PEAK_MARGIN x the evidence those ratios reach when that is higher (a room with a beat of its own),
+    as the score's level is; never lowered. A channel the site refitted (``adapted``) has a combined ratio that
+    is not the model's: its reference comes from the held-apart audio, as the fused score's does, never below
+    the card's; it is not refused for finding the enrollment anomalous, so the share of windows the model's
+    channel put above its threshold (``model_channels``, all enrollment windows) is recorded instead."""
     rules, info = {}, {}
     for channel, card_info in (alerts.get("channels") or {}).items():
-        ratios = channel_ratios.get(channel)
-        if ratios is None or len(ratios) != n:
+        held = held_channels.get(channel)
+        if held is None:
             continue
         card_rule = evidence.EvidenceRule.from_dict((card_info or {}).get("rule"))
-        ratios = np.asarray(ratios, np.float64)
-        held = [ratios[i] for i in held_blocks]
         rule = card_rule
         if channel in adapted:
             rule = replace(card_rule, reference=max(card_rule.reference, evidence.reference_from_normal(held)))
@@ -443,6 +435,8 @@ def _channels_at_site(
             "card_reference": card_rule.reference,
             "site_reference": rule.reference,
         }
+        if channel in adapted and model_channels and channel in model_channels:
+            info[channel]["model_windows_above_threshold"] = float((model_channels[channel] >= 1.0).mean())
     return rules, ({"channel_levels": info} if info else {})
 
 

@@ -693,7 +693,7 @@ def calibrate_known_faults(
         "classes": fault_labels,
         "rule": cal.rule.to_dict(),
         "calibration": cal.to_dict(),
-        "rule_text": cal.rule.describe().replace("ratio/", "fault odds/"),
+        "rule_text": cal.rule.describe("fault odds"),
     }
 
 

@@ -471,17 +471,15 @@ def test_enrollment_fits_a_channel_the_room_moves_and_leaves_the_modulation_chan
     cfg = ScoreConfig(channels=("modulation_peak", "embedding"))
     odd = np.full(240, 3.0)  # the model finds this room's embedding far from its training recordings
     quiet = normal_stream(240, 3, median=0.4)
-    s = site.enroll(
-        clf,
-        emb,
-        bands,
-        ratios,
-        probs,
-        rms=0.05,
-        model_sha256=config.sha256_file(model),
-        score_config=cfg,
-        channel_ratios={"modulation_peak": quiet, "embedding": odd},
-    )
+    sha = config.sha256_file(model)
+
+    def enroll(peak_ratios, embedding_ratios):
+        channel_ratios = {"modulation_peak": peak_ratios, "embedding": embedding_ratios}
+        return site.enroll(
+            clf, emb, bands, ratios, probs, rms=0.05, model_sha256=sha, score_config=cfg, channel_ratios=channel_ratios
+        )
+
+    s = enroll(quiet, odd)
     assert s.scorer.config.channels == ("embedding",)
     # the refitted channel's rule: its reference from the held-apart audio's combined ratios (as the fused
     # score's), so this site's normal running does not build evidence towards a raised level
@@ -516,14 +514,4 @@ def test_enrollment_fits_a_channel_the_room_moves_and_leaves_the_modulation_chan
     assert loaded.scorer.channel_thresholds == s.scorer.channel_thresholds
     # the modulation-peak channel still refuses audio it mostly finds anomalous
     with pytest.raises(FanwatchError, match="modulation-peak"):
-        site.enroll(
-            clf,
-            emb,
-            bands,
-            ratios,
-            probs,
-            rms=0.05,
-            model_sha256="x",
-            score_config=cfg,
-            channel_ratios={"modulation_peak": odd, "embedding": quiet},
-        )
+        enroll(odd, quiet)

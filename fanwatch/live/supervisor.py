@@ -201,7 +201,7 @@ def alert_record(analyzer: Analyzer, site_model: site.SiteModel | None) -> dict:
     if d.known_evidence is not None:
         out["known_fault_rule"] = d.known_rule.to_dict()
         if d.evidence is not None:  # the head's total too, so the console header lists every alert rule
-            out["alert"] += f"; or known faults: {d.known_rule.describe().replace('ratio/', 'fault odds/')}"
+            out["alert"] += f"; or known faults: {d.known_rule.describe('fault odds')}"
     if site_model is not None:
         out["site"] = {
             "file": site.SITE_JSON,
